@@ -1,0 +1,3 @@
+from ojs_amqp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The RabbitMQ adapter: the only package that imports aio_pika."""

@@ -1,0 +1,89 @@
+"""Job <-> AMQP message: properties and x-ojs-* headers per the binding (DESIGN §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aio_pika import DeliveryMode, Message
+
+from ojs_amqp.core.job import Job, to_wire
+from ojs_amqp.core.times import format_ms
+
+CONTENT_TYPE = "application/openjobspec+json"
+
+H_JOB_ID = "x-ojs-job-id"
+H_STATE = "x-ojs-state"
+H_COPY = "x-ojs-copy"
+H_DUE_AT = "x-ojs-due-at"
+
+
+def amqp_priority(priority: int) -> int:
+    """OJS priority (-100..100, higher first) to AMQP 0..9, keeping 10/0/-10 and 3/2/1 apart."""
+    bands = ((-50, 0), (-11, 1), (-2, 2), (-1, 3), (0, 4), (1, 5), (2, 6), (9, 7), (49, 8))
+    for upper, bucket in bands:
+        if priority <= upper:
+            return bucket
+    return 9
+
+
+def encode(job: Job, *, due_at_ms: int | None = None) -> Message:
+    headers: dict[str, Any] = {
+        H_JOB_ID: job.id,
+        H_STATE: job.state.value,
+        H_COPY: job.copy,
+        "x-ojs-queue": job.queue,
+        "x-ojs-attempt": job.attempt + 1,
+        "x-ojs-max-attempts": job.retry.max_attempts,
+        "x-ojs-created-at": format_ms(job.created_at_ms),
+    }
+    if job.enqueued_at_ms is not None:
+        headers["x-ojs-enqueued-at"] = format_ms(job.enqueued_at_ms)
+    if job.scheduled_at_ms is not None:
+        headers["x-ojs-scheduled-at"] = format_ms(job.scheduled_at_ms)
+    traceparent = job.meta.get("traceparent") if isinstance(job.meta, dict) else None
+    if isinstance(traceparent, str):
+        headers["x-ojs-trace-id"] = traceparent
+    if job.error:
+        headers["x-ojs-error-code"] = str(job.error.get("code", ""))[:255].upper()
+        headers["x-ojs-error-message"] = str(job.error.get("message", ""))[:1024]
+    if due_at_ms is not None:
+        headers[H_DUE_AT] = due_at_ms
+    correlation = job.meta.get("correlation_id") if isinstance(job.meta, dict) else None
+    return Message(
+        body=orjson.dumps(to_wire(job)),
+        content_type=CONTENT_TYPE,
+        content_encoding="utf-8",
+        delivery_mode=DeliveryMode.PERSISTENT,
+        message_id=job.id,
+        type=job.type,
+        priority=amqp_priority(job.priority),
+        timestamp=job.created_at_ms / 1000,
+        app_id="ojs",
+        correlation_id=correlation if isinstance(correlation, str) else None,
+        headers=headers,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CopyRef:
+    """What a delivery says about itself, read from headers without parsing the body."""
+
+    job_id: str | None
+    copy: int | None
+    due_at_ms: int | None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def read_ref(headers: dict[str, Any] | None, message_id: str | None) -> CopyRef:
+    headers = headers or {}
+    job_id = headers.get(H_JOB_ID)
+    if isinstance(job_id, bytes):
+        job_id = job_id.decode("utf-8", "replace")
+    if not isinstance(job_id, str):
+        job_id = message_id
+    return CopyRef(job_id=job_id, copy=_int(headers.get(H_COPY)), due_at_ms=_int(headers.get(H_DUE_AT)))

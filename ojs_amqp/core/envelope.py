@@ -1,0 +1,283 @@
+"""Parse what producers send (HTTP `options` dialect or the flat envelope) into a Job.
+
+Structural problems (missing or mistyped fields, malformed names) raise InvalidRequest (400);
+well-formed values outside their allowed range raise ValidationFailed (422). Unknown
+top-level fields are kept and returned; client values for system fields are ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+from ojs_amqp.core.durations import parse_duration_ms
+from ojs_amqp.core.ids import is_uuidv7
+from ojs_amqp.core.job import SYSTEM_FIELDS, Job, JobState
+from ojs_amqp.core.retry import RetryPolicy
+from ojs_amqp.core.times import parse_rfc3339_ms
+from ojs_amqp.errors import InvalidRequest, ValidationFailed
+
+TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_\-]*(\.[a-z][a-z0-9_\-]*)*$")
+QUEUE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9\-.]*$")
+#: OJS queue names that would collide with our own RabbitMQ names (ojs.queue.dlx.{q}, ...).
+RESERVED_QUEUE_PREFIXES = ("control.", "dlx.", "retry.", "delay.")
+MAX_NAME_BYTES = 255
+PRIORITY_RANGE = (-100, 100)
+MIN_VISIBILITY_TIMEOUT_MS = 1000
+
+Duration = StrictStr | StrictInt | float
+Number = StrictInt | float
+
+
+class RetryIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    max_attempts: StrictInt | None = None
+    initial_interval: Duration | None = None
+    initial_interval_ms: StrictInt | None = None
+    backoff_coefficient: Number | None = None
+    max_interval: Duration | None = None
+    max_interval_ms: StrictInt | None = None
+    jitter: StrictBool | None = None
+    non_retryable_errors: list[StrictStr] | None = None
+    on_exhaustion: StrictStr | None = None
+    backoff_strategy: StrictStr | None = None
+    backoff_type: StrictStr | None = None
+
+
+class OptionsIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    queue: StrictStr | None = None
+    priority: StrictInt | None = None
+    timeout_ms: StrictInt | None = None
+    timeout: StrictInt | None = None
+    scheduled_at: StrictStr | None = None
+    delay_until: StrictStr | None = None
+    expires_at: StrictStr | None = None
+    retry: RetryIn | None = None
+    retry_policy: RetryIn | None = None
+    max_attempts: StrictInt | None = None
+    unique: dict[str, Any] | None = None
+    tags: list[StrictStr] | None = None
+    visibility_timeout_ms: StrictInt | None = None
+    visibility_timeout: Duration | None = None
+    pending: StrictBool | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class EnqueueIn(OptionsIn):
+    """The body of a push: required fields, plus every option also accepted at top level."""
+
+    type: StrictStr
+    args: list[Any]
+    meta: dict[str, Any] | None = None
+    id: StrictStr | None = None
+    specversion: StrictStr | None = None
+    schema_uri: StrictStr | None = Field(default=None, alias="schema")
+    options: OptionsIn | None = None
+
+
+def parse_enqueue(body: Any, *, now_ms: int, new_id: str) -> Job:
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object with 'type' and 'args'")
+    try:
+        req = EnqueueIn.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidRequest(_describe(exc), details={"errors": _error_list(exc)}) from None
+    return _build(req, body, now_ms=now_ms, new_id=new_id)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid job envelope: " + "; ".join(parts)
+
+
+def _error_list(exc: ValidationError) -> list[dict[str, str]]:
+    return [
+        {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()
+    ]
+
+
+def _pick(name: str, req: EnqueueIn) -> Any:
+    """An option from `options` if given there, else from the flat envelope."""
+    if req.options is not None:
+        value = getattr(req.options, name)
+        if value is not None:
+            return value
+    return getattr(req, name)
+
+
+def validate_type(job_type: str) -> None:
+    if not TYPE_PATTERN.fullmatch(job_type) or len(job_type.encode()) > MAX_NAME_BYTES:
+        raise InvalidRequest(
+            f"type {job_type!r} is invalid: use dot-separated lower-case segments "
+            "such as 'email.send' (letters, digits, '_' and '-'; 255 bytes at most)",
+            details={"field": "type"},
+        )
+
+
+def validate_queue(queue: str) -> None:
+    if not QUEUE_PATTERN.fullmatch(queue) or len(queue.encode()) > MAX_NAME_BYTES:
+        raise InvalidRequest(
+            f"queue {queue!r} is invalid: lower-case letters, digits, '-' and '.', "
+            "starting with a letter or digit (255 bytes at most)",
+            details={"field": "queue"},
+        )
+    if queue.startswith(RESERVED_QUEUE_PREFIXES):
+        raise InvalidRequest(
+            f"queue {queue!r} uses a reserved prefix ({', '.join(RESERVED_QUEUE_PREFIXES)})",
+            details={"field": "queue"},
+        )
+
+
+def _time_ms(value: str, field: str, now_ms: int) -> int:
+    """Absolute RFC 3339 time, or relative `+PT5S` / `PT5S` from now."""
+    try:
+        text = value.strip()
+        if text.startswith("+") or text.upper().startswith("P"):
+            return now_ms + parse_duration_ms(text.lstrip("+"))
+        return parse_rfc3339_ms(text)
+    except ValueError as exc:
+        raise InvalidRequest(f"{field}: {exc}", details={"field": field}) from None
+
+
+def _duration(value: Any, field: str) -> int:
+    try:
+        return parse_duration_ms(value)
+    except (ValueError, TypeError) as exc:
+        raise ValidationFailed(f"{field}: {exc}", details={"field": field}) from None
+
+
+def build_retry_policy(r: RetryIn | None, max_attempts: int | None) -> RetryPolicy:
+    base = RetryPolicy()
+    values: dict[str, Any] = {}
+    if r is not None:
+        if r.max_attempts is not None:
+            values["max_attempts"] = r.max_attempts
+        for name in ("initial_interval", "max_interval"):
+            ms = getattr(r, name + "_ms")
+            iso = getattr(r, name)
+            if ms is not None:
+                values[name + "_ms"] = _duration(ms, f"retry.{name}_ms")
+            elif iso is not None:
+                values[name + "_ms"] = _duration(iso, f"retry.{name}")
+        if r.backoff_coefficient is not None:
+            values["backoff_coefficient"] = float(r.backoff_coefficient)
+        if r.jitter is not None:
+            values["jitter"] = r.jitter
+        if r.non_retryable_errors is not None:
+            values["non_retryable_errors"] = tuple(r.non_retryable_errors)
+        if r.on_exhaustion is not None:
+            if r.on_exhaustion not in ("discard", "dead_letter"):
+                raise ValidationFailed("retry.on_exhaustion must be 'discard' or 'dead_letter'")
+            values["on_exhaustion"] = r.on_exhaustion
+        strategy = r.backoff_strategy or r.backoff_type
+        if strategy is not None:
+            if strategy not in ("none", "constant", "linear", "exponential", "polynomial"):
+                raise ValidationFailed(
+                    "retry.backoff_strategy must be one of none, constant, linear, "
+                    "exponential, polynomial"
+                )
+            values["backoff_strategy"] = strategy
+    if max_attempts is not None and "max_attempts" not in values:
+        values["max_attempts"] = max_attempts
+    if "max_interval_ms" not in values:
+        initial = values.get("initial_interval_ms", base.initial_interval_ms)
+        values["max_interval_ms"] = max(base.max_interval_ms, initial)
+    policy = RetryPolicy(**{**_policy_fields(base), **values})
+    problems = policy.problems()
+    if problems:
+        raise ValidationFailed("; ".join(problems), details={"problems": problems})
+    return policy
+
+
+def _policy_fields(policy: RetryPolicy) -> dict[str, Any]:
+    return {name: getattr(policy, name) for name in policy.__slots__}
+
+
+def _build(req: EnqueueIn, body: dict[str, Any], *, now_ms: int, new_id: str) -> Job:
+    validate_type(req.type)
+    queue = _pick("queue", req) or "default"
+    validate_queue(queue)
+    job_id = req.id if req.id is not None else new_id
+    if not is_uuidv7(job_id):
+        raise InvalidRequest(
+            f"id {job_id!r} is not a lower-case UUIDv7", details={"field": "id"}
+        )
+    priority = _pick("priority", req)
+    if priority is None:
+        priority = 0
+    if not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
+        raise InvalidRequest(
+            f"priority {priority} is out of range [{PRIORITY_RANGE[0]}, {PRIORITY_RANGE[1]}]",
+            details={"field": "priority"},
+        )
+    timeout_ms = _pick("timeout_ms", req)
+    timeout_s = _pick("timeout", req)
+    if timeout_ms is None and timeout_s:
+        timeout_ms = timeout_s * 1000
+    if timeout_ms is not None and timeout_ms <= 0:
+        raise ValidationFailed("timeout_ms must be > 0", details={"field": "timeout_ms"})
+    visibility_ms = _pick("visibility_timeout_ms", req)
+    if visibility_ms is None and _pick("visibility_timeout", req) is not None:
+        visibility_ms = _duration(_pick("visibility_timeout", req), "visibility_timeout")
+    if visibility_ms is not None and visibility_ms < MIN_VISIBILITY_TIMEOUT_MS:
+        raise ValidationFailed(
+            f"visibility_timeout_ms must be >= {MIN_VISIBILITY_TIMEOUT_MS}",
+            details={"field": "visibility_timeout_ms"},
+        )
+    retry_in = _pick("retry", req) or _pick("retry_policy", req)
+    policy = build_retry_policy(retry_in, _pick("max_attempts", req))
+
+    meta = dict(req.meta or {})
+    metadata = req.options.metadata if req.options is not None else None
+    if metadata is None:
+        metadata = req.metadata
+    if metadata:
+        meta.update(metadata)
+
+    scheduled_text = _pick("scheduled_at", req) or _pick("delay_until", req)
+    scheduled_ms = _time_ms(scheduled_text, "scheduled_at", now_ms) if scheduled_text else None
+    expires_text = _pick("expires_at", req)
+    expires_ms = _time_ms(expires_text, "expires_at", now_ms) if expires_text else None
+
+    if _pick("pending", req):
+        state = JobState.PENDING
+    elif scheduled_ms is not None and scheduled_ms > now_ms:
+        state = JobState.SCHEDULED
+    else:
+        state = JobState.AVAILABLE
+
+    return Job(
+        id=job_id,
+        type=req.type,
+        queue=queue,
+        args=req.args,
+        state=state,
+        created_at_ms=now_ms,
+        meta=meta,
+        priority=priority,
+        retry=policy,
+        timeout_ms=timeout_ms,
+        visibility_timeout_ms=visibility_ms,
+        tags=_pick("tags", req),
+        unique=_pick("unique", req),
+        schema=req.schema_uri,
+        enqueued_at_ms=now_ms if state is JobState.AVAILABLE else None,
+        scheduled_at_ms=scheduled_ms,
+        expires_at_ms=expires_ms,
+        extra=_unknown_fields(body),
+    )
+
+
+_KNOWN = frozenset(EnqueueIn.model_fields) | {"schema", "options"}
+
+
+def _unknown_fields(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in _KNOWN and k not in SYSTEM_FIELDS}

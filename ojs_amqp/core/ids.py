@@ -1,0 +1,39 @@
+"""UUIDv7 job ids: time-ordered, so store indexes and logs sort by creation."""
+
+from __future__ import annotations
+
+import os
+import re
+
+UUIDV7_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+class UUIDv7Generator:
+    """Monotonic within a process: ids made in the same millisecond still sort in order."""
+
+    def __init__(self) -> None:
+        self._last_ms = -1
+        self._counter = 0
+
+    def new(self, now_ms: int) -> str:
+        if now_ms <= self._last_ms:
+            now_ms = self._last_ms
+            self._counter += 1
+            if self._counter > 0xFFF:  # 12-bit counter exhausted: borrow the next millisecond
+                now_ms += 1
+                self._counter = 0
+        else:
+            self._counter = int.from_bytes(os.urandom(2), "big") & 0x3FF
+        self._last_ms = now_ms
+        rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+        value = (now_ms & ((1 << 48) - 1)) << 80
+        value |= 0x7 << 76
+        value |= self._counter << 64
+        value |= 0b10 << 62
+        value |= rand_b
+        h = f"{value:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def is_uuidv7(value: str) -> bool:
+    return bool(UUIDV7_PATTERN.fullmatch(value))

@@ -1,0 +1,619 @@
+"""JobEngine: one method per OJS operation, over the pure core, the store and the broker.
+
+Every move between states follows one rule (DESIGN §3): publish the next copy with a confirm,
+then record it in the store, then ack the current copy. A crash between the steps leaves at
+worst a duplicate copy, which is dropped on delivery because its copy number is stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import orjson
+from aio_pika import Message
+from aio_pika.abc import AbstractIncomingMessage
+
+from ojs_amqp.amqp import codec
+from ojs_amqp.amqp.broker import Broker
+from ojs_amqp.amqp.topology import DUE_ROUTING_KEY, ladder_level_for, ladder_routing_key
+from ojs_amqp.core import lifecycle
+from ojs_amqp.core.envelope import parse_enqueue, validate_queue
+from ojs_amqp.core.ids import UUIDv7Generator
+from ojs_amqp.core.job import MISSING, Job, JobState
+from ojs_amqp.core.retry import FailureReport
+from ojs_amqp.engine.dispatch import Delivery, Lease, ReadyBuffers
+from ojs_amqp.engine.events import EventLog
+from ojs_amqp.errors import Conflict, InvalidRequest, NotFound, OjsError
+from ojs_amqp.metrics import Metrics
+from ojs_amqp.settings import Settings
+from ojs_amqp.store.base import JobStore
+
+log = logging.getLogger("ojs_amqp.engine")
+
+FETCH_MAX_COUNT = 100
+_DIRECTIVES = ("running", "quiet", "terminate")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def _settle(message: AbstractIncomingMessage | None) -> None:
+    """Ack a delivery; if its channel is gone the broker redelivers it, and the stale-copy
+    check on delivery drops it then."""
+    if message is None:
+        return
+    with contextlib.suppress(Exception):
+        await message.ack()
+
+
+class JobEngine:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        broker: Broker,
+        events: EventLog,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], int] = _now_ms,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.broker = broker
+        self.events = events
+        self.metrics = metrics
+        self._now = clock
+        self._rng = rng
+        self._ids = UUIDv7Generator()
+        self._buffers = ReadyBuffers()
+        self._leases: dict[str, Lease] = {}
+        self._arrival = asyncio.Event()
+        self._queues_ready: set[str] = set()
+        self._held: dict[int, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._worker_directives: dict[str, str] = {}
+        self._unpublished: list[str] = []
+        self._background: list[asyncio.Task[None]] = []
+        broker.on_connection_lost.append(self._forget_deliveries)
+        broker.on_reconnected.append(self._after_reconnect)
+
+    # --- start / stop ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        t = self.broker.topology
+        await self.broker.consume(t.due_queue, t.due_queue_arguments(), 2000, self._on_due)
+        for info in await self.store.queues():
+            await self._ensure_queue(info.name)
+        await self._replay_outbox()
+        self._background = [
+            asyncio.create_task(self._every(1.0, self._expire_due), name="expiry-sweeper"),
+            asyncio.create_task(self._every(60.0, self._prune), name="retention"),
+            asyncio.create_task(self._every(0.05, self._flush_published), name="outbox-flush"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._flush_published()
+        self._cancel_timers()
+
+    async def _every(self, seconds: float, work: Callable[[], Any]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await work()
+            except OjsError as exc:
+                log.warning("%s failed: %s", getattr(work, "__name__", work), exc.message)
+            except Exception:
+                log.exception("%s failed", getattr(work, "__name__", work))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            if isinstance(exc, OjsError):
+                log.warning("background step failed: %s", exc.message)
+            else:
+                log.error("background step failed", exc_info=exc)
+
+    # --- queues ----------------------------------------------------------------------------
+
+    async def _ensure_queue(self, queue: str) -> None:
+        if queue in self._queues_ready:
+            return
+        t = self.broker.topology
+        await self.broker.ensure_job_queue(queue)
+        prefetch = self.settings.prefetch
+
+        async def on_job(message: AbstractIncomingMessage) -> None:
+            await self._on_job_delivery(queue, message)
+
+        async def on_dead(message: AbstractIncomingMessage) -> None:
+            await self._on_dead_letter(message)
+
+        await self.broker.consume(t.job_queue(queue), t.job_queue_arguments(queue), prefetch, on_job)
+        await self.broker.consume(
+            t.dead_letter_queue(queue), t.dead_letter_queue_arguments(), 100, on_dead
+        )
+        await self.store.add_queue(queue, self._now())
+        self._queues_ready.add(queue)
+
+    # --- publishing copies -----------------------------------------------------------------
+
+    async def _publish_copy(self, job: Job) -> None:
+        """Publish the broker copy that represents the job's (new) state, if it has one."""
+        t = self.broker.topology
+        state = job.state
+        if state is JobState.AVAILABLE:
+            await self._ensure_queue(job.queue)
+            self._buffers.expect(job.queue, job.id)
+            await self.broker.publish(t.direct_exchange, job.queue, codec.encode(job))
+        elif state is JobState.SCHEDULED:
+            await self._park(job, job.scheduled_at_ms or self._now())
+        elif state is JobState.RETRYABLE:
+            await self._park(job, job.next_attempt_at_ms or self._now())
+        elif state is JobState.DISCARDED:
+            await self._ensure_queue(job.queue)
+            await self.broker.publish(t.dlx_exchange, job.queue, codec.encode(job))
+
+    async def _park(self, job: Job, due_at_ms: int) -> None:
+        """Put a waiting job on the delay ladder (or straight into the due queue)."""
+        level = ladder_level_for(due_at_ms - self._now())
+        key = DUE_ROUTING_KEY if level is None else ladder_routing_key(level)
+        message = codec.encode(job, due_at_ms=due_at_ms)
+        await self.broker.publish(self.broker.topology.delay_exchange, key, message)
+
+    async def _advance(self, new: Job, current: AbstractIncomingMessage | None, expect_copy: int) -> bool:
+        """The one move rule: publish the next copy, record it, then ack the current copy."""
+        await self._publish_copy(new)
+        written = await self.store.update(new, expect_copy=expect_copy)
+        if written:
+            await _settle(current)
+        return written
+
+    # --- push / activate / cancel / info ---------------------------------------------------
+
+    async def push(self, body: Any) -> Job:
+        now = self._now()
+        job = parse_enqueue(body, now_ms=now, new_id=self._ids.new(now))
+        needs_publish = job.state is not JobState.PENDING
+        await self.store.insert(job, published=not needs_publish)
+        if needs_publish:
+            await self._publish_copy(job)
+            self._unpublished.append(job.id)
+        self.metrics.enqueued(job)
+        self.events.emit("job.enqueued", job, now)
+        if job.state is JobState.SCHEDULED:
+            self.events.emit("job.scheduled", job, now)
+        return job
+
+    async def _flush_published(self) -> None:
+        ids, self._unpublished = self._unpublished, []
+        await self.store.mark_published(ids)
+
+    async def _replay_outbox(self) -> None:
+        """Publish rows whose copy was never confirmed (the daemon died mid-push)."""
+        while batch := await self.store.unpublished(500):
+            for job in batch:
+                await self._publish_copy(job)
+            await self.store.mark_published([j.id for j in batch])
+            log.info("replayed %d unpublished jobs from the outbox", len(batch))
+
+    async def get(self, job_id: str) -> Job:
+        job = await self.store.get(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found", details={"resource_type": "job", "resource_id": job_id})
+        return job
+
+    async def activate(self, job_id: str) -> Job:
+        job = await self.get(job_id)
+        new = lifecycle.activate(job, self._now())
+        await self._advance(new, None, job.copy)
+        return new
+
+    async def cancel(self, job_id: str) -> Job:
+        job = await self.get(job_id)
+        if job.state.terminal:
+            raise Conflict(
+                f"job {job_id} is already {job.state.value}; a finished job cannot be cancelled",
+                details={"job_id": job_id, "current_state": job.state.value},
+            )
+        now = self._now()
+        new = lifecycle.cancel(job, now)
+        if not await self.store.update(new, expect_copy=job.copy):
+            raise Conflict(f"job {job_id} changed while being cancelled; retry")
+        lease = self._leases.pop(job_id, None)
+        if lease is not None:
+            self._stop_lease_timer(lease)
+            await _settle(lease.message)
+        buffered = self._buffers.remove(job_id)
+        if buffered is not None:
+            await _settle(buffered.message)
+        self.events.emit("job.cancelled", new, now)
+        return new
+
+    # --- deliveries ------------------------------------------------------------------------
+
+    async def _on_job_delivery(self, queue: str, message: AbstractIncomingMessage) -> None:
+        ref = codec.read_ref(message.headers, message.message_id)
+        job = await self.store.get(ref.job_id) if ref.job_id else None
+        if job is None:
+            job = await self._adopt(queue, message)
+            if job is None:
+                return
+        elif ref.copy is not None and ref.copy != job.copy:
+            await _settle(message)  # a stale duplicate of an older state
+            return
+        if job.state is JobState.ACTIVE:
+            await self._recover_active(job, message)
+            return
+        if job.state is not JobState.AVAILABLE:
+            await _settle(message)
+            return
+        self._buffers.add(Delivery(job.id, queue, job.copy, job.priority, message))
+        self._arrival.set()
+
+    async def _recover_active(self, job: Job, message: AbstractIncomingMessage) -> None:
+        lease = self._leases.get(job.id)
+        if lease is not None:
+            lease.message = message  # redelivered after a reconnect: the worker still holds it
+            return
+        # The daemon restarted while a worker held the job: the lease is gone, so the job
+        # goes back to available, as after a visibility timeout.
+        new = lifecycle.lease_expired(job, self._now(), "visibility", self._rng)
+        await self._advance(new, message, job.copy)
+
+    async def _adopt(self, queue: str, message: AbstractIncomingMessage) -> Job | None:
+        """A job published by another AMQP client: validate it and take it into the store."""
+        try:
+            body = orjson.loads(message.body)
+            now = self._now()
+            job = parse_enqueue(body, now_ms=now, new_id=self._ids.new(now))
+        except (orjson.JSONDecodeError, OjsError) as exc:
+            log.warning("rejecting an invalid message on queue %s: %s", queue, exc)
+            await message.reject(requeue=False)
+            return None
+        job = replace(job, queue=queue, state=JobState.AVAILABLE, enqueued_at_ms=job.created_at_ms)
+        await self.store.insert(job, published=True)
+        self.metrics.enqueued(job)
+        self.events.emit("job.enqueued", job, job.created_at_ms)
+        return job
+
+    async def _on_dead_letter(self, message: AbstractIncomingMessage) -> None:
+        """Archive what reached ojs.queue.dlx.{q}: our own discards are already recorded; a
+        native worker's Basic.Nack(requeue=false) is recorded here."""
+        ref = codec.read_ref(message.headers, message.message_id)
+        job = await self.store.get(ref.job_id) if ref.job_id else None
+        if job is not None and job.state in (JobState.ACTIVE, JobState.AVAILABLE):
+            new = lifecycle.worker_discard(job, self._now(), "rejected by a worker")
+            await self.store.update(new, expect_copy=job.copy)
+            self.events.emit("job.discarded", new, self._now())
+        await _settle(message)
+
+    def _forget_deliveries(self) -> None:
+        """The consume connection is gone: every delivery tag we hold is void."""
+        self._buffers.clear()
+        for lease in self._leases.values():
+            lease.message = None
+        self._cancel_timers(leases=False)
+
+    async def _after_reconnect(self) -> None:
+        await self._replay_outbox()
+
+    # --- fetch / ack / nack / heartbeat ----------------------------------------------------
+
+    async def fetch(
+        self, queues: list[str], count: int, worker_id: str | None, visibility_ms: int | None
+    ) -> list[Job]:
+        if not queues:
+            raise InvalidRequest("queues must list at least one queue")
+        for queue in queues:
+            validate_queue(queue)
+            await self._ensure_queue(queue)
+        count = max(1, min(count, FETCH_MAX_COUNT))
+        deadline = time.monotonic() + self.settings.fetch_wait_ms / 1000
+        jobs: list[Job] = []
+        while True:
+            settle_until = time.monotonic() + 0.25
+            while self._buffers.awaiting(queues) and time.monotonic() < settle_until:
+                await self._wait_arrival(settle_until)
+            for queue in queues:
+                while len(jobs) < count:
+                    delivery = self._buffers.pop(queue)
+                    if delivery is None:
+                        break
+                    job = await self._lease(delivery, worker_id, visibility_ms)
+                    if job is not None:
+                        jobs.append(job)
+            if jobs or time.monotonic() >= deadline:
+                return jobs
+            await self._wait_arrival(deadline)
+
+    async def _wait_arrival(self, deadline: float) -> None:
+        self._arrival.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._arrival.wait(), max(0.0, deadline - time.monotonic()))
+
+    async def _lease(self, d: Delivery, worker_id: str | None, visibility_ms: int | None) -> Job | None:
+        job = await self.store.get(d.job_id)
+        if job is None or job.copy != d.copy or job.state is not JobState.AVAILABLE:
+            await _settle(d.message)
+            return None
+        now = self._now()
+        if job.expires_at_ms is not None and job.expires_at_ms <= now:
+            await self._expire(job)
+            await _settle(d.message)
+            return None
+        new = lifecycle.fetch(job, now, worker_id)
+        if not await self.store.update(new, expect_copy=job.copy):
+            await _settle(d.message)
+            return None
+        vis = job.visibility_timeout_ms or visibility_ms or self.settings.default_visibility_timeout_ms
+        timeout = job.timeout_ms or self.settings.default_timeout_ms
+        mono = time.monotonic()
+        lease = Lease(job.id, job.queue, worker_id, d.message, vis, mono + vis / 1000, mono + timeout / 1000)
+        self._leases[job.id] = lease
+        self._arm(lease)
+        self.events.emit("job.started", new, now)
+        return new
+
+    def _arm(self, lease: Lease) -> None:
+        self._stop_lease_timer(lease)
+        deadline, kind = lease.next_deadline()
+        loop = asyncio.get_running_loop()
+        handle = loop.call_later(
+            max(0.0, deadline - time.monotonic()),
+            lambda: self._spawn(self._lease_expired(lease.job_id, kind)),
+        )
+        lease.timer = handle.cancel
+
+    @staticmethod
+    def _stop_lease_timer(lease: Lease) -> None:
+        if lease.timer is not None:
+            lease.timer()
+            lease.timer = None
+
+    async def _lease_expired(self, job_id: str, kind: str) -> None:
+        lease = self._leases.get(job_id)
+        job = await self.store.get(job_id)
+        if lease is None or job is None or job.state is not JobState.ACTIVE:
+            self._leases.pop(job_id, None)
+            return
+        now = self._now()
+        new = lifecycle.lease_expired(job, now, kind, self._rng)
+        if await self._advance(new, lease.message, job.copy):
+            self._leases.pop(job_id, None)
+            self._after_failure_events(new, now)
+
+    async def _owned_active(self, job_id: str, worker_id: str | None) -> tuple[Job, Lease | None]:
+        job = await self.get(job_id)
+        if job.state is not JobState.ACTIVE:
+            raise Conflict(
+                f"job {job_id} is {job.state.value}, not active",
+                details={"job_id": job_id, "current_state": job.state.value},
+            )
+        if worker_id and job.worker_id and worker_id != job.worker_id:
+            raise Conflict(
+                f"job {job_id} is leased to worker {job.worker_id}, not {worker_id}",
+                details={"job_id": job_id, "worker_id": job.worker_id},
+            )
+        return job, self._leases.get(job_id)
+
+    async def ack(self, job_id: str, result: Any, worker_id: str | None) -> Job:
+        job, lease = await self._owned_active(job_id, worker_id)
+        now = self._now()
+        new = lifecycle.ack(job, now, result)
+        if not await self.store.update(new, expect_copy=job.copy):
+            raise Conflict(f"job {job_id} changed concurrently; GET it to see its state")
+        self._drop_lease(job_id)
+        if lease is not None:
+            await _settle(lease.message)
+        duration = now - (job.started_at_ms or now)
+        self.metrics.completed(new, duration / 1000)
+        self.events.emit("job.completed", new, now, duration_ms=duration)
+        return new
+
+    def _drop_lease(self, job_id: str) -> None:
+        lease = self._leases.pop(job_id, None)
+        if lease is not None:
+            self._stop_lease_timer(lease)
+
+    async def nack(
+        self, job_id: str, report: FailureReport, worker_id: str | None, requeue: bool
+    ) -> Job:
+        job, lease = await self._owned_active(job_id, worker_id)
+        now = self._now()
+        if requeue:
+            new = lifecycle.requeue(job, now)
+        else:
+            new = lifecycle.fail(job, now, report, self._rng)
+        if not await self._advance(new, lease.message if lease else None, job.copy):
+            raise Conflict(f"job {job_id} changed concurrently; GET it to see its state")
+        self._drop_lease(job_id)
+        if not requeue:
+            self._after_failure_events(new, now)
+        return new
+
+    def _after_failure_events(self, new: Job, now: int) -> None:
+        if new.state is JobState.AVAILABLE:
+            return
+        self.metrics.failed(new)
+        self.events.emit("job.failed", new, now, error=new.error)
+        if new.state is JobState.RETRYABLE:
+            self.events.emit("job.retrying", new, now, retry_delay_ms=new.retry_delay_ms)
+        elif new.state is JobState.DISCARDED:
+            self.events.emit("job.discarded", new, now, dead_letter=new.dead_letter)
+
+    async def heartbeat(
+        self, worker_id: str | None, job_ids: list[str], visibility_ms: int | None
+    ) -> tuple[str, list[str]]:
+        """Extend the leases named; answer the directive for this worker."""
+        extended: list[str] = []
+        directive = self._worker_directives.get(worker_id or "", "running")
+        now = self._now()
+        for job_id in job_ids:
+            lease = self._leases.get(job_id)
+            if lease is None or (worker_id and lease.worker_id and lease.worker_id != worker_id):
+                continue
+            vis = visibility_ms or lease.visibility_ms
+            lease.visibility_deadline = time.monotonic() + vis / 1000
+            self._arm(lease)
+            extended.append(job_id)
+            if self.settings.test_mode:
+                directive = await self._test_directive(job_id, directive)
+        for job_id in extended:
+            job = await self.store.get(job_id)
+            if job is not None:
+                self.events.emit("job.heartbeat", job, now, worker_id=worker_id)
+        return directive, extended
+
+    async def _test_directive(self, job_id: str, current: str) -> str:
+        """Conformance hook: a job's meta.test_directive is echoed to the worker holding it."""
+        job = await self.store.get(job_id)
+        wanted = job.meta.get("test_directive") if job is not None else None
+        if wanted in _DIRECTIVES and _DIRECTIVES.index(wanted) > _DIRECTIVES.index(current):
+            return str(wanted)
+        return current
+
+    def set_worker_directive(self, worker_id: str, directive: str) -> None:
+        if directive not in _DIRECTIVES:
+            raise InvalidRequest(f"directive must be one of {', '.join(_DIRECTIVES)}")
+        self._worker_directives[worker_id] = directive
+
+    # --- timers ----------------------------------------------------------------------------
+
+    async def _on_due(self, message: AbstractIncomingMessage) -> None:
+        ref = codec.read_ref(message.headers, message.message_id)
+        now = self._now()
+        due_at = ref.due_at_ms if ref.due_at_ms is not None else now
+        level = ladder_level_for(due_at - now)
+        if level is not None:
+            # Came back early from a long level: ride the next one down.
+            repark = Message(
+                body=message.body,
+                headers=dict(message.headers or {}),
+                content_type=message.content_type,
+                delivery_mode=message.delivery_mode,
+                message_id=message.message_id,
+                type=message.type,
+                priority=message.priority,
+            )
+            key = ladder_routing_key(level)
+            await self.broker.publish(self.broker.topology.delay_exchange, key, repark)
+            await _settle(message)
+            return
+        key_id = id(message)
+        loop = asyncio.get_running_loop()
+        self._held[key_id] = loop.call_later(
+            max(0, due_at - now) / 1000, lambda: self._spawn(self._fire(key_id, message, ref))
+        )
+
+    async def _fire(self, key_id: int, message: AbstractIncomingMessage, ref: codec.CopyRef) -> None:
+        self._held.pop(key_id, None)
+        job = await self.store.get(ref.job_id) if ref.job_id else None
+        if job is None or job.copy != ref.copy or job.state not in (JobState.SCHEDULED, JobState.RETRYABLE):
+            await _settle(message)
+            return
+        now = self._now()
+        if job.expires_at_ms is not None and job.expires_at_ms <= now:
+            await self._expire(job)
+            await _settle(message)
+            return
+        new = lifecycle.timer_due(job, now)
+        await self._advance(new, message, job.copy)
+
+    def _cancel_timers(self, leases: bool = True) -> None:
+        for handle in self._held.values():
+            handle.cancel()
+        self._held.clear()
+        if leases:
+            for lease in self._leases.values():
+                self._stop_lease_timer(lease)
+
+    # --- expiry and retention --------------------------------------------------------------
+
+    async def _expire(self, job: Job) -> None:
+        now = self._now()
+        new = lifecycle.expire(job, now)
+        if await self.store.update(new, expect_copy=job.copy):
+            buffered = self._buffers.remove(job.id)
+            if buffered is not None:
+                await _settle(buffered.message)
+            self.events.emit("job.expired", new, now)
+            self.events.emit("job.discarded", new, now, reason="expired")
+
+    async def _expire_due(self) -> None:
+        for job in await self.store.expiring(self._now(), 500):
+            await self._expire(job)
+
+    async def _prune(self) -> None:
+        now = self._now()
+        removed = await self.store.prune_finished(
+            now - self.settings.retention_completed_ms, now - self.settings.retention_discarded_ms
+        )
+        if removed:
+            log.info("retention removed %d finished jobs", removed)
+
+    # --- dead letters, queues, reset -------------------------------------------------------
+
+    async def dead_letters(self, queue: str | None, limit: int, offset: int) -> tuple[list[Job], int]:
+        return await self.store.dead_letters(queue, limit, offset)
+
+    async def _dead_letter(self, job_id: str) -> Job:
+        job = await self.store.get(job_id)
+        if job is None or not (job.state is JobState.DISCARDED and job.dead_letter):
+            raise NotFound(f"no dead letter with id {job_id}", details={"resource_type": "dead_letter", "resource_id": job_id})
+        return job
+
+    async def retry_dead_letter(self, job_id: str) -> Job:
+        job = await self._dead_letter(job_id)
+        new = lifecycle.retry_dead_letter(job, self._now())
+        await self._advance(new, None, job.copy)
+        self.events.emit("job.enqueued", new, self._now(), reason="dead_letter_retry")
+        return new
+
+    async def delete_dead_letter(self, job_id: str) -> None:
+        await self._dead_letter(job_id)
+        await self.store.delete(job_id)
+
+    async def queue_names(self) -> list[tuple[str, int]]:
+        return [(q.name, q.created_at_ms) for q in await self.store.queues()]
+
+    def buffered(self, queue: str) -> int:
+        return self._buffers.size(queue)
+
+    def active_leases(self) -> int:
+        return len(self._leases)
+
+    async def reset(self) -> None:
+        """Test mode: forget everything, here and on the broker."""
+        self._cancel_timers()
+        await self.broker.stop_consumers()
+        self._buffers.clear()
+        self._leases.clear()
+        self._queues_ready.clear()
+        self._unpublished.clear()
+        await self.broker.purge([*self.broker.declared_queues(), *self.broker.topology.all_fixed_queues()])
+        await self.store.reset()
+        self.events.clear()
+        self._worker_directives.clear()
+        t = self.broker.topology
+        await self.broker.consume(t.due_queue, t.due_queue_arguments(), 2000, self._on_due)
+
+    def result_of(self, job: Job) -> Any:
+        return None if job.result is MISSING else job.result

@@ -1,0 +1,95 @@
+"""One error tree for the whole daemon; each error knows its OJS code and HTTP status.
+
+    OjsError
+    ├── InvalidRequest        400 invalid_request   (structurally wrong request)
+    │   └── InvalidPayload    400 invalid_payload   (not JSON, wrong content type, no body)
+    ├── ValidationFailed      422 validation_error  (well-formed but semantically invalid)
+    ├── NotFound              404 not_found
+    ├── Conflict              409 conflict          (invalid state transition, not the owner)
+    │   └── Duplicate         409 duplicate         (a job with this id exists)
+    ├── PayloadTooLarge       413 payload_too_large
+    ├── Unsupported           422 unsupported
+    └── BackendUnavailable    503 backend_error     (the broker or store is gone; retryable)
+
+The core raises these with no knowledge of HTTP; `http/errors.py` is the one place that turns
+them into responses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class OjsError(Exception):
+    code: ClassVar[str] = "internal_error"
+    http_status: ClassVar[int] = 500
+    retryable: ClassVar[bool] = False
+    hint: ClassVar[str] = "Retry later; if the problem persists, check the daemon's logs."
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+class InvalidRequest(OjsError):
+    code = "invalid_request"
+    http_status = 400
+    hint = "Fix the request as the message says; see the OJS HTTP binding for the shape."
+
+
+class InvalidPayload(InvalidRequest):
+    code = "invalid_payload"
+    hint = "Send a UTF-8 JSON object with Content-Type application/openjobspec+json."
+
+
+class ValidationFailed(OjsError):
+    code = "validation_error"
+    http_status = 422
+    hint = "The request is well-formed but a value is out of its allowed range."
+
+
+class NotFound(OjsError):
+    code = "not_found"
+    http_status = 404
+    hint = "Check the id; finished jobs are removed after the retention period."
+
+
+class Conflict(OjsError):
+    code = "conflict"
+    http_status = 409
+    hint = "The job is not in a state that allows this operation; GET it to see its state."
+
+
+class Duplicate(Conflict):
+    code = "duplicate"
+    hint = "A job with this id already exists; use a new id or omit it."
+
+
+class PayloadTooLarge(OjsError):
+    code = "payload_too_large"
+    http_status = 413
+    hint = "Shrink the request or raise the daemon's body limit."
+
+
+class Unsupported(OjsError):
+    code = "unsupported"
+    http_status = 422
+    hint = "This daemon does not implement that feature; see GET /ojs/manifest."
+
+
+class BackendUnavailable(OjsError):
+    code = "backend_error"
+    http_status = 503
+    retryable = True
+    hint = "The broker or the store is unreachable; retry with backoff."
+
+
+class InvalidTransition(Conflict):
+    """A lifecycle move the state table does not allow."""
+
+    def __init__(self, job_id: str, state: str, operation: str) -> None:
+        super().__init__(
+            f"job {job_id} is {state}; {operation} is not allowed from that state",
+            details={"job_id": job_id, "current_state": state, "operation": operation},
+        )

@@ -1,0 +1,1 @@
+"""The OJS HTTP binding: the only package that imports aiohttp."""

@@ -1,0 +1,277 @@
+"""The aiohttp application: routes of the OJS HTTP binding over the JobEngine."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from ojs_amqp import __version__
+from ojs_amqp.core.ids import UUIDv7Generator
+from ojs_amqp.core.job import JobState, to_wire
+from ojs_amqp.core.times import format_ms
+from ojs_amqp.engine.jobs import JobEngine
+from ojs_amqp.errors import BackendUnavailable, InvalidRequest, NotFound
+from ojs_amqp.http import schemas
+from ojs_amqp.http.responses import json_response, make_middleware, read_object
+from ojs_amqp.settings import Settings
+
+ENGINE = web.AppKey("engine", JobEngine)
+SETTINGS = web.AppKey("settings", Settings)
+STARTED = web.AppKey("started", float)
+BASE = "/ojs/v1"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def create_app(engine: JobEngine, settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[make_middleware(UUIDv7Generator(), _now_ms)],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[ENGINE] = engine
+    app[SETTINGS] = settings
+    app[STARTED] = time.monotonic()
+    r = app.router
+    r.add_get("/ojs/manifest", manifest)
+    r.add_get(f"{BASE}/health", health)
+    r.add_post(f"{BASE}/jobs", push)
+    r.add_get(f"{BASE}/jobs/{{id}}", info)
+    r.add_delete(f"{BASE}/jobs/{{id}}", cancel)
+    r.add_post(f"{BASE}/jobs/{{id}}/activate", activate)
+    r.add_post(f"{BASE}/workers/fetch", fetch)
+    r.add_post(f"{BASE}/workers/ack", ack)
+    r.add_post(f"{BASE}/workers/nack", nack)
+    r.add_post(f"{BASE}/workers/heartbeat", heartbeat)
+    r.add_post(f"{BASE}/workers/{{worker_id}}/directive", directive)
+    r.add_get(f"{BASE}/queues", queues)
+    r.add_get(f"{BASE}/dead-letter", dead_letters)
+    r.add_post(f"{BASE}/dead-letter/{{id}}/retry", retry_dead_letter)
+    r.add_delete(f"{BASE}/dead-letter/{{id}}", delete_dead_letter)
+    r.add_get(f"{BASE}/events", events)
+    r.add_get("/metrics", metrics)
+    r.add_post(f"{BASE}/admin/reset", reset)
+    return app
+
+
+def _engine(request: web.Request) -> JobEngine:
+    return request.app[ENGINE]
+
+
+async def manifest(request: web.Request) -> web.Response:
+    return json_response(
+        {
+            "specversion": "1.0",
+            "ojs_version": "1.0",
+            "implementation": {
+                "name": "ojs-amqp",
+                "version": __version__,
+                "language": "python",
+                "homepage": "https://github.com/ojs-amqp/ojs-amqp",
+            },
+            "conformance_level": 1,
+            "conformance_tier": "runtime",
+            "protocols": ["http"],
+            "backend": "rabbitmq",
+            "capabilities": {
+                "batch_enqueue": False,
+                "cron_jobs": False,
+                "dead_letter": True,
+                "delayed_jobs": True,
+                "job_ttl": True,
+                "priority_queues": True,
+                "rate_limiting": False,
+                "schema_validation": False,
+                "unique_jobs": False,
+                "workflows": False,
+                "pause_resume": False,
+            },
+            "extensions": {"official": [], "experimental": []},
+            "limits": {"max_body_bytes": request.app[SETTINGS].max_body_bytes},
+        }
+    )
+
+
+async def health(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    uptime = int(time.monotonic() - request.app[STARTED])
+    backend: dict[str, Any] = {"type": "rabbitmq", "version": engine.broker.server_version}
+    try:
+        backend["latency_ms"] = round(await engine.broker.ping(), 2)
+        backend["status"] = "connected"
+        status, code = "ok", 200
+    except Exception as exc:  # any failure to reach the broker means degraded
+        backend["status"] = "disconnected"
+        backend["error"] = str(exc) or type(exc).__name__
+        status, code = "degraded", 503
+    return json_response(
+        {"status": status, "version": __version__, "uptime_seconds": uptime, "backend": backend},
+        code,
+    )
+
+
+async def push(request: web.Request) -> web.Response:
+    job = await _engine(request).push(await read_object(request))
+    return json_response(
+        {"job": to_wire(job)}, 201, headers={"Location": f"{BASE}/jobs/{job.id}"}
+    )
+
+
+async def info(request: web.Request) -> web.Response:
+    return json_response({"job": to_wire(await _engine(request).get(request.match_info["id"]))})
+
+
+async def cancel(request: web.Request) -> web.Response:
+    job = await _engine(request).cancel(request.match_info["id"])
+    return json_response({"job": to_wire(job)})
+
+
+async def activate(request: web.Request) -> web.Response:
+    job = await _engine(request).activate(request.match_info["id"])
+    return json_response({"job": {**to_wire(job), "previous_state": "pending"}})
+
+
+async def fetch(request: web.Request) -> web.Response:
+    body = schemas.parse(schemas.FetchIn, await read_object(request))
+    jobs = await _engine(request).fetch(
+        body.queues, body.count, body.worker_id, body.visibility_timeout_ms
+    )
+    wire = [to_wire(j) for j in jobs]
+    payload: dict[str, Any] = {"jobs": wire}
+    if wire:
+        payload["job"] = wire[0]
+    return json_response(payload)
+
+
+async def ack(request: web.Request) -> web.Response:
+    body = schemas.parse(schemas.AckIn, await read_object(request))
+    job = await _engine(request).ack(body.job_id, body.result, body.worker_id)
+    return json_response(
+        {
+            "acknowledged": True,
+            "id": job.id,
+            "job_id": job.id,
+            "state": job.state.value,
+            "attempt": job.attempt,
+            "completed_at": format_ms(job.completed_at_ms or 0),
+        }
+    )
+
+
+async def nack(request: web.Request) -> web.Response:
+    body = schemas.parse(schemas.NackIn, await read_object(request))
+    job = await _engine(request).nack(body.job_id, body.error.report(), body.worker_id, body.requeue)
+    wire = to_wire(job)
+    out = {"id": job.id, "job_id": job.id, "state": job.state.value, "attempt": job.attempt,
+           "max_attempts": job.max_attempts}  # fmt: skip
+    for key in ("next_attempt_at", "retry_delay_ms", "discarded_at", "completed_at", "error"):
+        if key in wire and job.state is not JobState.AVAILABLE:
+            out[key] = wire[key]
+    return json_response(out)
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    body = schemas.parse(schemas.HeartbeatIn, await read_object(request))
+    state, extended = await _engine(request).heartbeat(
+        body.worker_id, body.job_ids(), body.visibility_timeout_ms
+    )
+    return json_response(
+        {"state": state, "directive": state, "jobs_extended": extended,
+         "server_time": format_ms(_now_ms())}  # fmt: skip
+    )
+
+
+async def directive(request: web.Request) -> web.Response:
+    body = schemas.parse(schemas.DirectiveIn, await read_object(request))
+    worker_id = request.match_info["worker_id"]
+    _engine(request).set_worker_directive(worker_id, body.directive)
+    return json_response({"worker_id": worker_id, "directive": body.directive})
+
+
+def _page(request: web.Request) -> tuple[int, int]:
+    try:
+        limit = int(request.query.get("limit", "50"))
+        offset = int(request.query.get("offset", request.query.get("cursor", "0")) or 0)
+    except ValueError:
+        raise InvalidRequest("limit and offset must be integers") from None
+    return max(1, min(limit, 200)), max(0, offset)
+
+
+def _pagination(total: int, limit: int, offset: int) -> dict[str, Any]:
+    has_more = offset + limit < total
+    return {"total": total, "limit": limit, "offset": offset, "has_more": has_more,
+            "next_cursor": str(offset + limit) if has_more else None}  # fmt: skip
+
+
+async def queues(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    limit, offset = _page(request)
+    names = await engine.queue_names()
+    page = names[offset : offset + limit]
+    return json_response(
+        {
+            "queues": [
+                {"name": n, "status": "active", "created_at": format_ms(created)}
+                for n, created in page
+            ],
+            "pagination": _pagination(len(names), limit, offset),
+        }
+    )
+
+
+async def dead_letters(request: web.Request) -> web.Response:
+    limit, offset = _page(request)
+    jobs, total = await _engine(request).dead_letters(request.query.get("queue"), limit, offset)
+    return json_response(
+        {"jobs": [to_wire(j) for j in jobs], "pagination": _pagination(total, limit, offset)}
+    )
+
+
+async def retry_dead_letter(request: web.Request) -> web.Response:
+    job = await _engine(request).retry_dead_letter(request.match_info["id"])
+    return json_response({"job": {**to_wire(job), "re_enqueued_at": format_ms(_now_ms())}})
+
+
+async def delete_dead_letter(request: web.Request) -> web.Response:
+    job_id = request.match_info["id"]
+    await _engine(request).delete_dead_letter(job_id)
+    return json_response({"deleted": True, "job_id": job_id})
+
+
+def _csv(request: web.Request, name: str) -> list[str]:
+    return [v for raw in request.query.getall(name, []) for v in raw.split(",") if v]
+
+
+async def events(request: web.Request) -> web.Response:
+    limit, _ = _page(request)
+    try:
+        after = int(request.query.get("after", request.query.get("cursor", "0")) or 0)
+    except ValueError:
+        raise InvalidRequest("after must be an event cursor returned by this endpoint") from None
+    found, cursor, has_more = _engine(request).events.query(
+        after=after, types=_csv(request, "types"), queues=_csv(request, "queues"),
+        job_types=_csv(request, "job_types"), limit=limit,
+    )  # fmt: skip
+    return json_response({"events": found, "cursor": str(cursor), "has_more": has_more})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    engine.metrics.queue_depth.clear()
+    for (queue, state), count in (await engine.store.count_by_state()).items():
+        engine.metrics.queue_depth.labels(queue, state).set(count)
+    engine.metrics.reconnections.set(engine.broker.reconnections)
+    return web.Response(body=engine.metrics.render(), content_type="text/plain", charset="utf-8")
+
+
+async def reset(request: web.Request) -> web.Response:
+    if not request.app[SETTINGS].test_mode:
+        raise NotFound("not found")
+    engine = _engine(request)
+    if not engine.broker.connected:
+        raise BackendUnavailable("the broker is not connected")
+    await engine.reset()
+    return json_response({"reset": True})

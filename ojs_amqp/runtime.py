@@ -1,0 +1,85 @@
+"""The composition root: builds store, broker, engine and HTTP server from one Settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from aiohttp import web
+
+from ojs_amqp.amqp.broker import Broker
+from ojs_amqp.amqp.topology import Topology
+from ojs_amqp.engine.events import EventLog
+from ojs_amqp.engine.jobs import JobEngine
+from ojs_amqp.http.app import create_app
+from ojs_amqp.metrics import Metrics
+from ojs_amqp.settings import Settings
+from ojs_amqp.store.sqlite import SqliteJobStore
+
+log = logging.getLogger("ojs_amqp")
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: SqliteJobStore
+    broker: Broker
+    engine: JobEngine
+    runner: web.AppRunner | None = None
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        store = SqliteJobStore(settings.store_path)
+        broker = Broker(settings.amqp_url, Topology(settings.prefix))
+        engine = JobEngine(settings, store, broker, EventLog(), Metrics())
+        return cls(settings, store, broker, engine)
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.broker.start(attempts=self.settings.connect_attempts)
+        await self.engine.start()
+        self.runner = web.AppRunner(create_app(self.engine, self.settings), access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.settings.http_host, self.settings.http_port)
+        await site.start()
+        log.info(
+            "ojs-amqp listening on http://%s, broker %s (RabbitMQ %s), store %s%s",
+            self.settings.http_address,
+            redact(self.settings.amqp_url),
+            self.broker.server_version,
+            self.settings.store_path,
+            " [TEST MODE: /ojs/v1/admin/reset is enabled]" if self.settings.test_mode else "",
+        )
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+        await self.engine.close()
+        await self.broker.close()
+        await self.store.close()
+
+
+async def serve(settings: Settings) -> None:
+    runtime = Runtime.build(settings)
+    await runtime.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runtime.stop()

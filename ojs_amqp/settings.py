@@ -1,0 +1,34 @@
+"""One typed settings object, built once by the CLI and passed explicitly to everything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    store_path: str = "ojs-amqp.db"
+    #: Topology name prefix for multi-tenancy and test isolation ("" = the spec's names).
+    prefix: str = ""
+    #: Enables POST /ojs/v1/admin/reset (wipes everything) and the conformance suite's
+    #: heartbeat test hook. Dangerous: never in production.
+    test_mode: bool = False
+    #: Unacked deliveries per job queue: buffered jobs plus jobs leased to HTTP workers.
+    prefetch: int = 1000
+    #: How long an empty FETCH waits for a job before answering `{"jobs": []}`.
+    fetch_wait_ms: int = 1000
+    default_visibility_timeout_ms: int = 30_000
+    #: Execution timeout when a job sets none (the spec's SHOULD is 1800 s).
+    default_timeout_ms: int = 1_800_000
+    retention_completed_ms: int = 7 * 86_400_000
+    retention_discarded_ms: int = 30 * 86_400_000
+    connect_attempts: int = 5
+    max_body_bytes: int = 10 * 1024 * 1024
+    log_level: str = "INFO"
+
+    @property
+    def http_address(self) -> str:
+        return f"{self.http_host}:{self.http_port}"

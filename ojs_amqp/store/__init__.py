@@ -1,0 +1,1 @@
+"""Job stores: the authority for state and the index by job id (DESIGN §2)."""

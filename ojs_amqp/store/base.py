@@ -1,0 +1,60 @@
+"""The JobStore contract. SQLite implements it today; a PostgreSQL store can fill it later."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ojs_amqp.core.job import Job
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    name: str
+    created_at_ms: int
+
+
+class JobStore(Protocol):
+    """Every method is atomic. Implementations must be safe to call from one event loop."""
+
+    async def open(self) -> None:
+        """Create or migrate the schema. Must be idempotent."""
+
+    async def close(self) -> None: ...
+
+    async def insert(self, job: Job, *, published: bool) -> None:
+        """Add a new job; raise Duplicate if the id exists. `published=False` puts the row in
+        the outbox until `mark_published` (it is replayed on start if we crash first)."""
+
+    async def get(self, job_id: str) -> Job | None: ...
+
+    async def update(self, job: Job, *, expect_copy: int | None = None,
+                     published: bool = True) -> bool:
+        """Replace the job's row. With `expect_copy`, only if the stored copy number still
+        matches (compare-and-set); return whether the row was written."""  # fmt: skip
+
+    async def mark_published(self, job_ids: list[str]) -> None: ...
+
+    async def unpublished(self, limit: int) -> list[Job]:
+        """Outbox rows: written but never confirmed by the broker."""
+
+    async def delete(self, job_id: str) -> bool: ...
+
+    async def dead_letters(self, queue: str | None, limit: int, offset: int) -> tuple[list[Job], int]:
+        """Dead-lettered jobs, newest first, and the total count."""
+
+    async def expiring(self, now_ms: int, limit: int) -> list[Job]:
+        """Non-terminal jobs whose expires_at has passed."""
+
+    async def prune_finished(self, completed_before_ms: int, discarded_before_ms: int) -> int:
+        """Delete finished jobs past their retention; dead letters are kept."""
+
+    async def count_by_state(self) -> dict[tuple[str, str], int]:
+        """(queue, state) -> number of jobs."""
+
+    async def add_queue(self, name: str, now_ms: int) -> None: ...
+
+    async def queues(self) -> list[QueueInfo]: ...
+
+    async def reset(self) -> None:
+        """Delete everything (test mode only)."""
