@@ -20,28 +20,40 @@ def _env_bool(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+#: (flag, environment variable, default, type, help)
+_OPTIONS: tuple[tuple[str, str, object, type, str], ...] = (
+    ("--amqp-url", "OJS_AMQP_URL", _DEFAULTS.amqp_url, str, "RabbitMQ URL"),
+    ("--http", "OJS_HTTP", _DEFAULTS.http_address, str, "HOST:PORT to listen on"),
+    ("--store", "OJS_STORE", _DEFAULTS.store_path, str, "SQLite file of the job store"),
+    ("--prefix", "OJS_PREFIX", _DEFAULTS.prefix, str, "prefix for every RabbitMQ name"),
+    ("--prefetch", "OJS_PREFETCH", _DEFAULTS.prefetch, int,
+     "unacked deliveries per job queue (buffered + leased)"),
+    ("--fetch-wait-ms", "OJS_FETCH_WAIT_MS", _DEFAULTS.fetch_wait_ms, int,
+     "how long an empty FETCH waits for a job"),
+    ("--visibility-timeout-ms", "OJS_VISIBILITY_TIMEOUT_MS",
+     _DEFAULTS.default_visibility_timeout_ms, int, "lease length when a job sets none"),
+    ("--connect-attempts", "OJS_CONNECT_ATTEMPTS", _DEFAULTS.connect_attempts, int,
+     "broker connection attempts at start before giving up"),
+    ("--log-level", "OJS_LOG_LEVEL", _DEFAULTS.log_level, str, "DEBUG, INFO, WARNING, ERROR"),
+)  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
-    env = os.environ.get
     parser = argparse.ArgumentParser(prog="ojs-amqp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="run the daemon")
-    s.add_argument("--amqp-url", default=env("OJS_AMQP_URL", _DEFAULTS.amqp_url))
-    s.add_argument("--http", default=env("OJS_HTTP", _DEFAULTS.http_address),
-                   help="HOST:PORT to listen on")  # fmt: skip
-    s.add_argument("--store", default=env("OJS_STORE", _DEFAULTS.store_path),
-                   help="SQLite file of the job store")  # fmt: skip
-    s.add_argument("--prefix", default=env("OJS_PREFIX", _DEFAULTS.prefix),
-                   help="prefix for every RabbitMQ name")  # fmt: skip
-    s.add_argument("--test-mode", action="store_true", default=_env_bool("OJS_TEST_MODE"),
-                   help="DANGEROUS: enable POST /ojs/v1/admin/reset, which deletes everything")  # fmt: skip
-    s.add_argument("--prefetch", type=int, default=int(env("OJS_PREFETCH", _DEFAULTS.prefetch)))
-    s.add_argument("--fetch-wait-ms", type=int,
-                   default=int(env("OJS_FETCH_WAIT_MS", _DEFAULTS.fetch_wait_ms)))  # fmt: skip
-    s.add_argument("--visibility-timeout-ms", type=int, default=int(
-        env("OJS_VISIBILITY_TIMEOUT_MS", _DEFAULTS.default_visibility_timeout_ms)))  # fmt: skip
-    s.add_argument("--connect-attempts", type=int,
-                   default=int(env("OJS_CONNECT_ATTEMPTS", _DEFAULTS.connect_attempts)))  # fmt: skip
-    s.add_argument("--log-level", default=env("OJS_LOG_LEVEL", _DEFAULTS.log_level))
+    serve_cmd = sub.add_parser("serve", help="run the daemon")
+    for flag, env_name, default, kind, text in _OPTIONS:
+        serve_cmd.add_argument(
+            flag, type=kind, default=kind(os.environ.get(env_name, default)),
+            help=f"{text} (env {env_name}, default {default!r})",
+        )  # fmt: skip
+    serve_cmd.add_argument(
+        "--test-mode",
+        action="store_true",
+        default=_env_bool("OJS_TEST_MODE"),
+        help="DANGEROUS: enables POST /ojs/v1/admin/reset, which deletes every job "
+        "(env OJS_TEST_MODE=1)",
+    )
     return parser
 
 

@@ -17,9 +17,7 @@ class Metrics:
         self._completed = Counter(
             "ojs_job_completed", "Jobs completed", labels, registry=self.registry
         )
-        self._failed = Counter(
-            "ojs_job_failed", "Failed attempts", labels, registry=self.registry
-        )
+        self._failed = Counter("ojs_job_failed", "Failed attempts", labels, registry=self.registry)
         self._duration = Histogram(
             "ojs_job_duration_seconds", "Time from fetch to ack", labels, registry=self.registry
         )

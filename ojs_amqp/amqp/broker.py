@@ -127,8 +127,12 @@ class Broker:
 
     async def _connect(self) -> None:
         self._lost.clear()
-        pub = await aio_pika.connect(self._url, client_properties={"connection_name": self._name + "-publish"})
-        con = await aio_pika.connect(self._url, client_properties={"connection_name": self._name + "-consume"})
+        pub = await aio_pika.connect(
+            self._url, client_properties={"connection_name": self._name + "-publish"}
+        )
+        con = await aio_pika.connect(
+            self._url, client_properties={"connection_name": self._name + "-consume"}
+        )
         for conn in (pub, con):
             conn.close_callbacks.add(self._on_close)
         self._pub_conn, self._con_conn = pub, con
@@ -168,7 +172,9 @@ class Broker:
                     break
                 except CONNECTION_ERRORS as exc:
                     delay = backoff_seconds(attempt)
-                    log.warning("reconnect attempt %d failed (%s); next in %.1fs", attempt, exc, delay)
+                    log.warning(
+                        "reconnect attempt %d failed (%s); next in %.1fs", attempt, exc, delay
+                    )
                     await asyncio.sleep(delay)
             self.reconnections += 1
             log.info("reconnected to the broker (reconnection %d)", self.reconnections)
@@ -203,7 +209,7 @@ class Broker:
             queue = await channel.declare_queue(name, durable=True, arguments=arguments)
             await queue.bind(exchange, routing_key)
             self._declared[name] = (arguments, exchange, routing_key)
-        except aiormq.exceptions.PreconditionFailed as exc:
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise TopologyMismatch(
                 f"queue {name} already exists with different arguments ({exc}); "
                 "delete it or align the configuration — it is never redeclared automatically"
@@ -254,7 +260,11 @@ class Broker:
             raise BackendUnavailable(f"the broker rejected the message ({exc})") from None
         except aio_pika.exceptions.PublishError as exc:
             raise BackendUnavailable(f"the message could not be routed ({exc})") from None
-        except (*CONNECTION_ERRORS, aiormq.exceptions.ChannelInvalidStateError, RuntimeError) as exc:
+        except (
+            *CONNECTION_ERRORS,
+            aiormq.exceptions.ChannelInvalidStateError,
+            RuntimeError,
+        ) as exc:
             raise BackendUnavailable(f"publishing failed: {exc!r}") from None
         if not isinstance(confirmation, aiormq.spec.Basic.Ack):
             raise BackendUnavailable(f"the broker did not confirm the message ({confirmation!r})")

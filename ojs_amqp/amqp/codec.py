@@ -86,4 +86,6 @@ def read_ref(headers: dict[str, Any] | None, message_id: str | None) -> CopyRef:
         job_id = job_id.decode("utf-8", "replace")
     if not isinstance(job_id, str):
         job_id = message_id
-    return CopyRef(job_id=job_id, copy=_int(headers.get(H_COPY)), due_at_ms=_int(headers.get(H_DUE_AT)))
+    return CopyRef(
+        job_id=job_id, copy=_int(headers.get(H_COPY)), due_at_ms=_int(headers.get(H_DUE_AT))
+    )

@@ -33,10 +33,10 @@ def parse_duration_ms(value: str | int | float) -> int:
         for unit, amount in iso.groupdict().items():
             if amount is not None:
                 total += float(amount) * _UNIT_MS[unit]
-        return int(round(total))
+        return round(total)
     lowered = text.lower()
     if _GO.match(lowered):
-        return int(round(sum(float(n) * _GO_UNIT_MS[u] for n, u in _GO_PART.findall(lowered))))
+        return round(sum(float(n) * _GO_UNIT_MS[u] for n, u in _GO_PART.findall(lowered)))
     raise ValueError(f"not a duration: {value!r}")
 
 

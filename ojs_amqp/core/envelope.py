@@ -155,36 +155,9 @@ def _duration(value: Any, field: str) -> int:
 
 
 def build_retry_policy(r: RetryIn | None, max_attempts: int | None) -> RetryPolicy:
+    """Merge a partial policy onto the defaults (RET-10) and validate it (RET-16)."""
     base = RetryPolicy()
-    values: dict[str, Any] = {}
-    if r is not None:
-        if r.max_attempts is not None:
-            values["max_attempts"] = r.max_attempts
-        for name in ("initial_interval", "max_interval"):
-            ms = getattr(r, name + "_ms")
-            iso = getattr(r, name)
-            if ms is not None:
-                values[name + "_ms"] = _duration(ms, f"retry.{name}_ms")
-            elif iso is not None:
-                values[name + "_ms"] = _duration(iso, f"retry.{name}")
-        if r.backoff_coefficient is not None:
-            values["backoff_coefficient"] = float(r.backoff_coefficient)
-        if r.jitter is not None:
-            values["jitter"] = r.jitter
-        if r.non_retryable_errors is not None:
-            values["non_retryable_errors"] = tuple(r.non_retryable_errors)
-        if r.on_exhaustion is not None:
-            if r.on_exhaustion not in ("discard", "dead_letter"):
-                raise ValidationFailed("retry.on_exhaustion must be 'discard' or 'dead_letter'")
-            values["on_exhaustion"] = r.on_exhaustion
-        strategy = r.backoff_strategy or r.backoff_type
-        if strategy is not None:
-            if strategy not in ("none", "constant", "linear", "exponential", "polynomial"):
-                raise ValidationFailed(
-                    "retry.backoff_strategy must be one of none, constant, linear, "
-                    "exponential, polynomial"
-                )
-            values["backoff_strategy"] = strategy
+    values = _retry_values(r) if r is not None else {}
     if max_attempts is not None and "max_attempts" not in values:
         values["max_attempts"] = max_attempts
     if "max_interval_ms" not in values:
@@ -197,27 +170,43 @@ def build_retry_policy(r: RetryIn | None, max_attempts: int | None) -> RetryPoli
     return policy
 
 
+_STRATEGIES = ("none", "constant", "linear", "exponential", "polynomial")
+
+
+def _retry_values(r: RetryIn) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in ("max_attempts", "jitter"):
+        if getattr(r, name) is not None:
+            values[name] = getattr(r, name)
+    for name in ("initial_interval", "max_interval"):
+        ms, iso = getattr(r, name + "_ms"), getattr(r, name)
+        if ms is not None or iso is not None:
+            label = f"retry.{name}_ms" if ms is not None else f"retry.{name}"
+            values[name + "_ms"] = _duration(ms if ms is not None else iso, label)
+    if r.backoff_coefficient is not None:
+        values["backoff_coefficient"] = float(r.backoff_coefficient)
+    if r.non_retryable_errors is not None:
+        values["non_retryable_errors"] = tuple(r.non_retryable_errors)
+    if r.on_exhaustion is not None:
+        if r.on_exhaustion not in ("discard", "dead_letter"):
+            raise ValidationFailed("retry.on_exhaustion must be 'discard' or 'dead_letter'")
+        values["on_exhaustion"] = r.on_exhaustion
+    strategy = r.backoff_strategy or r.backoff_type
+    if strategy is not None:
+        if strategy not in _STRATEGIES:
+            raise ValidationFailed(
+                f"retry.backoff_strategy must be one of {', '.join(_STRATEGIES)}"
+            )
+        values["backoff_strategy"] = strategy
+    return values
+
+
 def _policy_fields(policy: RetryPolicy) -> dict[str, Any]:
     return {name: getattr(policy, name) for name in policy.__slots__}
 
 
-def _build(req: EnqueueIn, body: dict[str, Any], *, now_ms: int, new_id: str) -> Job:
-    validate_type(req.type)
-    queue = _pick("queue", req) or "default"
-    validate_queue(queue)
-    job_id = req.id if req.id is not None else new_id
-    if not is_uuidv7(job_id):
-        raise InvalidRequest(
-            f"id {job_id!r} is not a lower-case UUIDv7", details={"field": "id"}
-        )
-    priority = _pick("priority", req)
-    if priority is None:
-        priority = 0
-    if not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
-        raise InvalidRequest(
-            f"priority {priority} is out of range [{PRIORITY_RANGE[0]}, {PRIORITY_RANGE[1]}]",
-            details={"field": "priority"},
-        )
+def _timeouts(req: EnqueueIn) -> tuple[int | None, int | None]:
+    """Execution timeout (ms; `timeout` in seconds also accepted) and visibility timeout."""
     timeout_ms = _pick("timeout_ms", req)
     timeout_s = _pick("timeout", req)
     if timeout_ms is None and timeout_s:
@@ -232,6 +221,33 @@ def _build(req: EnqueueIn, body: dict[str, Any], *, now_ms: int, new_id: str) ->
             f"visibility_timeout_ms must be >= {MIN_VISIBILITY_TIMEOUT_MS}",
             details={"field": "visibility_timeout_ms"},
         )
+    return timeout_ms, visibility_ms
+
+
+def _placement(req: EnqueueIn, new_id: str) -> tuple[str, str, int]:
+    """Validated (queue, id, priority)."""
+    queue = _pick("queue", req)
+    if queue is None:
+        queue = "default"
+    validate_queue(queue)
+    job_id = req.id if req.id is not None else new_id
+    if not is_uuidv7(job_id):
+        raise InvalidRequest(f"id {job_id!r} is not a lower-case UUIDv7", details={"field": "id"})
+    priority = _pick("priority", req)
+    if priority is None:
+        priority = 0
+    if not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
+        raise InvalidRequest(
+            f"priority {priority} is out of range [{PRIORITY_RANGE[0]}, {PRIORITY_RANGE[1]}]",
+            details={"field": "priority"},
+        )
+    return queue, job_id, priority
+
+
+def _build(req: EnqueueIn, body: dict[str, Any], *, now_ms: int, new_id: str) -> Job:
+    validate_type(req.type)
+    queue, job_id, priority = _placement(req, new_id)
+    timeout_ms, visibility_ms = _timeouts(req)
     retry_in = _pick("retry", req) or _pick("retry_policy", req)
     policy = build_retry_policy(retry_in, _pick("max_attempts", req))
 

@@ -154,7 +154,7 @@ def to_record(job: Job) -> dict[str, Any]:
 def from_record(record: dict[str, Any]) -> Job:
     retry = dict(record["retry"])
     retry["non_retryable_errors"] = tuple(retry.get("non_retryable_errors", ()))
-    kwargs = {name: record.get(name) for name in _PLAIN}
+    kwargs: dict[str, Any] = {name: record.get(name) for name in _PLAIN}
     for name in _TIMES:
         kwargs[name + "_ms"] = record.get(name + "_ms")
     return Job(

@@ -101,7 +101,9 @@ def fail(job: Job, now_ms: int, report: FailureReport, rng: Callable[[], float])
 def _after_failure(job: Job, now_ms: int, report: FailureReport, decision: Retry | Discard) -> Job:
     entry = _error_entry(job, report, now_ms)
     errors = [*job.errors, entry][-MAX_ERROR_HISTORY:]
-    common = {"error": entry, "errors": errors, "copy": job.copy + 1, "worker_id": None}
+    common: dict[str, Any] = {
+        "error": entry, "errors": errors, "copy": job.copy + 1, "worker_id": None,
+    }  # fmt: skip
     if isinstance(decision, Retry):
         return replace(
             job,
@@ -132,7 +134,9 @@ def lease_expired(job: Job, now_ms: int, kind: str, rng: Callable[[], float]) ->
     if kind == "timeout":
         check(job, Move.FAIL)
         report = FailureReport(code="timeout", type="timeout", message="execution timeout exceeded")
-        return _after_failure(job, now_ms, report, decide_failure(job.retry, job.attempt, report, rng))
+        return _after_failure(
+            job, now_ms, report, decide_failure(job.retry, job.attempt, report, rng)
+        )
     check(job, Move.LEASE_EXPIRED)
     report = FailureReport(
         code="visibility_timeout", type="visibility_timeout", message="lease expired before ack"
@@ -190,8 +194,11 @@ def worker_discard(job: Job, now_ms: int, reason: str) -> Job:
     check(job, Move.WORKER_DISCARD)
     entry = {"code": "rejected", "type": "rejected", "message": reason,
              "attempt": job.attempt, "occurred_at": format_ms(now_ms)}  # fmt: skip
-    return _discarded(job, now_ms, dead_letter=True, error=entry,
-                      errors=[*job.errors, entry][-MAX_ERROR_HISTORY:])  # fmt: skip
+    history = [*job.errors, entry][-MAX_ERROR_HISTORY:]
+    return _discarded(
+        job, now_ms, dead_letter=True, error=entry, errors=history, worker_id=None,
+        copy=job.copy + 1,
+    )  # fmt: skip
 
 
 def retry_dead_letter(job: Job, now_ms: int) -> Job:

@@ -15,4 +15,4 @@ def parse_rfc3339_ms(text: str) -> int:
     dt = datetime.fromisoformat(text)
     if dt.tzinfo is None:
         raise ValueError("timestamp must carry a timezone offset (e.g. 'Z')")
-    return int(round(dt.timestamp() * 1000))
+    return round(dt.timestamp() * 1000)

@@ -94,6 +94,9 @@ class Lease:
     timer: Callable[[], None] | None = field(default=None)
 
     def next_deadline(self) -> tuple[float, str]:
-        if self.execution_deadline is not None and self.execution_deadline < self.visibility_deadline:
+        if (
+            self.execution_deadline is not None
+            and self.execution_deadline < self.visibility_deadline
+        ):
             return self.execution_deadline, "timeout"
         return self.visibility_deadline, "visibility"

@@ -146,7 +146,9 @@ class JobEngine:
         async def on_dead(message: AbstractIncomingMessage) -> None:
             await self._on_dead_letter(message)
 
-        await self.broker.consume(t.job_queue(queue), t.job_queue_arguments(queue), prefetch, on_job)
+        await self.broker.consume(
+            t.job_queue(queue), t.job_queue_arguments(queue), prefetch, on_job
+        )
         await self.broker.consume(
             t.dead_letter_queue(queue), t.dead_letter_queue_arguments(), 100, on_dead
         )
@@ -178,7 +180,9 @@ class JobEngine:
         message = codec.encode(job, due_at_ms=due_at_ms)
         await self.broker.publish(self.broker.topology.delay_exchange, key, message)
 
-    async def _advance(self, new: Job, current: AbstractIncomingMessage | None, expect_copy: int) -> bool:
+    async def _advance(
+        self, new: Job, current: AbstractIncomingMessage | None, expect_copy: int
+    ) -> bool:
         """The one move rule: publish the next copy, record it, then ack the current copy."""
         await self._publish_copy(new)
         written = await self.store.update(new, expect_copy=expect_copy)
@@ -217,7 +221,9 @@ class JobEngine:
     async def get(self, job_id: str) -> Job:
         job = await self.store.get(job_id)
         if job is None:
-            raise NotFound(f"job {job_id} not found", details={"resource_type": "job", "resource_id": job_id})
+            raise NotFound(
+                f"job {job_id} not found", details={"resource_type": "job", "resource_id": job_id}
+            )
         return job
 
     async def activate(self, job_id: str) -> Job:
@@ -349,7 +355,9 @@ class JobEngine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._arrival.wait(), max(0.0, deadline - time.monotonic()))
 
-    async def _lease(self, d: Delivery, worker_id: str | None, visibility_ms: int | None) -> Job | None:
+    async def _lease(
+        self, d: Delivery, worker_id: str | None, visibility_ms: int | None
+    ) -> Job | None:
         job = await self.store.get(d.job_id)
         if job is None or job.copy != d.copy or job.state is not JobState.AVAILABLE:
             await _settle(d.message)
@@ -363,10 +371,16 @@ class JobEngine:
         if not await self.store.update(new, expect_copy=job.copy):
             await _settle(d.message)
             return None
-        vis = job.visibility_timeout_ms or visibility_ms or self.settings.default_visibility_timeout_ms
+        vis = (
+            job.visibility_timeout_ms
+            or visibility_ms
+            or self.settings.default_visibility_timeout_ms
+        )
         timeout = job.timeout_ms or self.settings.default_timeout_ms
         mono = time.monotonic()
-        lease = Lease(job.id, job.queue, worker_id, d.message, vis, mono + vis / 1000, mono + timeout / 1000)
+        lease = Lease(
+            job.id, job.queue, worker_id, d.message, vis, mono + vis / 1000, mono + timeout / 1000
+        )
         self._leases[job.id] = lease
         self._arm(lease)
         self.events.emit("job.started", new, now)
@@ -523,10 +537,16 @@ class JobEngine:
             max(0, due_at - now) / 1000, lambda: self._spawn(self._fire(key_id, message, ref))
         )
 
-    async def _fire(self, key_id: int, message: AbstractIncomingMessage, ref: codec.CopyRef) -> None:
+    async def _fire(
+        self, key_id: int, message: AbstractIncomingMessage, ref: codec.CopyRef
+    ) -> None:
         self._held.pop(key_id, None)
         job = await self.store.get(ref.job_id) if ref.job_id else None
-        if job is None or job.copy != ref.copy or job.state not in (JobState.SCHEDULED, JobState.RETRYABLE):
+        if (
+            job is None
+            or job.copy != ref.copy
+            or job.state not in (JobState.SCHEDULED, JobState.RETRYABLE)
+        ):
             await _settle(message)
             return
         now = self._now()
@@ -571,13 +591,18 @@ class JobEngine:
 
     # --- dead letters, queues, reset -------------------------------------------------------
 
-    async def dead_letters(self, queue: str | None, limit: int, offset: int) -> tuple[list[Job], int]:
+    async def dead_letters(
+        self, queue: str | None, limit: int, offset: int
+    ) -> tuple[list[Job], int]:
         return await self.store.dead_letters(queue, limit, offset)
 
     async def _dead_letter(self, job_id: str) -> Job:
         job = await self.store.get(job_id)
         if job is None or not (job.state is JobState.DISCARDED and job.dead_letter):
-            raise NotFound(f"no dead letter with id {job_id}", details={"resource_type": "dead_letter", "resource_id": job_id})
+            raise NotFound(
+                f"no dead letter with id {job_id}",
+                details={"resource_type": "dead_letter", "resource_id": job_id},
+            )
         return job
 
     async def retry_dead_letter(self, job_id: str) -> Job:
@@ -608,7 +633,9 @@ class JobEngine:
         self._leases.clear()
         self._queues_ready.clear()
         self._unpublished.clear()
-        await self.broker.purge([*self.broker.declared_queues(), *self.broker.topology.all_fixed_queues()])
+        await self.broker.purge(
+            [*self.broker.declared_queues(), *self.broker.topology.all_fixed_queues()]
+        )
         await self.store.reset()
         self.events.clear()
         self._worker_directives.clear()

@@ -115,9 +115,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def push(request: web.Request) -> web.Response:
     job = await _engine(request).push(await read_object(request))
-    return json_response(
-        {"job": to_wire(job)}, 201, headers={"Location": f"{BASE}/jobs/{job.id}"}
-    )
+    return json_response({"job": to_wire(job)}, 201, headers={"Location": f"{BASE}/jobs/{job.id}"})
 
 
 async def info(request: web.Request) -> web.Response:
@@ -163,7 +161,9 @@ async def ack(request: web.Request) -> web.Response:
 
 async def nack(request: web.Request) -> web.Response:
     body = schemas.parse(schemas.NackIn, await read_object(request))
-    job = await _engine(request).nack(body.job_id, body.error.report(), body.worker_id, body.requeue)
+    job = await _engine(request).nack(
+        body.job_id, body.error.report(), body.worker_id, body.requeue
+    )
     wire = to_wire(job)
     out = {"id": job.id, "job_id": job.id, "state": job.state.value, "attempt": job.attempt,
            "max_attempts": job.max_attempts}  # fmt: skip
@@ -179,8 +179,12 @@ async def heartbeat(request: web.Request) -> web.Response:
         body.worker_id, body.job_ids(), body.visibility_timeout_ms
     )
     return json_response(
-        {"state": state, "directive": state, "jobs_extended": extended,
-         "server_time": format_ms(_now_ms())}  # fmt: skip
+        {
+            "state": state,
+            "directive": state,
+            "jobs_extended": extended,
+            "server_time": format_ms(_now_ms()),
+        }
     )
 
 

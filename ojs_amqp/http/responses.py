@@ -22,7 +22,9 @@ REQUEST_ID = web.AppKey("request_id", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     response = web.Response(body=orjson.dumps(payload), status=status, headers=headers)
     response.headers["Content-Type"] = CONTENT_TYPE
     return response
@@ -52,17 +54,18 @@ def make_middleware(ids: UUIDv7Generator, now_ms: Callable[[], int]) -> Any:
             response = await handler(request)
         except OjsError as exc:
             response = json_response(error_body(exc, request_id), exc.http_status)
-        except web.HTTPRequestEntityTooLarge as exc:
-            err = PayloadTooLarge(f"request body exceeds the limit of {exc.max_size} bytes",
-                                  details={"limit_bytes": exc.max_size})  # fmt: skip
-            response = json_response(error_body(err, request_id), err.http_status)
+        except web.HTTPRequestEntityTooLarge:
+            too_large = PayloadTooLarge(
+                f"request body exceeds the limit of {request.client_max_size} bytes",
+                details={"limit_bytes": request.client_max_size},
+            )
+            response = json_response(error_body(too_large, request_id), too_large.http_status)
         except web.HTTPException as exc:
-            err = _http_error(exc)
-            response = json_response(error_body(err, request_id), exc.status)
+            response = json_response(error_body(_http_error(exc), request_id), exc.status)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
-            err = OjsError("internal error; see the daemon's log for request " + request_id)
-            response = json_response(error_body(err, request_id), 500)
+            internal = OjsError("internal error; see the daemon's log for request " + request_id)
+            response = json_response(error_body(internal, request_id), 500)
         response.headers["OJS-Version"] = "1.0"
         response.headers["X-Request-Id"] = request_id
         return response

@@ -28,8 +28,9 @@ class JobStore(Protocol):
 
     async def get(self, job_id: str) -> Job | None: ...
 
-    async def update(self, job: Job, *, expect_copy: int | None = None,
-                     published: bool = True) -> bool:
+    async def update(
+        self, job: Job, *, expect_copy: int | None = None, published: bool = True
+    ) -> bool:
         """Replace the job's row. With `expect_copy`, only if the stored copy number still
         matches (compare-and-set); return whether the row was written."""  # fmt: skip
 
@@ -40,7 +41,9 @@ class JobStore(Protocol):
 
     async def delete(self, job_id: str) -> bool: ...
 
-    async def dead_letters(self, queue: str | None, limit: int, offset: int) -> tuple[list[Job], int]:
+    async def dead_letters(
+        self, queue: str | None, limit: int, offset: int
+    ) -> tuple[list[Job], int]:
         """Dead-lettered jobs, newest first, and the total count."""
 
     async def expiring(self, now_ms: int, limit: int) -> list[Job]:

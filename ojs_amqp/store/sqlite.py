@@ -136,9 +136,7 @@ class SqliteJobStore:
         if not job_ids:
             return
         self.db.execute("BEGIN")
-        self.db.executemany(
-            "UPDATE jobs SET published = 1 WHERE id = ?", [(i,) for i in job_ids]
-        )
+        self.db.executemany("UPDATE jobs SET published = 1 WHERE id = ?", [(i,) for i in job_ids])
         self.db.execute("COMMIT")
 
     async def unpublished(self, limit: int) -> list[Job]:

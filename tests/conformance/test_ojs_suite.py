@@ -1,0 +1,67 @@
+"""The public OJS conformance suite (levels 0 and 1) against a real daemon and broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import Daemon
+
+SUITE_DIR = Path(
+    os.environ.get("OJS_CONFORMANCE_DIR", Path(__file__).parents[3] / "shared" / "conformance")
+)
+
+#: Tests the daemon cannot pass without hard-coding the suite's strings. L1-RTR-014 expects
+#: errors[n].type "ConnectionTimeout" / "RateLimitExceeded" / "InternalServerError" for nacks
+#: that carry only code "handler_error" and a free-text message: no type is sent to echo.
+KNOWN_UNPASSABLE = {"L1-RTR-014": "errors[0].type"}
+
+
+def run_suite(daemon: Daemon, suite_dir: str, report: Path) -> dict[str, dict[str, str]]:
+    runner = SUITE_DIR / "run.py"
+    if not runner.exists():
+        pytest.fail(f"conformance runner not found at {runner}; set OJS_CONFORMANCE_DIR")
+    subprocess.run(
+        [
+            sys.executable, str(runner), "--url", daemon.url, "--suites", str(SUITE_DIR / "suites"),
+            "--suite-dir", suite_dir, "--reset-url", f"{daemon.url}/ojs/v1/admin/reset",
+            "--json", str(report), "--timeout", "30",
+        ],
+        check=False,
+        timeout=600,
+    )  # fmt: skip
+    data = json.loads(report.read_text())
+    return {
+        r["test_id"] + ":" + r.get("name", ""): {
+            "status": r["status"].lower(),
+            "message": json.dumps(r.get("failures") or r.get("error") or ""),
+        }
+        for r in data["all_results"]
+    }
+
+
+@pytest.mark.conformance
+def test_every_level_0_core_test_passes(daemon: Daemon, tmp_path: Path) -> None:
+    results = run_suite(daemon, "level-0-core", tmp_path / "level0.json")
+    failed = {k: v for k, v in results.items() if v["status"] != "pass"}
+    assert len(results) == 65
+    assert failed == {}
+
+
+@pytest.mark.conformance
+def test_level_1_reliable_passes_all_but_the_unpassable_error_type_test(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    results = run_suite(daemon, "level-1-reliable", tmp_path / "level1.json")
+    failed = {k.split(":")[0]: v for k, v in results.items() if v["status"] != "pass"}
+    assert len(results) == 25
+    unexpected = {k: v for k, v in failed.items() if k not in KNOWN_UNPASSABLE}
+    assert unexpected == {}
+    for test_id, fragment in KNOWN_UNPASSABLE.items():
+        if test_id in failed:
+            assert fragment in failed[test_id]["message"]
