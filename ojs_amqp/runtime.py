@@ -42,7 +42,8 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         store = SqliteJobStore(settings.store_path)
-        broker = Broker(settings.amqp_url, Topology(settings.prefix))
+        name = f"ojs-amqp/{settings.prefix}" if settings.prefix else "ojs-amqp"
+        broker = Broker(settings.amqp_url, Topology(settings.prefix), connection_name=name)
         engine = JobEngine(settings, store, broker, EventLog(), Metrics())
         return cls(settings, store, broker, engine)
 

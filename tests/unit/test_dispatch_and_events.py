@@ -1,0 +1,54 @@
+from typing import Any
+
+from ojs_amqp.core.job import Job, JobState
+from ojs_amqp.engine.dispatch import Delivery, ReadyBuffers
+from ojs_amqp.engine.events import EventLog
+
+
+def _delivery(job_id: str, priority: int = 0, queue: str = "q") -> Delivery:
+    message: Any = object()
+    return Delivery(job_id, queue, 1, priority, message)
+
+
+def test_buffers_hand_out_higher_priority_first_then_arrival_order() -> None:
+    buffers = ReadyBuffers()
+    for job_id, priority in [("a", 0), ("b", 5), ("c", 0), ("d", 5), ("e", -3)]:
+        buffers.add(_delivery(job_id, priority))
+    order = [buffers.pop("q").job_id for _ in range(5)]  # type: ignore[union-attr]
+    assert order == ["b", "d", "a", "c", "e"]
+    assert buffers.pop("q") is None
+
+
+def test_a_removed_job_is_never_handed_out() -> None:
+    buffers = ReadyBuffers()
+    buffers.add(_delivery("a"))
+    buffers.add(_delivery("b"))
+    assert buffers.remove("a") is not None
+    assert buffers.pop("q").job_id == "b"  # type: ignore[union-attr]
+    assert buffers.pop("q") is None
+
+
+def test_expected_jobs_are_awaited_until_they_arrive() -> None:
+    buffers = ReadyBuffers()
+    buffers.expect("q", "a")
+    assert buffers.awaiting(["q"])
+    assert not buffers.awaiting(["other"])
+    buffers.add(_delivery("a"))
+    assert not buffers.awaiting(["q"])
+
+
+def _job(queue: str, job_type: str = "t.x") -> Job:
+    return Job(id="id-" + queue, type=job_type, queue=queue, args=[], state=JobState.AVAILABLE,
+               created_at_ms=0)  # fmt: skip
+
+
+def test_event_query_filters_by_type_and_queue_and_pages_with_a_cursor() -> None:
+    log = EventLog()
+    for i in range(5):
+        log.emit("job.enqueued", _job("a"), i)
+        log.emit("job.completed", _job("b"), i, duration_ms=1)
+    events, cursor, more = log.query(types=["job.completed"], queues=["b"], limit=3)
+    assert [e["type"] for e in events] == ["job.completed"] * 3 and more
+    assert events[0]["data"]["duration_ms"] == 1 and events[0]["data"]["queue"] == "b"
+    rest, _, more = log.query(after=cursor, types=["job.completed"], limit=10)
+    assert len(rest) == 2 and not more
