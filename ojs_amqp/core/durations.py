@@ -14,17 +14,29 @@ _ISO = re.compile(
 )
 _GO_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _GO = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|h|m|s))+$")
+#: Longer durations are refused: they would overflow timestamps and AMQP header integers.
+MAX_DURATION_MS = 100 * 366 * 86_400_000
 _UNIT_MS = {"w": 604_800_000, "d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000}
 _GO_UNIT_MS = {"h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
 
 
 def parse_duration_ms(value: str | int | float) -> int:
-    """Return the duration in milliseconds; raise ValueError on anything unparseable."""
+    """Return the duration in milliseconds; raise ValueError on anything unparseable or
+    longer than a century."""
+    ms = _parse(value)
+    if ms > MAX_DURATION_MS:
+        raise ValueError(f"duration {value!r} is longer than 100 years")
+    return ms
+
+
+def _parse(value: str | int | float) -> int:
     if isinstance(value, bool):
         raise ValueError("a duration cannot be a boolean")
     if isinstance(value, int | float):
-        if value < 0:
+        if not value >= 0:  # also refuses NaN
             raise ValueError("a duration cannot be negative")
+        if value > MAX_DURATION_MS:
+            raise ValueError(f"duration {value!r} is longer than 100 years")
         return int(value)
     text = value.strip()
     iso = _ISO.match(text.upper())

@@ -10,7 +10,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
 from ojs_amqp.core.durations import parse_duration_ms
 from ojs_amqp.core.ids import is_uuidv7
@@ -27,8 +36,8 @@ MAX_NAME_BYTES = 255
 PRIORITY_RANGE = (-100, 100)
 MIN_VISIBILITY_TIMEOUT_MS = 1000
 
-Duration = StrictStr | StrictInt | float
-Number = StrictInt | float
+Duration = StrictStr | StrictInt | StrictFloat
+Number = StrictInt | StrictFloat
 
 
 class RetryIn(BaseModel):
@@ -143,7 +152,7 @@ def _time_ms(value: str, field: str, now_ms: int) -> int:
         if text.startswith("+") or text.upper().startswith("P"):
             return now_ms + parse_duration_ms(text.lstrip("+"))
         return parse_rfc3339_ms(text)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise InvalidRequest(f"{field}: {exc}", details={"field": field}) from None
 
 

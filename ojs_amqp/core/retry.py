@@ -18,6 +18,8 @@ BackoffStrategy = Literal["none", "constant", "linear", "exponential", "polynomi
 Exhaustion = Literal["discard", "dead_letter"]
 
 MAX_DELAY_MS = 10 * 365 * 86_400_000  # ten years: a sane ceiling for float blow-ups
+#: x-ojs-max-attempts travels as an int32 AMQP header.
+MAX_ATTEMPTS_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +36,12 @@ class RetryPolicy:
     def problems(self) -> list[str]:
         """Human-readable violations, each naming its field; empty when valid."""
         out = []
-        if self.max_attempts < 0:
-            out.append("retry.max_attempts must be >= 0")
+        if not 0 <= self.max_attempts <= MAX_ATTEMPTS_LIMIT:
+            out.append(f"retry.max_attempts must be between 0 and {MAX_ATTEMPTS_LIMIT}")
         if self.initial_interval_ms <= 0:
             out.append("retry.initial_interval must be > 0")
-        if self.backoff_coefficient < 1.0:
-            out.append("retry.backoff_coefficient must be >= 1.0")
+        if not 1.0 <= self.backoff_coefficient <= 1e6:  # also refuses NaN and infinity
+            out.append("retry.backoff_coefficient must be between 1.0 and 1000000")
         if self.max_interval_ms < self.initial_interval_ms:
             out.append("retry.max_interval must be >= retry.initial_interval")
         return out

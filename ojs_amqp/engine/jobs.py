@@ -301,14 +301,25 @@ class JobEngine:
         return job
 
     async def _on_dead_letter(self, message: AbstractIncomingMessage) -> None:
-        """Archive what reached ojs.queue.dlx.{q}: our own discards are already recorded; a
-        native worker's Basic.Nack(requeue=false) is recorded here."""
-        ref = codec.read_ref(message.headers, message.message_id)
-        job = await self.store.get(ref.job_id) if ref.job_id else None
-        if job is not None and job.state in (JobState.ACTIVE, JobState.AVAILABLE):
-            new = lifecycle.worker_discard(job, self._now(), "rejected by a worker")
-            await self.store.update(new, expect_copy=job.copy)
-            self.events.emit("job.discarded", new, self._now())
+        """Archive what reached ojs.queue.dlx.{q}.
+
+        Our own discards carry the *next* copy number and are recorded by the move that
+        published them (possibly still awaiting its confirm), so they are only acked here. A
+        copy whose number matches an active job's is a worker's Basic.Nack(requeue=false).
+        """
+        try:
+            ref = codec.read_ref(message.headers, message.message_id)
+            job = await self.store.get(ref.job_id) if ref.job_id else None
+            rejected_by_worker = (
+                job is not None and job.state is JobState.ACTIVE and ref.copy in (None, job.copy)
+            )
+            if job is not None and rejected_by_worker:
+                new = lifecycle.worker_discard(job, self._now(), "rejected by a worker")
+                if await self.store.update(new, expect_copy=job.copy):
+                    self._drop_lease(job.id)
+                    self.events.emit("job.discarded", new, self._now())
+        except OjsError as exc:
+            log.warning("could not archive a dead letter: %s", exc.message)
         await _settle(message)
 
     def _forget_deliveries(self) -> None:

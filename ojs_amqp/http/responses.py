@@ -17,7 +17,8 @@ log = logging.getLogger("ojs_amqp.http")
 CONTENT_TYPE = "application/openjobspec+json"
 ACCEPTED_CONTENT_TYPES = ("application/openjobspec+json", "application/json")
 DOCS_URL = "https://github.com/openjobspec/spec/blob/main/spec/ojs-errors.md"
-REQUEST_ID = web.AppKey("request_id", str)
+#: orjson reads 1024 levels but writes only ~254; stored documents add a few levels on top.
+MAX_JSON_DEPTH = 128
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -92,9 +93,29 @@ async def read_json(request: web.Request) -> Any:
     if not raw.strip():
         raise InvalidPayload("the request has no body; send a JSON object")
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidPayload(f"the body is not valid JSON: {exc}") from None
+    if nesting_depth(body) > MAX_JSON_DEPTH:
+        raise InvalidPayload(f"the body nests deeper than {MAX_JSON_DEPTH} levels")
+    return body
+
+
+def nesting_depth(value: Any) -> int:
+    """Depth of nested arrays/objects, without recursion (bodies can be adversarial)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 async def read_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:

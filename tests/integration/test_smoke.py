@@ -9,7 +9,9 @@ def test_pushed_job_is_fetched_acked_and_reads_back_completed(daemon: Daemon) ->
     status, body = request("POST", f"{daemon.url}/ojs/v1/workers/fetch", {"queues": ["default"]})
     assert status == 200 and body["jobs"][0]["id"] == job_id
 
-    status, body = request("POST", f"{daemon.url}/ojs/v1/workers/ack", {"job_id": job_id, "result": 7})
+    status, body = request(
+        "POST", f"{daemon.url}/ojs/v1/workers/ack", {"job_id": job_id, "result": 7}
+    )
     assert status == 200 and body["state"] == "completed"
 
     status, body = request("GET", f"{daemon.url}/ojs/v1/jobs/{job_id}")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ojs_amqp.core.durations import format_duration_ms, parse_duration_ms
+from ojs_amqp.core.durations import MAX_DURATION_MS, format_duration_ms, parse_duration_ms
 
 
 @pytest.mark.parametrize(
@@ -96,9 +96,20 @@ def test_durations_are_formatted_as_iso_8601(ms: int, text: str) -> None:
     assert format_duration_ms(ms) == text
 
 
-@given(st.integers(min_value=0, max_value=10**13))
+@given(st.integers(min_value=0, max_value=MAX_DURATION_MS))
 def test_formatting_then_parsing_gives_back_the_same_milliseconds(ms: int) -> None:
     assert parse_duration_ms(format_duration_ms(ms)) == ms
+
+
+def test_durations_longer_than_a_century_are_refused() -> None:
+    for value in (
+        MAX_DURATION_MS + 1,
+        f"PT{MAX_DURATION_MS // 1000 + 1}S",
+        "P40000D",
+        float("nan"),
+    ):
+        with pytest.raises(ValueError):
+            parse_duration_ms(value)
 
 
 @given(st.integers(min_value=0, max_value=10**9))
