@@ -24,10 +24,12 @@ class UUIDv7Generator:
             if self._counter > 0xFFF:  # 12-bit counter exhausted: borrow the next millisecond
                 now_ms += 1
                 self._counter = 0
+            rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
         else:
-            self._counter = int.from_bytes(os.urandom(2), "big") & 0x3FF
+            entropy = int.from_bytes(os.urandom(10), "big")  # one syscall for both fields
+            self._counter = (entropy >> 64) & 0x3FF
+            rand_b = entropy & ((1 << 62) - 1)
         self._last_ms = now_ms
-        rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
         value = (now_ms & ((1 << 48) - 1)) << 80
         value |= 0x7 << 76
         value |= self._counter << 64

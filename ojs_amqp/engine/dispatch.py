@@ -15,14 +15,20 @@ from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from ojs_amqp.core.job import Job
+
 
 @dataclass(slots=True)
 class Delivery:
-    job_id: str
+    """A buffered delivery and the job as the store had it when the delivery arrived."""
+
+    job: Job
     queue: str
-    copy: int
-    priority: int
     message: AbstractIncomingMessage
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
 
 
 class ReadyBuffers:
@@ -39,7 +45,7 @@ class ReadyBuffers:
         self._entries[delivery.job_id] = delivery
         if old is None:
             heap = self._heaps.setdefault(delivery.queue, [])
-            heapq.heappush(heap, (-delivery.priority, next(self._seq), delivery.job_id))
+            heapq.heappush(heap, (-delivery.job.priority, next(self._seq), delivery.job_id))
         self._expected.get(delivery.queue, {}).pop(delivery.job_id, None)
 
     def pop(self, queue: str) -> Delivery | None:
@@ -84,14 +90,20 @@ class ReadyBuffers:
 
 @dataclass(slots=True)
 class Lease:
-    job_id: str
-    queue: str
+    """An active job held by a worker. `job` is current: every move of an active job goes
+    through the engine, which drops or replaces the lease."""
+
+    job: Job
     worker_id: str | None
     message: AbstractIncomingMessage | None
     visibility_ms: int
     visibility_deadline: float
     execution_deadline: float | None
     timer: Callable[[], None] | None = field(default=None)
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
 
     def next_deadline(self) -> tuple[float, str]:
         if (

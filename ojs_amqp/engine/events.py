@@ -16,10 +16,30 @@ from ojs_amqp.core.job import Job
 from ojs_amqp.core.times import format_ms
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
+    """What happened, captured cheaply; the OJS envelope is built only when someone reads it."""
+
     seq: int
-    envelope: dict[str, Any]
+    type: str
+    time_ms: int
+    queue: str
+    job_type: str
+    data: dict[str, Any]
+    _envelope: dict[str, Any] | None = None
+
+    def envelope(self, ids: UUIDv7Generator, source: str) -> dict[str, Any]:
+        if self._envelope is None:
+            self._envelope = {
+                "specversion": "1.0",
+                "id": f"evt_{ids.new(self.time_ms)}",
+                "type": self.type,
+                "source": source,
+                "time": format_ms(self.time_ms),
+                "subject": self.data["job_id"],
+                "data": {**self.data, "timestamp": format_ms(self.time_ms)},
+            }
+        return self._envelope
 
 
 class EventLog:
@@ -37,22 +57,12 @@ class EventLog:
             "queue": job.queue,
             "state": job.state.value,
             "attempt": job.attempt,
-            "timestamp": format_ms(now_ms),
             **data,
         }
         trace_id = job.meta.get("trace_id") if isinstance(job.meta, dict) else None
         if trace_id is not None:
             payload["trace_id"] = trace_id
-        envelope = {
-            "specversion": "1.0",
-            "id": f"evt_{self._ids.new(now_ms)}",
-            "type": event_type,
-            "source": self._source,
-            "time": format_ms(now_ms),
-            "subject": job.id,
-            "data": payload,
-        }
-        self._events.append(Event(self._seq, envelope))
+        self._events.append(Event(self._seq, event_type, now_ms, job.queue, job.type, payload))
 
     def query(
         self,
@@ -70,16 +80,15 @@ class EventLog:
         for event in self._events:
             if event.seq <= after:
                 continue
-            env = event.envelope
-            if types_set and env["type"] not in types_set:
+            if types_set and event.type not in types_set:
                 continue
-            if queues_set and env["data"]["queue"] not in queues_set:
+            if queues_set and event.queue not in queues_set:
                 continue
-            if job_types_set and env["data"]["job_type"] not in job_types_set:
+            if job_types_set and event.job_type not in job_types_set:
                 continue
             if len(out) == limit:
                 return out, cursor, True
-            out.append(env)
+            out.append(event.envelope(self._ids, self._source))
             cursor = event.seq
         return out, cursor, False
 

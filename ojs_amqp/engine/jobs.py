@@ -271,7 +271,7 @@ class JobEngine:
         if job.state is not JobState.AVAILABLE:
             await _settle(message)
             return
-        self._buffers.add(Delivery(job.id, queue, job.copy, job.priority, message))
+        self._buffers.add(Delivery(job, queue, message))
         self._arrival.set()
 
     async def _recover_active(self, job: Job, message: AbstractIncomingMessage) -> None:
@@ -369,10 +369,9 @@ class JobEngine:
     async def _lease(
         self, d: Delivery, worker_id: str | None, visibility_ms: int | None
     ) -> Job | None:
-        job = await self.store.get(d.job_id)
-        if job is None or job.copy != d.copy or job.state is not JobState.AVAILABLE:
-            await _settle(d.message)
-            return None
+        """Hand a buffered job to a worker. The store write is a compare-and-set on the copy
+        number, so a job cancelled or moved since it was buffered is dropped, not leased."""
+        job = d.job
         now = self._now()
         if job.expires_at_ms is not None and job.expires_at_ms <= now:
             await self._expire(job)
@@ -389,9 +388,7 @@ class JobEngine:
         )
         timeout = job.timeout_ms or self.settings.default_timeout_ms
         mono = time.monotonic()
-        lease = Lease(
-            job.id, job.queue, worker_id, d.message, vis, mono + vis / 1000, mono + timeout / 1000
-        )
+        lease = Lease(new, worker_id, d.message, vis, mono + vis / 1000, mono + timeout / 1000)
         self._leases[job.id] = lease
         self._arm(lease)
         self.events.emit("job.started", new, now)
@@ -426,7 +423,8 @@ class JobEngine:
             self._after_failure_events(new, now)
 
     async def _owned_active(self, job_id: str, worker_id: str | None) -> tuple[Job, Lease | None]:
-        job = await self.get(job_id)
+        lease = self._leases.get(job_id)
+        job = lease.job if lease is not None else await self.get(job_id)
         if job.state is not JobState.ACTIVE:
             raise Conflict(
                 f"job {job_id} is {job.state.value}, not active",
@@ -437,7 +435,7 @@ class JobEngine:
                 f"job {job_id} is leased to worker {job.worker_id}, not {worker_id}",
                 details={"job_id": job_id, "worker_id": job.worker_id},
             )
-        return job, self._leases.get(job_id)
+        return job, lease
 
     async def ack(self, job_id: str, result: Any, worker_id: str | None) -> Job:
         job, lease = await self._owned_active(job_id, worker_id)

@@ -1,13 +1,18 @@
 """SQLite job store: embedded, zero set-up, WAL journal.
 
-Calls run directly on the event loop thread. With WAL and synchronous=NORMAL a commit costs tens
-of microseconds and needs no fsync, which is cheaper than handing every call to a thread. A
-process crash loses nothing committed; a power loss can lose the last commits, and the broker
+Calls run directly on the event loop thread: with WAL and synchronous=NORMAL a commit needs no
+fsync, which is cheaper than handing every call to a thread. Writes use group commit: every
+write made in one turn of the event loop joins one transaction, committed at the start of the
+next turn, and each writer resumes only once its write is committed. So a caller that acks a
+broker message after `await store.update(...)` never acks ahead of its record.
+
+A process crash loses nothing committed; a power loss can lose the last commits, and the broker
 still holds every job's message, which the daemon re-adopts on delivery.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from typing import Any
 
@@ -73,6 +78,7 @@ class SqliteJobStore:
     def __init__(self, path: str) -> None:
         self._path = path
         self._db: sqlite3.Connection | None = None
+        self._batch: asyncio.Future[None] | None = None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -101,18 +107,49 @@ class SqliteJobStore:
             db.execute("COMMIT")
         self._db = db
 
+    def _write(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
+        """Run a write inside the current group-commit transaction."""
+        db = self.db
+        if not db.in_transaction:
+            db.execute("BEGIN")
+        if self._batch is None:
+            loop = asyncio.get_running_loop()
+            self._batch = loop.create_future()
+            loop.call_soon(self._commit)
+        return db.execute(sql, params)
+
+    def _commit(self) -> None:
+        batch, self._batch = self._batch, None
+        try:
+            if self._db is not None and self._db.in_transaction:
+                self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if batch is not None and not batch.done():
+                batch.set_exception(exc)
+            return
+        if batch is not None and not batch.done():
+            batch.set_result(None)
+
+    async def _committed(self) -> None:
+        batch = self._batch
+        if batch is not None:
+            await asyncio.shield(batch)
+
     async def close(self) -> None:
+        if self._batch is not None:
+            self._commit()
         if self._db is not None:
             self._db.close()
             self._db = None
 
     async def insert(self, job: Job, *, published: bool) -> None:
         try:
-            self.db.execute("INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?)", _row(job, published))
+            self._write("INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?)", _row(job, published))
         except sqlite3.IntegrityError:
             raise Duplicate(
                 f"a job with id {job.id} already exists", details={"existing_job_id": job.id}
             ) from None
+        await self._committed()
 
     async def get(self, job_id: str) -> Job | None:
         row = self.db.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -130,14 +167,16 @@ class SqliteJobStore:
         if expect_copy is not None:
             sql += " AND copy=?"
             params = (*params, expect_copy)
-        return self.db.execute(sql, params).rowcount == 1
+        written = self._write(sql, params).rowcount == 1
+        await self._committed()
+        return written
 
     async def mark_published(self, job_ids: list[str]) -> None:
         if not job_ids:
             return
-        self.db.execute("BEGIN")
-        self.db.executemany("UPDATE jobs SET published = 1 WHERE id = ?", [(i,) for i in job_ids])
-        self.db.execute("COMMIT")
+        for job_id in job_ids:
+            self._write("UPDATE jobs SET published = 1 WHERE id = ?", (job_id,))
+        await self._committed()
 
     async def unpublished(self, limit: int) -> list[Job]:
         rows = self.db.execute(
@@ -146,7 +185,9 @@ class SqliteJobStore:
         return [_job(r[0]) for r in rows]
 
     async def delete(self, job_id: str) -> bool:
-        return self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount == 1
+        deleted = self._write("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount == 1
+        await self._committed()
+        return deleted
 
     async def dead_letters(
         self, queue: str | None, limit: int, offset: int
@@ -169,12 +210,13 @@ class SqliteJobStore:
         return [_job(r[0]) for r in rows]
 
     async def prune_finished(self, completed_before_ms: int, discarded_before_ms: int) -> int:
-        cur = self.db.execute(
+        cur = self._write(
             "DELETE FROM jobs WHERE finished_at_ms IS NOT NULL AND dead_letter = 0 AND "
             "((state != 'discarded' AND finished_at_ms < ?) OR "
             "(state = 'discarded' AND finished_at_ms < ?))",
             (completed_before_ms, discarded_before_ms),
         )
+        await self._committed()
         return cur.rowcount
 
     async def count_by_state(self) -> dict[tuple[str, str], int]:
@@ -182,14 +224,16 @@ class SqliteJobStore:
         return {(q, s): n for q, s, n in rows}
 
     async def add_queue(self, name: str, now_ms: int) -> None:
-        self.db.execute(
+        self._write(
             "INSERT OR IGNORE INTO queues (name, created_at_ms) VALUES (?, ?)", (name, now_ms)
         )
+        await self._committed()
 
     async def queues(self) -> list[QueueInfo]:
         rows = self.db.execute("SELECT name, created_at_ms FROM queues ORDER BY name")
         return [QueueInfo(name, created) for name, created in rows]
 
     async def reset(self) -> None:
-        self.db.execute("DELETE FROM jobs")
-        self.db.execute("DELETE FROM queues")
+        self._write("DELETE FROM jobs", ())
+        self._write("DELETE FROM queues", ())
+        await self._committed()

@@ -7,7 +7,9 @@ from ojs_amqp.engine.events import EventLog
 
 def _delivery(job_id: str, priority: int = 0, queue: str = "q") -> Delivery:
     message: Any = object()
-    return Delivery(job_id, queue, 1, priority, message)
+    job = Job(id=job_id, type="t.x", queue=queue, args=[], state=JobState.AVAILABLE,
+              created_at_ms=0, priority=priority)  # fmt: skip
+    return Delivery(job, queue, message)
 
 
 def test_buffers_hand_out_higher_priority_first_then_arrival_order() -> None:

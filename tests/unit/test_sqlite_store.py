@@ -1,0 +1,101 @@
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ojs_amqp.core.job import Job, JobState
+from ojs_amqp.errors import Duplicate
+from ojs_amqp.store.sqlite import SCHEMA_VERSION, SqliteJobStore
+
+
+def _job(n: int = 1, **changes: object) -> Job:
+    job = Job(id=f"019a0000-0000-7000-8000-{n:012d}", type="t.x", queue="q", args=[n],
+              state=JobState.AVAILABLE, created_at_ms=1_000 + n)  # fmt: skip
+    return replace(job, **changes)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
+    s = SqliteJobStore(str(tmp_path / "jobs.db"))
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_a_job_reads_back_exactly_as_written(store: SqliteJobStore) -> None:
+    job = _job(meta={"k": [1, 2]}, extra={"x_custom": True})
+    await store.insert(job, published=True)
+    assert await store.get(job.id) == job
+
+
+async def test_a_second_insert_with_the_same_id_is_a_duplicate(store: SqliteJobStore) -> None:
+    await store.insert(_job(), published=True)
+    with pytest.raises(Duplicate):
+        await store.insert(_job(), published=True)
+
+
+async def test_update_with_a_stale_copy_number_writes_nothing(store: SqliteJobStore) -> None:
+    job = _job()
+    await store.insert(job, published=True)
+    moved = replace(job, state=JobState.CANCELLED, copy=2)
+    assert await store.update(moved, expect_copy=1)
+    assert not await store.update(replace(job, state=JobState.ACTIVE), expect_copy=1)
+    assert (await store.get(job.id)).state is JobState.CANCELLED  # type: ignore[union-attr]
+
+
+async def test_outbox_rows_stay_unpublished_until_marked(store: SqliteJobStore) -> None:
+    await store.insert(_job(1), published=False)
+    await store.insert(_job(2), published=True)
+    assert [j.id for j in await store.unpublished(10)] == [_job(1).id]
+    await store.mark_published([_job(1).id])
+    assert await store.unpublished(10) == []
+
+
+async def test_writes_of_one_loop_turn_commit_together_before_writers_resume(
+    store: SqliteJobStore, tmp_path: Path
+) -> None:
+    other = sqlite3.connect(tmp_path / "jobs.db")
+    inserts = [store.insert(_job(n), published=True) for n in range(20)]
+    await asyncio.gather(*inserts)
+    assert other.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 20
+    other.close()
+
+
+async def test_dead_letters_list_only_dead_lettered_discards(store: SqliteJobStore) -> None:
+    dead = _job(1, state=JobState.DISCARDED, dead_letter=True, discarded_at_ms=5)
+    plain = _job(2, state=JobState.DISCARDED, discarded_at_ms=5)
+    await store.insert(dead, published=True)
+    await store.insert(plain, published=True)
+    jobs, total = await store.dead_letters(None, 10, 0)
+    assert [j.id for j in jobs] == [dead.id] and total == 1
+
+
+async def test_retention_prunes_finished_jobs_but_keeps_dead_letters(store: SqliteJobStore) -> None:
+    await store.insert(_job(1, state=JobState.COMPLETED, completed_at_ms=10), published=True)
+    await store.insert(_job(2, state=JobState.DISCARDED, dead_letter=True, discarded_at_ms=10),
+                       published=True)  # fmt: skip
+    await store.insert(_job(3), published=True)
+    assert await store.prune_finished(100, 100) == 1
+    assert await store.get(_job(1).id) is None
+    assert await store.get(_job(2).id) is not None and await store.get(_job(3).id) is not None
+
+
+async def test_expiring_finds_only_waiting_jobs_past_their_expiry(store: SqliteJobStore) -> None:
+    await store.insert(_job(1, expires_at_ms=50), published=True)
+    await store.insert(_job(2, expires_at_ms=500), published=True)
+    await store.insert(_job(3, expires_at_ms=50, state=JobState.ACTIVE), published=True)
+    assert [j.id for j in await store.expiring(100, 10)] == [_job(1).id]
+
+
+async def test_a_store_from_a_newer_daemon_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION + 1,))
+    db.commit()
+    db.close()
+    with pytest.raises(RuntimeError, match="newer"):
+        await SqliteJobStore(str(path)).open()
