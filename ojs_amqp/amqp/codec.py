@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aio_pika import DeliveryMode, Message
+from aio_pika.abc import AbstractIncomingMessage
+from pamqp.commands import Basic
 
 from ojs_amqp.core.job import Job, to_wire
 from ojs_amqp.core.times import format_ms
@@ -28,7 +30,15 @@ def amqp_priority(priority: int) -> int:
     return 9
 
 
-def encode(job: Job, *, due_at_ms: int | None = None) -> Message:
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message ready for aiormq's basic_publish (no aio-pika Message: it costs ~100 µs)."""
+
+    body: bytes
+    properties: Basic.Properties
+
+
+def encode(job: Job, *, due_at_ms: int | None = None) -> Outgoing:
     headers: dict[str, Any] = {
         H_JOB_ID: job.id,
         H_STATE: job.state.value,
@@ -51,18 +61,34 @@ def encode(job: Job, *, due_at_ms: int | None = None) -> Message:
     if due_at_ms is not None:
         headers[H_DUE_AT] = due_at_ms
     correlation = job.meta.get("correlation_id") if isinstance(job.meta, dict) else None
-    return Message(
-        body=orjson.dumps(to_wire(job)),
+    properties = Basic.Properties(
         content_type=CONTENT_TYPE,
         content_encoding="utf-8",
-        delivery_mode=DeliveryMode.PERSISTENT,
+        delivery_mode=2,
         message_id=job.id,
-        type=job.type,
+        message_type=job.type,
         priority=amqp_priority(job.priority),
-        timestamp=job.created_at_ms / 1000,
+        timestamp=datetime.fromtimestamp(job.created_at_ms // 1000, tz=UTC),
         app_id="ojs",
         correlation_id=correlation if isinstance(correlation, str) else None,
         headers=headers,
+    )
+    return Outgoing(orjson.dumps(to_wire(job)), properties)
+
+
+def properties_of(message: AbstractIncomingMessage) -> Basic.Properties:
+    """The properties of a delivered message, to publish it again unchanged."""
+    return Basic.Properties(
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        headers=dict(message.headers or {}),
+        delivery_mode=2,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        message_type=message.type,
+        app_id=message.app_id,
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -136,13 +136,16 @@ def to_wire(job: Job) -> dict[str, Any]:
     return ordered
 
 
+_RETRY_FIELDS = tuple(f.name for f in fields(RetryPolicy))
+
+
 def to_record(job: Job) -> dict[str, Any]:
     """Lossless storage form (raw milliseconds, policy fields, copy number)."""
     record: dict[str, Any] = {name: getattr(job, name) for name in _PLAIN}
     for name in _TIMES:
         record[name + "_ms"] = getattr(job, name + "_ms")
     record["state"] = job.state.value
-    record["retry"] = asdict(job.retry)
+    record["retry"] = {name: getattr(job.retry, name) for name in _RETRY_FIELDS}
     record["copy"] = job.copy
     record["dead_letter"] = job.dead_letter
     record["extra"] = job.extra

@@ -32,13 +32,20 @@ class Delivery:
 
 
 class ReadyBuffers:
+    #: Expected jobs remembered per queue; beyond this the oldest are forgotten (they are
+    #: then read from the store on delivery, which is only slower).
+    EXPECT_LIMIT = 10_000
+
     def __init__(self) -> None:
         self._heaps: dict[str, list[tuple[int, int, str]]] = {}
         self._entries: dict[str, Delivery] = {}
+        self._sizes: dict[str, int] = {}
         self._seq = itertools.count()
-        #: Jobs we published to a queue and whose delivery has not arrived yet. FETCH waits
-        #: briefly for them so FIFO and queue order hold right after a push.
-        self._expected: dict[str, dict[str, float]] = {}
+        #: Jobs we published to a queue whose delivery has not arrived yet, oldest first.
+        #: FETCH waits briefly for them when their queue's buffer is empty, so FIFO and queue
+        #: order hold right after a push; the delivery handler takes the job from here
+        #: instead of reading the store.
+        self._expected: dict[str, dict[str, tuple[float, Job]]] = {}
 
     def add(self, delivery: Delivery) -> None:
         old = self._entries.get(delivery.job_id)
@@ -46,44 +53,62 @@ class ReadyBuffers:
         if old is None:
             heap = self._heaps.setdefault(delivery.queue, [])
             heapq.heappush(heap, (-delivery.job.priority, next(self._seq), delivery.job_id))
-        self._expected.get(delivery.queue, {}).pop(delivery.job_id, None)
+            self._sizes[delivery.queue] = self._sizes.get(delivery.queue, 0) + 1
 
     def pop(self, queue: str) -> Delivery | None:
         heap = self._heaps.get(queue)
         while heap:
             _, _, job_id = heapq.heappop(heap)
-            delivery = self._entries.pop(job_id, None)
+            delivery = self._entries.get(job_id)
             if delivery is not None and delivery.queue == queue:
+                self._forget(delivery)
                 return delivery
         return None
 
     def remove(self, job_id: str) -> Delivery | None:
         """Take a job out (cancel); its heap slot is skipped lazily."""
-        return self._entries.pop(job_id, None)
+        delivery = self._entries.get(job_id)
+        if delivery is not None:
+            self._forget(delivery)
+        return delivery
 
-    def expect(self, queue: str, job_id: str) -> None:
-        self._expected.setdefault(queue, {})[job_id] = time.monotonic()
+    def _forget(self, delivery: Delivery) -> None:
+        del self._entries[delivery.job_id]
+        self._sizes[delivery.queue] -= 1
+
+    def expect(self, job: Job) -> None:
+        pending = self._expected.setdefault(job.queue, {})
+        pending.pop(job.id, None)
+        pending[job.id] = (time.monotonic(), job)
+        if len(pending) > self.EXPECT_LIMIT:
+            del pending[next(iter(pending))]
+
+    def take_expected(self, queue: str, job_id: str) -> Job | None:
+        entry = self._expected.get(queue, {}).pop(job_id, None)
+        return entry[1] if entry is not None else None
 
     def awaiting(self, queues: list[str], max_age_s: float = 1.0) -> bool:
-        now = time.monotonic()
+        """Whether a requested queue is empty here but has a job on its way."""
+        cutoff = time.monotonic() - max_age_s
         for queue in queues:
             pending = self._expected.get(queue)
-            if not pending:
+            if not pending or self._sizes.get(queue, 0) > 0:
                 continue
-            for job_id, since in list(pending.items()):
-                if now - since > max_age_s:
-                    del pending[job_id]
-                else:
+            while pending:
+                job_id, (since, _) = next(iter(pending.items()))
+                if since >= cutoff:
                     return True
+                del pending[job_id]
         return False
 
     def size(self, queue: str) -> int:
-        return sum(1 for d in self._entries.values() if d.queue == queue)
+        return self._sizes.get(queue, 0)
 
     def clear(self) -> list[Delivery]:
         entries = list(self._entries.values())
         self._heaps.clear()
         self._entries.clear()
+        self._sizes.clear()
         self._expected.clear()
         return entries
 

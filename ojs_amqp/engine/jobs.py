@@ -17,7 +17,6 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
-from aio_pika import Message
 from aio_pika.abc import AbstractIncomingMessage
 
 from ojs_amqp.amqp import codec
@@ -163,7 +162,7 @@ class JobEngine:
         state = job.state
         if state is JobState.AVAILABLE:
             await self._ensure_queue(job.queue)
-            self._buffers.expect(job.queue, job.id)
+            self._buffers.expect(job)
             await self.broker.publish(t.direct_exchange, job.queue, codec.encode(job))
         elif state is JobState.SCHEDULED:
             await self._park(job, job.scheduled_at_ms or self._now())
@@ -257,7 +256,13 @@ class JobEngine:
 
     async def _on_job_delivery(self, queue: str, message: AbstractIncomingMessage) -> None:
         ref = codec.read_ref(message.headers, message.message_id)
-        job = await self.store.get(ref.job_id) if ref.job_id else None
+        job = None
+        if ref.job_id:
+            # A job we just published is taken as we published it; if it was cancelled or
+            # moved meanwhile, the compare-and-set at lease time drops it.
+            job = self._buffers.take_expected(queue, ref.job_id)
+            if job is None or job.copy != ref.copy:
+                job = await self.store.get(ref.job_id)
         if job is None:
             job = await self._adopt(queue, message)
             if job is None:
@@ -527,15 +532,7 @@ class JobEngine:
         level = ladder_level_for(due_at - now)
         if level is not None:
             # Came back early from a long level: ride the next one down.
-            repark = Message(
-                body=message.body,
-                headers=dict(message.headers or {}),
-                content_type=message.content_type,
-                delivery_mode=message.delivery_mode,
-                message_id=message.message_id,
-                type=message.type,
-                priority=message.priority,
-            )
+            repark = codec.Outgoing(message.body, codec.properties_of(message))
             key = ladder_routing_key(level)
             await self.broker.publish(self.broker.topology.delay_exchange, key, repark)
             await _settle(message)

@@ -174,8 +174,10 @@ class SqliteJobStore:
     async def mark_published(self, job_ids: list[str]) -> None:
         if not job_ids:
             return
-        for job_id in job_ids:
-            self._write("UPDATE jobs SET published = 1 WHERE id = ?", (job_id,))
+        for start in range(0, len(job_ids), 500):
+            chunk = tuple(job_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            self._write(f"UPDATE jobs SET published = 1 WHERE id IN ({marks})", chunk)
         await self._committed()
 
     async def unpublished(self, limit: int) -> list[Job]:

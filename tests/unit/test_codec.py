@@ -24,17 +24,20 @@ def test_priority_buckets_keep_the_named_levels_apart_and_ordered() -> None:
 def test_a_message_carries_the_binding_properties_and_our_headers() -> None:
     job = _job(attempt=1, meta={"traceparent": "00-abc-def-01", "correlation_id": "c1"})
     message = encode(job, due_at_ms=123)
-    assert message.content_type == CONTENT_TYPE
-    assert message.delivery_mode == 2
-    assert message.message_id == job.id
-    assert message.type == "email.send"
-    headers = message.headers
+    props = message.properties
+    assert props.content_type == CONTENT_TYPE
+    assert props.delivery_mode == 2
+    assert props.message_id == job.id
+    assert props.message_type == "email.send"
+    assert props.timestamp is not None and props.timestamp.timestamp() == 1_700_000_000
+    headers = props.headers
+    assert headers is not None
     assert headers["x-ojs-queue"] == "mail"
     assert headers["x-ojs-attempt"] == 2  # the attempt this delivery will be
     assert headers["x-ojs-trace-id"] == "00-abc-def-01"
     assert headers["x-ojs-copy"] == job.copy
     assert headers["x-ojs-due-at"] == 123
-    assert message.correlation_id == "c1"
+    assert props.correlation_id == "c1"
     assert orjson.loads(message.body)["id"] == job.id
 
 

@@ -30,13 +30,26 @@ def test_a_removed_job_is_never_handed_out() -> None:
     assert buffers.pop("q") is None
 
 
-def test_expected_jobs_are_awaited_until_they_arrive() -> None:
+def test_an_empty_queue_with_a_job_on_its_way_is_awaited_until_it_arrives() -> None:
     buffers = ReadyBuffers()
-    buffers.expect("q", "a")
+    job = _delivery("a").job
+    buffers.expect(job)
     assert buffers.awaiting(["q"])
     assert not buffers.awaiting(["other"])
+    assert buffers.take_expected("q", "a") is job
     buffers.add(_delivery("a"))
     assert not buffers.awaiting(["q"])
+
+
+def test_a_queue_with_buffered_jobs_is_not_awaited_and_old_expectations_expire() -> None:
+    buffers = ReadyBuffers()
+    buffers.add(_delivery("a"))
+    buffers.expect(_delivery("b").job)
+    assert not buffers.awaiting(["q"])  # something to hand out already
+    assert buffers.pop("q") is not None
+    assert buffers.awaiting(["q"])
+    assert not buffers.awaiting(["q"], max_age_s=-1)  # stale: forgotten
+    assert buffers.take_expected("q", "b") is None
 
 
 def _job(queue: str, job_type: str = "t.x") -> Job:
