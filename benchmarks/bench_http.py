@@ -27,19 +27,14 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
 import secrets
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -47,32 +42,25 @@ import aio_pika
 import aiohttp
 import aiormq
 import orjson
+from _common import (
+    BASE,
+    BenchError,
+    Daemon,
+    machine_info,
+    post_json,
+)
+from _common import broker_pid as _broker_pid
+from _common import cpu_seconds as _cpu_seconds
+from _common import delete_topology as _delete_topology
 
 TARGET_PUSH = 0.5
 TARGET_FETCH = 0.4
-BASE = "/ojs/v1"
-JSON_HEADERS = {"Content-Type": "application/json"}
 RAW_PREFETCH = 256
 ROW_ORDER = ["a#1", "a#2", "a", "b#1", "b#2", "b", "c1", "c10", "c", "d1", "d10"]
 PHASE_TIMEOUT_S = 300.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 # --- measurement helpers -----------------------------------------------------------------
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (0.0 if it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def _runq_seconds(pid: int) -> float:
@@ -81,19 +69,6 @@ def _runq_seconds(pid: int) -> float:
         return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
     except (OSError, IndexError, ValueError):
         return 0.0
-
-
-def _broker_pid() -> int | None:
-    """The RabbitMQ Erlang VM (beam.smp) on this machine, if it is visible."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            if (entry / "comm").read_text().strip() == "beam.smp":
-                cmdline = (entry / "cmdline").read_bytes()
-                if b"rabbit" in cmdline:
-                    return int(entry.name)
-    return None
 
 
 @dataclass
@@ -240,14 +215,6 @@ async def raw_consume(
 # --- (c) and (d): through the daemon -------------------------------------------------------
 
 
-async def post_json(session: aiohttp.ClientSession, url: str, body: Any, expect: int) -> Any:
-    async with session.post(url, data=orjson.dumps(body), headers=JSON_HEADERS) as resp:
-        raw = await resp.read()
-        if resp.status != expect:
-            raise BenchError(f"POST {url} answered {resp.status}: {raw[:300]!r}")
-        return orjson.loads(raw)
-
-
 async def http_push(
     session: aiohttp.ClientSession, base: str, queue: str, total: int, concurrency: int
 ) -> float:
@@ -296,115 +263,11 @@ async def http_drain(
     return end - start
 
 
-# --- the daemon ----------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Daemon:
-    prefix: str
-    workdir: Path
-    amqp_url: str
-    port: int = field(default_factory=_free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "daemon.log"
-
-    def start(self) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "ojs_amqp",
-            "serve",
-            "--http",
-            f"127.0.0.1:{self.port}",
-            "--store",
-            str(self.workdir / "bench.db"),
-            "--prefix",
-            self.prefix,
-            "--amqp-url",
-            self.amqp_url,
-            "--test-mode",
-            "--log-level",
-            "WARNING",
-        ]
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-
-    async def wait_healthy(self, session: aiohttp.ClientSession, timeout_s: float = 30.0) -> Any:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise BenchError(f"the daemon exited; its log:\n{self.log_tail()}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"{self.base}{BASE}/health") as resp:
-                    if resp.status == 200:
-                        return orjson.loads(await resp.read())
-            await asyncio.sleep(0.1)
-        raise BenchError(f"the daemon was not healthy within {timeout_s:.0f}s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return "(no log)"
-
-
-def _rabbit_names(kind: str) -> list[str]:
-    out = subprocess.run(
-        ["rabbitmqctl", "-q", f"list_{kind}", "name"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise BenchError(f"rabbitmqctl list_{kind} failed: {out.stderr.strip()}")
-    return [line.strip() for line in out.stdout.splitlines()]
-
-
 async def delete_topology(
     amqp_url: str, prefix: str, raw: RawNames, use_rabbitmqctl: bool = True
 ) -> tuple[int, int]:
     """Delete every queue/exchange named `prefix...`, and the baseline's own; the counts."""
-    queues, exchanges = {raw.queue}, {raw.exchange}
-    if use_rabbitmqctl and shutil.which("rabbitmqctl"):
-        queues |= {
-            n for n in await asyncio.to_thread(_rabbit_names, "queues") if n.startswith(prefix)
-        }
-        exchanges |= {
-            n for n in await asyncio.to_thread(_rabbit_names, "exchanges") if n.startswith(prefix)
-        }
-    conn = await aio_pika.connect(amqp_url)
-    try:
-        channel = await conn.channel(publisher_confirms=False)
-        for name in sorted(queues):
-            await channel.queue_delete(name)
-        for name in sorted(exchanges):
-            await channel.exchange_delete(name)
-    finally:
-        await conn.close()
-    return len(queues), len(exchanges)
+    return await _delete_topology(amqp_url, prefix, [raw.queue], [raw.exchange], use_rabbitmqctl)
 
 
 # --- profiling (py-spy) --------------------------------------------------------------------
@@ -543,33 +406,6 @@ def _is_interesting(frame: str) -> bool:
 
 
 # --- reporting -----------------------------------------------------------------------------
-
-
-def machine_info(health: Any) -> dict[str, str]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": str(len(os.sched_getaffinity(0))),
-        "cpu": model,
-        "memory": _memory(),
-        "rabbitmq": str(health.get("backend", {}).get("version", "unknown")),
-        "python": platform.python_version(),
-        "aio-pika": metadata.version("aio-pika"),
-        "aiohttp": metadata.version("aiohttp"),
-        "kernel": platform.release(),
-    }
-
-
-def _memory() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    return "unknown"
 
 
 def _fmt_pct(value: float | None) -> str:

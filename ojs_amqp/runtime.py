@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -12,6 +13,7 @@ from aiohttp import web
 
 from ojs_amqp.amqp.broker import Broker
 from ojs_amqp.amqp.topology import Topology
+from ojs_amqp.engine.cron import CronScheduler
 from ojs_amqp.engine.events import EventLog
 from ojs_amqp.engine.jobs import JobEngine
 from ojs_amqp.http.app import create_app
@@ -20,6 +22,10 @@ from ojs_amqp.settings import Settings
 from ojs_amqp.store.sqlite import SqliteJobStore
 
 log = logging.getLogger("ojs_amqp")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def redact(url: str) -> str:
@@ -37,6 +43,7 @@ class Runtime:
     store: SqliteJobStore
     broker: Broker
     engine: JobEngine
+    cron: CronScheduler
     runner: web.AppRunner | None = None
 
     @classmethod
@@ -45,13 +52,15 @@ class Runtime:
         name = f"ojs-amqp/{settings.prefix}" if settings.prefix else "ojs-amqp"
         broker = Broker(settings.amqp_url, Topology(settings.prefix), connection_name=name)
         engine = JobEngine(settings, store, broker, EventLog(), Metrics())
-        return cls(settings, store, broker, engine)
+        return cls(settings, store, broker, engine, CronScheduler(engine, clock=_now_ms))
 
     async def start(self) -> None:
         await self.store.open()
         await self.broker.start(attempts=self.settings.connect_attempts)
         await self.engine.start()
-        self.runner = web.AppRunner(create_app(self.engine, self.settings), access_log=None)
+        await self.cron.start()
+        app = create_app(self.engine, self.cron, self.settings)
+        self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.settings.http_host, self.settings.http_port)
         await site.start()
@@ -67,6 +76,7 @@ class Runtime:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+        await self.cron.close()
         await self.engine.close()
         await self.broker.close()
         await self.store.close()

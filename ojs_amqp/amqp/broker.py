@@ -29,6 +29,7 @@ from ojs_amqp.amqp.codec import Outgoing
 from ojs_amqp.amqp.topology import (
     DUE_ROUTING_KEY,
     LADDER_LEVELS,
+    LEADER_ROUTING_KEY,
     Topology,
     ladder_routing_key,
 )
@@ -189,6 +190,9 @@ class Broker:
             await ch.declare_exchange(name, aio_pika.ExchangeType.DIRECT, durable=True)
         await self._declare_queue(
             t.due_queue, t.due_queue_arguments(), t.delay_exchange, DUE_ROUTING_KEY
+        )
+        await self._declare_queue(
+            t.leader_queue, t.leader_queue_arguments(), t.delay_exchange, LEADER_ROUTING_KEY
         )
         for level in range(LADDER_LEVELS):
             await self._declare_queue(

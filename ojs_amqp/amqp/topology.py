@@ -48,8 +48,17 @@ class Topology:
     def due_queue(self) -> str:
         return self._n("ojs.delay.due")
 
+    @property
+    def leader_queue(self) -> str:
+        """Single-active-consumer queue: the daemon it delivers to runs cron."""
+        return self._n("ojs.cron.leader")
+
     def all_fixed_queues(self) -> list[str]:
-        return [self.due_queue, *(self.ladder_queue(lv) for lv in range(LADDER_LEVELS))]
+        return [
+            self.due_queue,
+            self.leader_queue,
+            *(self.ladder_queue(lv) for lv in range(LADDER_LEVELS)),
+        ]
 
     # arguments
     def job_queue_arguments(self, queue: str) -> dict[str, Any]:
@@ -79,8 +88,18 @@ class Topology:
     def due_queue_arguments() -> dict[str, Any]:
         return {"x-queue-type": "quorum"}
 
+    @staticmethod
+    def leader_queue_arguments() -> dict[str, Any]:
+        return {
+            "x-queue-type": "quorum",
+            "x-single-active-consumer": True,
+            "x-message-ttl": LEADER_TOKEN_TTL_MS,
+        }
+
 
 DUE_ROUTING_KEY = "due"
+LEADER_ROUTING_KEY = "cron.leader"
+LEADER_TOKEN_TTL_MS = 5000
 
 
 def ladder_routing_key(level: int) -> str:

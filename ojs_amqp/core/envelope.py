@@ -149,7 +149,7 @@ def _time_ms(value: str, field: str, now_ms: int) -> int:
     """Absolute RFC 3339 time, or relative `+PT5S` / `PT5S` from now."""
     try:
         text = value.strip()
-        if text.startswith("+") or text.upper().startswith("P"):
+        if _is_relative(text):
             return now_ms + parse_duration_ms(text.lstrip("+"))
         return parse_rfc3339_ms(text)
     except (ValueError, OverflowError) as exc:
@@ -297,8 +297,19 @@ def _build(req: EnqueueIn, body: dict[str, Any], *, now_ms: int, new_id: str) ->
         enqueued_at_ms=now_ms if state is JobState.AVAILABLE else None,
         scheduled_at_ms=scheduled_ms,
         expires_at_ms=expires_ms,
+        client_times=_absolute_texts(scheduled_text, expires_text),
         extra=_unknown_fields(body),
     )
+
+
+def _absolute_texts(scheduled: str | None, expires: str | None) -> dict[str, str]:
+    texts = {"scheduled_at": scheduled, "expires_at": expires}
+    return {k: v.strip() for k, v in texts.items() if v and not _is_relative(v)}
+
+
+def _is_relative(text: str) -> bool:
+    text = text.strip()
+    return text.startswith("+") or text.upper().startswith("P")
 
 
 _KNOWN = frozenset(EnqueueIn.model_fields) | {"schema", "options"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 
@@ -37,6 +38,19 @@ class UUIDv7Generator:
         value |= rand_b
         h = f"{value:032x}"
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def derived_uuidv7(epoch_ms: int, key: str) -> str:
+    """A UUIDv7 that is the same for the same (time, key): cron ticks use it so that a tick
+    fired twice (two daemons, or a retry after a crash) is one job, the second a duplicate."""
+    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:10], "big")
+    value = (epoch_ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((digest >> 64) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= digest & ((1 << 62) - 1)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def is_uuidv7(value: str) -> bool:

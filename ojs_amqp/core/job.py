@@ -93,6 +93,9 @@ class Job:
     #: Bumped on every move that publishes a new broker copy; a delivered copy whose
     #: number differs from the store's is stale and is dropped (DESIGN §3).
     copy: int = 1
+    #: Absolute times as the client wrote them (`scheduled_at`, `expires_at`), echoed
+    #: verbatim: clients compare what they sent with what they read back.
+    client_times: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -121,7 +124,7 @@ def to_wire(job: Job) -> dict[str, Any]:
     for name in _TIMES:
         value = getattr(job, name + "_ms")
         if value is not None:
-            out[name] = format_ms(value)
+            out[name] = job.client_times.get(name) or format_ms(value)
     out["max_attempts"] = job.retry.max_attempts
     out["retry"] = job.retry.to_wire()
     if job.error is None:
@@ -149,6 +152,8 @@ def to_record(job: Job) -> dict[str, Any]:
     record["copy"] = job.copy
     record["dead_letter"] = job.dead_letter
     record["extra"] = job.extra
+    if job.client_times:
+        record["client_times"] = job.client_times
     if job.result is not MISSING:
         record["result"] = job.result
     return record
@@ -167,5 +172,6 @@ def from_record(record: dict[str, Any]) -> Job:
         copy=record.get("copy", 1),
         dead_letter=bool(record.get("dead_letter")),
         extra=record.get("extra") or {},
+        client_times=record.get("client_times") or {},
         result=record.get("result", MISSING),
     )

@@ -36,7 +36,7 @@ class Event:
                 "type": self.type,
                 "source": source,
                 "time": format_ms(self.time_ms),
-                "subject": self.data["job_id"],
+                "subject": self.data.get("job_id") or self.data.get("cron_name"),
                 "data": {**self.data, "timestamp": format_ms(self.time_ms)},
             }
         return self._envelope
@@ -63,6 +63,13 @@ class EventLog:
         if trace_id is not None:
             payload["trace_id"] = trace_id
         self._events.append(Event(self._seq, event_type, now_ms, job.queue, job.type, payload))
+
+    def emit_cron(self, event_type: str, cron_name: str, queue: str, job_type: str,
+                  now_ms: int, **data: Any) -> None:  # fmt: skip
+        """Cron events (`cron.triggered`, `cron.skipped`): their subject is the schedule."""
+        self._seq += 1
+        payload = {"cron_name": cron_name, "queue": queue, "job_type": job_type, **data}
+        self._events.append(Event(self._seq, event_type, now_ms, queue, job_type, payload))
 
     def query(
         self,

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -80,8 +80,14 @@ class JobEngine:
         self._held: dict[int, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._worker_directives: dict[str, str] = {}
+        #: job id -> copy number being published and recorded right now, and deliveries of
+        #: that copy that arrived before the record (re-run once it is written).
+        self._recording: dict[str, int] = {}
+        self._deferred: dict[str, list[Coroutine[Any, Any, None]]] = {}
         self._unpublished: list[str] = []
         self._background: list[asyncio.Task[None]] = []
+        #: Called after a test-mode reset, to re-register what the reset tore down.
+        self.on_reset: list[Callable[[], Awaitable[None]]] = []
         broker.on_connection_lost.append(self._forget_deliveries)
         broker.on_reconnected.append(self._after_reconnect)
 
@@ -182,12 +188,31 @@ class JobEngine:
     async def _advance(
         self, new: Job, current: AbstractIncomingMessage | None, expect_copy: int
     ) -> bool:
-        """The one move rule: publish the next copy, record it, then ack the current copy."""
-        await self._publish_copy(new)
-        written = await self.store.update(new, expect_copy=expect_copy)
+        """The one move rule: publish the next copy, record it, then ack the current copy.
+
+        Between the publish and the record, the new copy can already be delivered back to
+        us; such a delivery waits (see `_wait_for_record`) instead of being judged against
+        the old row.
+        """
+        self._recording[new.id] = new.copy
+        try:
+            await self._publish_copy(new)
+            written = await self.store.update(new, expect_copy=expect_copy)
+        finally:
+            del self._recording[new.id]
+            for redo in self._deferred.pop(new.id, []):
+                self._spawn(redo)
         if written:
             await _settle(current)
         return written
+
+    def _wait_for_record(self, ref: codec.CopyRef, redo: Coroutine[Any, Any, None]) -> bool:
+        """Defer a delivery of a copy whose move is still being recorded; True if deferred."""
+        if ref.job_id is None or ref.copy is None or self._recording.get(ref.job_id) != ref.copy:
+            redo.close()
+            return False
+        self._deferred.setdefault(ref.job_id, []).append(redo)
+        return True
 
     # --- push / activate / cancel / info ---------------------------------------------------
 
@@ -204,6 +229,11 @@ class JobEngine:
         if job.state is JobState.SCHEDULED:
             self.events.emit("job.scheduled", job, now)
         return job
+
+    async def validate_job(self, body: Any) -> None:
+        """Check an envelope as push would, without enqueuing anything."""
+        now = self._now()
+        parse_enqueue(body, now_ms=now, new_id=self._ids.new(now))
 
     async def _flush_published(self) -> None:
         ids, self._unpublished = self._unpublished, []
@@ -256,6 +286,8 @@ class JobEngine:
 
     async def _on_job_delivery(self, queue: str, message: AbstractIncomingMessage) -> None:
         ref = codec.read_ref(message.headers, message.message_id)
+        if self._wait_for_record(ref, self._on_job_delivery(queue, message)):
+            return
         job = None
         if ref.job_id:
             # A job we just published is taken as we published it; if it was cancelled or
@@ -276,6 +308,9 @@ class JobEngine:
         if job.state is not JobState.AVAILABLE:
             await _settle(message)
             return
+        duplicate = self._buffers.remove(job.id)
+        if duplicate is not None:  # two copies of one job: keep the newest, release the other
+            await _settle(duplicate.message)
         self._buffers.add(Delivery(job, queue, message))
         self._arrival.set()
 
@@ -527,6 +562,8 @@ class JobEngine:
 
     async def _on_due(self, message: AbstractIncomingMessage) -> None:
         ref = codec.read_ref(message.headers, message.message_id)
+        if self._wait_for_record(ref, self._on_due(message)):
+            return
         now = self._now()
         due_at = ref.due_at_ms if ref.due_at_ms is not None else now
         level = ladder_level_for(due_at - now)
@@ -537,16 +574,25 @@ class JobEngine:
             await self.broker.publish(self.broker.topology.delay_exchange, key, repark)
             await _settle(message)
             return
-        key_id = id(message)
+        self._hold(id(message), message, ref, due_at - now)
+
+    def _hold(
+        self, key_id: int, message: AbstractIncomingMessage, ref: codec.CopyRef, delay_ms: int
+    ) -> None:
+        """Keep a due message unacked and fire it after `delay_ms`."""
         loop = asyncio.get_running_loop()
         self._held[key_id] = loop.call_later(
-            max(0, due_at - now) / 1000, lambda: self._spawn(self._fire(key_id, message, ref))
+            max(0, delay_ms) / 1000, lambda: self._spawn(self._fire(key_id, message, ref))
         )
 
     async def _fire(
         self, key_id: int, message: AbstractIncomingMessage, ref: codec.CopyRef
     ) -> None:
         self._held.pop(key_id, None)
+        remaining = (ref.due_at_ms or 0) - self._now()
+        if remaining > 0:  # timers may fire a fraction of a millisecond early: never run early
+            self._hold(key_id, message, ref, remaining)
+            return
         job = await self.store.get(ref.job_id) if ref.job_id else None
         if (
             job is None
@@ -647,6 +693,8 @@ class JobEngine:
         self._worker_directives.clear()
         t = self.broker.topology
         await self.broker.consume(t.due_queue, t.due_queue_arguments(), 2000, self._on_due)
+        for hook in self.on_reset:
+            await hook()
 
     def result_of(self, job: Job) -> Any:
         return None if job.result is MISSING else job.result

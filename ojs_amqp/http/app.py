@@ -11,6 +11,7 @@ from ojs_amqp import __version__
 from ojs_amqp.core.ids import UUIDv7Generator
 from ojs_amqp.core.job import JobState, to_wire
 from ojs_amqp.core.times import format_ms
+from ojs_amqp.engine.cron import CronScheduler, cron_to_wire
 from ojs_amqp.engine.jobs import JobEngine
 from ojs_amqp.errors import BackendUnavailable, InvalidRequest, NotFound
 from ojs_amqp.http import schemas
@@ -18,6 +19,7 @@ from ojs_amqp.http.responses import json_response, make_middleware, read_object
 from ojs_amqp.settings import Settings
 
 ENGINE = web.AppKey("engine", JobEngine)
+CRON = web.AppKey("cron", CronScheduler)
 SETTINGS = web.AppKey("settings", Settings)
 STARTED = web.AppKey("started", float)
 BASE = "/ojs/v1"
@@ -27,12 +29,13 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def create_app(engine: JobEngine, settings: Settings) -> web.Application:
+def create_app(engine: JobEngine, cron: CronScheduler, settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[make_middleware(UUIDv7Generator(), _now_ms)],
         client_max_size=settings.max_body_bytes,
     )
     app[ENGINE] = engine
+    app[CRON] = cron
     app[SETTINGS] = settings
     app[STARTED] = time.monotonic()
     r = app.router
@@ -52,6 +55,10 @@ def create_app(engine: JobEngine, settings: Settings) -> web.Application:
     r.add_post(f"{BASE}/dead-letter/{{id}}/retry", retry_dead_letter)
     r.add_delete(f"{BASE}/dead-letter/{{id}}", delete_dead_letter)
     r.add_get(f"{BASE}/events", events)
+    r.add_post(f"{BASE}/cron", register_cron)
+    r.add_get(f"{BASE}/cron", list_crons)
+    r.add_get(f"{BASE}/cron/{{name}}", get_cron)
+    r.add_delete(f"{BASE}/cron/{{name}}", delete_cron)
     r.add_get("/metrics", metrics)
     r.add_post(f"{BASE}/admin/reset", reset)
     return app
@@ -72,13 +79,13 @@ async def manifest(request: web.Request) -> web.Response:
                 "language": "python",
                 "homepage": "https://github.com/ojs-amqp/ojs-amqp",
             },
-            "conformance_level": 1,
+            "conformance_level": 2,
             "conformance_tier": "runtime",
             "protocols": ["http"],
             "backend": "rabbitmq",
             "capabilities": {
                 "batch_enqueue": False,
-                "cron_jobs": False,
+                "cron_jobs": True,
                 "dead_letter": True,
                 "delayed_jobs": True,
                 "job_ttl": True,
@@ -260,6 +267,28 @@ async def events(request: web.Request) -> web.Response:
         job_types=_csv(request, "job_types"), limit=limit,
     )  # fmt: skip
     return json_response({"events": found, "cursor": str(cursor), "has_more": has_more})
+
+
+async def register_cron(request: web.Request) -> web.Response:
+    cron, created = await request.app[CRON].register(await read_object(request))
+    return json_response({"cron": cron_to_wire(cron)}, 201 if created else 200)
+
+
+async def list_crons(request: web.Request) -> web.Response:
+    crons = [cron_to_wire(c) for c in await request.app[CRON].list()]
+    return json_response({"crons": crons, "pagination": _pagination(len(crons), len(crons), 0)})
+
+
+async def get_cron(request: web.Request) -> web.Response:
+    return json_response(
+        {"cron": cron_to_wire(await request.app[CRON].get(request.match_info["name"]))}
+    )
+
+
+async def delete_cron(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    cron = await request.app[CRON].delete(name)
+    return json_response({"cron": cron_to_wire(cron), "deleted": True, "name": name})
 
 
 async def metrics(request: web.Request) -> web.Response:

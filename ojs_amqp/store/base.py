@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ojs_amqp.core.job import Job
 
@@ -58,6 +58,21 @@ class JobStore(Protocol):
     async def add_queue(self, name: str, now_ms: int) -> None: ...
 
     async def queues(self) -> list[QueueInfo]: ...
+
+    async def put_cron(
+        self, cron: dict[str, Any], *, expect_next_run_ms: int | None = None
+    ) -> bool:
+        """Insert or replace a cron definition (a dict with `name` and `next_run_at_ms`).
+        With `expect_next_run_ms`, only if the stored next run still matches."""
+
+    async def get_cron(self, name: str) -> dict[str, Any] | None: ...
+
+    async def crons(self) -> list[dict[str, Any]]: ...
+
+    async def due_crons(self, now_ms: int) -> list[dict[str, Any]]:
+        """Crons whose next run is at or before `now_ms`, earliest first."""
+
+    async def delete_cron(self, name: str) -> bool: ...
 
     async def reset(self) -> None:
         """Delete everything (test mode only)."""

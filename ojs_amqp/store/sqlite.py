@@ -22,7 +22,7 @@ from ojs_amqp.core.job import Job, JobState, from_record, to_record
 from ojs_amqp.errors import Duplicate
 from ojs_amqp.store.base import QueueInfo
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -44,6 +44,13 @@ _MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX jobs_finished ON jobs(finished_at_ms) WHERE finished_at_ms IS NOT NULL "
         "AND dead_letter = 0",
         "CREATE TABLE queues (name TEXT PRIMARY KEY, created_at_ms INTEGER NOT NULL)",
+    ],
+    2: [
+        """CREATE TABLE crons (
+            name TEXT PRIMARY KEY,
+            next_run_at_ms INTEGER NOT NULL,
+            doc BLOB NOT NULL
+        )""",
     ],
 }
 
@@ -235,7 +242,51 @@ class SqliteJobStore:
         rows = self.db.execute("SELECT name, created_at_ms FROM queues ORDER BY name")
         return [QueueInfo(name, created) for name, created in rows]
 
+    async def put_cron(
+        self, cron: dict[str, Any], *, expect_next_run_ms: int | None = None
+    ) -> bool:
+        """Insert or replace a cron definition. With `expect_next_run_ms`, only if the stored
+        next run is still that (compare-and-set, so one tick fires once)."""
+        doc = orjson.dumps(cron)
+        if expect_next_run_ms is None:
+            self._write(
+                "INSERT OR REPLACE INTO crons (name, next_run_at_ms, doc) VALUES (?, ?, ?)",
+                (cron["name"], cron["next_run_at_ms"], doc),
+            )
+            written = True
+        else:
+            written = (
+                self._write(
+                    "UPDATE crons SET next_run_at_ms = ?, doc = ? WHERE name = ? "
+                    "AND next_run_at_ms = ?",
+                    (cron["next_run_at_ms"], doc, cron["name"], expect_next_run_ms),
+                ).rowcount
+                == 1
+            )
+        await self._committed()
+        return written
+
+    async def get_cron(self, name: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT doc FROM crons WHERE name = ?", (name,)).fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    async def crons(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT doc FROM crons ORDER BY name").fetchall()
+        return [orjson.loads(r[0]) for r in rows]
+
+    async def due_crons(self, now_ms: int) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT doc FROM crons WHERE next_run_at_ms <= ? ORDER BY next_run_at_ms", (now_ms,)
+        ).fetchall()
+        return [orjson.loads(r[0]) for r in rows]
+
+    async def delete_cron(self, name: str) -> bool:
+        deleted = self._write("DELETE FROM crons WHERE name = ?", (name,)).rowcount == 1
+        await self._committed()
+        return deleted
+
     async def reset(self) -> None:
+        self._write("DELETE FROM crons", ())
         self._write("DELETE FROM jobs", ())
         self._write("DELETE FROM queues", ())
         await self._committed()

@@ -65,3 +65,11 @@ def test_level_1_reliable_passes_all_but_the_unpassable_error_type_test(
     for test_id, fragment in KNOWN_UNPASSABLE.items():
         if test_id in failed:
             assert fragment in failed[test_id]["message"]
+
+
+@pytest.mark.conformance
+def test_every_level_2_scheduled_test_passes(daemon: Daemon, tmp_path: Path) -> None:
+    results = run_suite(daemon, "level-2-scheduled", tmp_path / "level2.json")
+    failed = {k: v for k, v in results.items() if v["status"] != "pass"}
+    assert len(results) == 13
+    assert failed == {}
