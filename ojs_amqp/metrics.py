@@ -1,4 +1,9 @@
-"""Prometheus collectors on a registry we own (no process globals; each test gets its own)."""
+"""Prometheus collectors on a registry we own (no process globals; each test gets its own).
+
+Labels are bounded: queue, job type, state, and small enums; never ids or arguments.
+Gauges that mirror state (depth by state, outbox backlog, open connections) are refreshed at
+scrape time by the HTTP layer rather than on every move.
+"""
 
 from __future__ import annotations
 
@@ -6,37 +11,92 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from ojs_amqp.core.job import Job
 
+_JOB = ("queue", "type")
+#: Job run times span milliseconds to hours.
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+#: Scheduling lateness is judged against 50 ms.
+_LATENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60)
+_CONFIRM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
+
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        labels = ("queue", "type")
-        self._enqueued = Counter(
-            "ojs_job_enqueued", "Jobs accepted", labels, registry=self.registry
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self._enqueued = Counter("ojs_job_enqueued", "Jobs accepted", _JOB, registry=r)
+        self._completed = Counter("ojs_job_completed", "Jobs completed", _JOB, registry=r)
+        self._failed = Counter("ojs_job_failed", "Failed attempts", _JOB, registry=r)
+        self._discarded = Counter(
+            "ojs_job_discarded", "Jobs discarded", (*_JOB, "dead_letter"), registry=r
         )
-        self._completed = Counter(
-            "ojs_job_completed", "Jobs completed", labels, registry=self.registry
-        )
-        self._failed = Counter("ojs_job_failed", "Failed attempts", labels, registry=self.registry)
         self._duration = Histogram(
-            "ojs_job_duration_seconds", "Time from fetch to ack", labels, registry=self.registry
+            "ojs_job_duration_seconds", "Fetch to ack", _JOB, buckets=_DURATION_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self._queue_time = Histogram(
+            "ojs_job_queue_time_seconds", "Available to fetched", _JOB,
+            buckets=_DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._lateness = Histogram(
+            "ojs_schedule_lateness_seconds", "Timer fired minus due time", ("queue",),
+            buckets=_LATENESS_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._lease_expired = Counter(
+            "ojs_lease_expired", "Leases that ran out", ("queue", "kind"), registry=r
         )
         self.queue_depth = Gauge(
-            "ojs_queue_depth", "Jobs by queue and state", ("queue", "state"), registry=self.registry
+            "ojs_queue_depth", "Jobs by queue and state", ("queue", "state"), registry=r
         )
-        self.reconnections = Gauge(
-            "ojs_amqp_reconnections_total", "Broker reconnections", registry=self.registry
+        self.outbox_pending = Gauge(
+            "ojs_outbox_pending", "Pushed jobs not yet confirmed by the broker", registry=r
         )
+        self.connections_active = Gauge(
+            "ojs_amqp_connections_active", "Open broker connections", registry=r
+        )
+        self._reconnections = Counter("ojs_amqp_reconnections", "Broker reconnections", registry=r)
+        self._published = Counter(
+            "ojs_amqp_messages_published", "Confirmed publishes", ("exchange_kind",), registry=r
+        )
+        self._returned = Counter(
+            "ojs_amqp_messages_returned", "Publishes refused or unroutable", registry=r
+        )
+        self._confirm_latency = Histogram(
+            "ojs_amqp_publish_confirm_latency_seconds", "Publish to broker confirm",
+            buckets=_CONFIRM_BUCKETS, registry=r,
+        )  # fmt: skip
 
+    # jobs
     def enqueued(self, job: Job) -> None:
         self._enqueued.labels(job.queue, job.type).inc()
 
+    def started(self, job: Job, queue_seconds: float) -> None:
+        self._queue_time.labels(job.queue, job.type).observe(max(0.0, queue_seconds))
+
     def completed(self, job: Job, seconds: float) -> None:
         self._completed.labels(job.queue, job.type).inc()
-        self._duration.labels(job.queue, job.type).observe(seconds)
+        self._duration.labels(job.queue, job.type).observe(max(0.0, seconds))
 
     def failed(self, job: Job) -> None:
         self._failed.labels(job.queue, job.type).inc()
+
+    def discarded(self, job: Job) -> None:
+        self._discarded.labels(job.queue, job.type, str(job.dead_letter).lower()).inc()
+
+    def lease_expired(self, job: Job, kind: str) -> None:
+        self._lease_expired.labels(job.queue, kind).inc()
+
+    def timer_fired(self, queue: str, late_seconds: float) -> None:
+        self._lateness.labels(queue).observe(max(0.0, late_seconds))
+
+    # broker (called through the broker's observer hooks)
+    def published(self, exchange_kind: str, confirm_seconds: float) -> None:
+        self._published.labels(exchange_kind).inc()
+        self._confirm_latency.observe(confirm_seconds)
+
+    def returned(self) -> None:
+        self._returned.inc()
+
+    def reconnected(self) -> None:
+        self._reconnections.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -13,6 +12,7 @@ from aiohttp import web
 
 from ojs_amqp.amqp.broker import Broker
 from ojs_amqp.amqp.topology import Topology
+from ojs_amqp.clock import now_ms
 from ojs_amqp.engine.cron import CronScheduler
 from ojs_amqp.engine.events import EventLog
 from ojs_amqp.engine.jobs import JobEngine
@@ -22,10 +22,6 @@ from ojs_amqp.settings import Settings
 from ojs_amqp.store.sqlite import SqliteJobStore
 
 log = logging.getLogger("ojs_amqp")
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def redact(url: str) -> str:
@@ -50,9 +46,12 @@ class Runtime:
     def build(cls, settings: Settings) -> Runtime:
         store = SqliteJobStore(settings.store_path)
         name = f"ojs-amqp/{settings.prefix}" if settings.prefix else "ojs-amqp"
-        broker = Broker(settings.amqp_url, Topology(settings.prefix), connection_name=name)
-        engine = JobEngine(settings, store, broker, EventLog(), Metrics())
-        return cls(settings, store, broker, engine, CronScheduler(engine, clock=_now_ms))
+        metrics = Metrics()
+        broker = Broker(
+            settings.amqp_url, Topology(settings.prefix), connection_name=name, observer=metrics
+        )
+        engine = JobEngine(settings, store, broker, EventLog(), metrics)
+        return cls(settings, store, broker, engine, CronScheduler(engine, clock=now_ms))
 
     async def start(self) -> None:
         await self.store.open()

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aio_pika
 import aiormq
@@ -53,6 +53,27 @@ class TopologyMismatch(OjsError):
     http_status = 500
 
 
+class BrokerObserver(Protocol):
+    """What the broker reports as it works (the daemon's Metrics implements this)."""
+
+    def published(self, exchange_kind: str, confirm_seconds: float) -> None: ...
+
+    def returned(self) -> None: ...
+
+    def reconnected(self) -> None: ...
+
+
+class _NoObserver:
+    def published(self, exchange_kind: str, confirm_seconds: float) -> None:
+        pass
+
+    def returned(self) -> None:
+        pass
+
+    def reconnected(self) -> None:
+        pass
+
+
 def backoff_seconds(attempt: int, rng: Callable[[], float] = random.random) -> float:
     """1 s doubling to 60 s, +-25% jitter (binding AMQP-025)."""
     base = min(2.0 ** max(0, attempt - 1), 60.0)
@@ -81,11 +102,18 @@ class Broker:
         *,
         publish_timeout_s: float = 10.0,
         connection_name: str = "ojs-amqp",
+        observer: BrokerObserver | None = None,
     ) -> None:
         self._url = url
         self.topology = topology
         self._publish_timeout = publish_timeout_s
         self._name = connection_name
+        self._observer: BrokerObserver = observer or _NoObserver()
+        self._exchange_kinds = {
+            topology.direct_exchange: "direct",
+            topology.dlx_exchange: "dlx",
+            topology.delay_exchange: "delay",
+        }
         self._pub_conn: AbstractConnection | None = None
         self._con_conn: AbstractConnection | None = None
         self._pub_channel: AbstractChannel | None = None
@@ -176,6 +204,7 @@ class Broker:
                     )
                     await asyncio.sleep(delay)
             self.reconnections += 1
+            self._observer.reconnected()
             log.info("reconnected to the broker (reconnection %d)", self.reconnections)
             for hook in self.on_reconnected:
                 await hook()
@@ -247,6 +276,7 @@ class Broker:
         """
         self._require_connection()
         assert self._pub_channel is not None
+        started = time.perf_counter()
         try:
             channel = await self._pub_channel.get_underlay_channel()
             confirmation = await channel.basic_publish(
@@ -258,8 +288,10 @@ class Broker:
                 timeout=self._publish_timeout,
             )
         except aiormq.exceptions.DeliveryError as exc:
+            self._observer.returned()
             raise BackendUnavailable(f"the broker rejected the message ({exc})") from None
         except aiormq.exceptions.PublishError as exc:
+            self._observer.returned()
             raise BackendUnavailable(f"the message could not be routed ({exc})") from None
         except (
             *CONNECTION_ERRORS,
@@ -268,7 +300,10 @@ class Broker:
         ) as exc:
             raise BackendUnavailable(f"publishing failed: {exc!r}") from None
         if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+            self._observer.returned()
             raise BackendUnavailable(f"the broker did not confirm the message ({confirmation!r})")
+        kind = self._exchange_kinds.get(exchange, "other")
+        self._observer.published(kind, time.perf_counter() - started)
 
     # --- consuming -------------------------------------------------------------------------
 
@@ -314,6 +349,9 @@ class Broker:
         finally:
             if not channel.is_closed:
                 await channel.close()
+
+    def open_connections(self) -> int:
+        return sum(1 for c in (self._pub_conn, self._con_conn) if c is not None and not c.is_closed)
 
     def declared_queues(self) -> list[str]:
         return list(self._declared)

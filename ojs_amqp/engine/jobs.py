@@ -22,6 +22,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from ojs_amqp.amqp import codec
 from ojs_amqp.amqp.broker import Broker
 from ojs_amqp.amqp.topology import DUE_ROUTING_KEY, ladder_level_for, ladder_routing_key
+from ojs_amqp.clock import now_ms
 from ojs_amqp.core import lifecycle
 from ojs_amqp.core.envelope import parse_enqueue, validate_queue
 from ojs_amqp.core.ids import UUIDv7Generator
@@ -38,10 +39,6 @@ log = logging.getLogger("ojs_amqp.engine")
 
 FETCH_MAX_COUNT = 100
 _DIRECTIVES = ("running", "quiet", "terminate")
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 async def _settle(message: AbstractIncomingMessage | None) -> None:
@@ -62,7 +59,7 @@ class JobEngine:
         events: EventLog,
         metrics: Metrics,
         *,
-        clock: Callable[[], int] = _now_ms,
+        clock: Callable[[], int] = now_ms,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.settings = settings
@@ -357,6 +354,7 @@ class JobEngine:
                 new = lifecycle.worker_discard(job, self._now(), "rejected by a worker")
                 if await self.store.update(new, expect_copy=job.copy):
                     self._drop_lease(job.id)
+                    self.metrics.discarded(new)
                     self.events.emit("job.discarded", new, self._now())
         except OjsError as exc:
             log.warning("could not archive a dead letter: %s", exc.message)
@@ -431,6 +429,7 @@ class JobEngine:
         lease = Lease(new, worker_id, d.message, vis, mono + vis / 1000, mono + timeout / 1000)
         self._leases[job.id] = lease
         self._arm(lease)
+        self.metrics.started(new, (now - (job.enqueued_at_ms or job.created_at_ms)) / 1000)
         self.events.emit("job.started", new, now)
         return new
 
@@ -460,6 +459,7 @@ class JobEngine:
         new = lifecycle.lease_expired(job, now, kind, self._rng)
         if await self._advance(new, lease.message, job.copy):
             self._leases.pop(job_id, None)
+            self.metrics.lease_expired(job, kind)
             self._after_failure_events(new, now)
 
     async def _owned_active(self, job_id: str, worker_id: str | None) -> tuple[Job, Lease | None]:
@@ -520,6 +520,7 @@ class JobEngine:
         if new.state is JobState.RETRYABLE:
             self.events.emit("job.retrying", new, now, retry_delay_ms=new.retry_delay_ms)
         elif new.state is JobState.DISCARDED:
+            self.metrics.discarded(new)
             self.events.emit("job.discarded", new, now, dead_letter=new.dead_letter)
 
     async def heartbeat(
@@ -607,7 +608,8 @@ class JobEngine:
             await _settle(message)
             return
         new = lifecycle.timer_due(job, now)
-        await self._advance(new, message, job.copy)
+        if await self._advance(new, message, job.copy):
+            self.metrics.timer_fired(job.queue, (self._now() - (ref.due_at_ms or now)) / 1000)
 
     def _cancel_timers(self, leases: bool = True) -> None:
         for handle in self._held.values():
@@ -626,6 +628,7 @@ class JobEngine:
             buffered = self._buffers.remove(job.id)
             if buffered is not None:
                 await _settle(buffered.message)
+            self.metrics.discarded(new)
             self.events.emit("job.expired", new, now)
             self.events.emit("job.discarded", new, now, reason="expired")
 

@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from ojs_amqp import __version__
+from ojs_amqp.clock import now_ms
 from ojs_amqp.core.ids import UUIDv7Generator
 from ojs_amqp.core.job import JobState, to_wire
 from ojs_amqp.core.times import format_ms
@@ -25,13 +26,9 @@ STARTED = web.AppKey("started", float)
 BASE = "/ojs/v1"
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def create_app(engine: JobEngine, cron: CronScheduler, settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[make_middleware(UUIDv7Generator(), _now_ms)],
+        middlewares=[make_middleware(UUIDv7Generator(), now_ms)],
         client_max_size=settings.max_body_bytes,
     )
     app[ENGINE] = engine
@@ -190,7 +187,7 @@ async def heartbeat(request: web.Request) -> web.Response:
             "state": state,
             "directive": state,
             "jobs_extended": extended,
-            "server_time": format_ms(_now_ms()),
+            "server_time": format_ms(now_ms()),
         }
     )
 
@@ -243,7 +240,7 @@ async def dead_letters(request: web.Request) -> web.Response:
 
 async def retry_dead_letter(request: web.Request) -> web.Response:
     job = await _engine(request).retry_dead_letter(request.match_info["id"])
-    return json_response({"job": {**to_wire(job), "re_enqueued_at": format_ms(_now_ms())}})
+    return json_response({"job": {**to_wire(job), "re_enqueued_at": format_ms(now_ms())}})
 
 
 async def delete_dead_letter(request: web.Request) -> web.Response:
@@ -296,7 +293,8 @@ async def metrics(request: web.Request) -> web.Response:
     engine.metrics.queue_depth.clear()
     for (queue, state), count in (await engine.store.count_by_state()).items():
         engine.metrics.queue_depth.labels(queue, state).set(count)
-    engine.metrics.reconnections.set(engine.broker.reconnections)
+    engine.metrics.outbox_pending.set(await engine.store.outbox_size())
+    engine.metrics.connections_active.set(engine.broker.open_connections())
     return web.Response(body=engine.metrics.render(), content_type="text/plain", charset="utf-8")
 
 

@@ -39,6 +39,9 @@ class JobStore(Protocol):
     async def unpublished(self, limit: int) -> list[Job]:
         """Outbox rows: written but never confirmed by the broker."""
 
+    async def outbox_size(self) -> int:
+        """How many rows are still waiting for their broker confirm."""
+
     async def delete(self, job_id: str) -> bool: ...
 
     async def dead_letters(

@@ -193,6 +193,9 @@ class SqliteJobStore:
         ).fetchall()
         return [_job(r[0]) for r in rows]
 
+    async def outbox_size(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM jobs WHERE published = 0").fetchone()[0])
+
     async def delete(self, job_id: str) -> bool:
         deleted = self._write("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount == 1
         await self._committed()

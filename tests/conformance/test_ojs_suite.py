@@ -46,6 +46,7 @@ def run_suite(daemon: Daemon, suite_dir: str, report: Path) -> dict[str, dict[st
 
 
 @pytest.mark.conformance
+@pytest.mark.timeout(600)
 def test_every_level_0_core_test_passes(daemon: Daemon, tmp_path: Path) -> None:
     results = run_suite(daemon, "level-0-core", tmp_path / "level0.json")
     failed = {k: v for k, v in results.items() if v["status"] != "pass"}
@@ -54,6 +55,7 @@ def test_every_level_0_core_test_passes(daemon: Daemon, tmp_path: Path) -> None:
 
 
 @pytest.mark.conformance
+@pytest.mark.timeout(600)
 def test_level_1_reliable_passes_all_but_the_unpassable_error_type_test(
     daemon: Daemon, tmp_path: Path
 ) -> None:
@@ -68,6 +70,7 @@ def test_level_1_reliable_passes_all_but_the_unpassable_error_type_test(
 
 
 @pytest.mark.conformance
+@pytest.mark.timeout(600)
 def test_every_level_2_scheduled_test_passes(daemon: Daemon, tmp_path: Path) -> None:
     results = run_suite(daemon, "level-2-scheduled", tmp_path / "level2.json")
     failed = {k: v for k, v in results.items() if v["status"] != "pass"}
