@@ -56,6 +56,9 @@ class Metrics:
         self._published = Counter(
             "ojs_amqp_messages_published", "Confirmed publishes", ("exchange_kind",), registry=r
         )
+        self._acked = Counter(
+            "ojs_amqp_messages_acked", "Deliveries acked by the daemon", registry=r
+        )
         self._returned = Counter(
             "ojs_amqp_messages_returned", "Publishes refused or unroutable", registry=r
         )
@@ -91,6 +94,9 @@ class Metrics:
     def published(self, exchange_kind: str, confirm_seconds: float) -> None:
         self._published.labels(exchange_kind).inc()
         self._confirm_latency.observe(confirm_seconds)
+
+    def acked(self) -> None:
+        self._acked.inc()
 
     def returned(self) -> None:
         self._returned.inc()

@@ -41,15 +41,6 @@ FETCH_MAX_COUNT = 100
 _DIRECTIVES = ("running", "quiet", "terminate")
 
 
-async def _settle(message: AbstractIncomingMessage | None) -> None:
-    """Ack a delivery; if its channel is gone the broker redelivers it, and the stale-copy
-    check on delivery drops it then."""
-    if message is None:
-        return
-    with contextlib.suppress(Exception):
-        await message.ack()
-
-
 class JobEngine:
     def __init__(
         self,
@@ -87,6 +78,18 @@ class JobEngine:
         self.on_reset: list[Callable[[], Awaitable[None]]] = []
         broker.on_connection_lost.append(self._forget_deliveries)
         broker.on_reconnected.append(self._after_reconnect)
+
+    async def _settle(self, message: AbstractIncomingMessage | None) -> None:
+        """Ack a delivery; if its channel is gone the broker redelivers it, and the stale-copy
+        check on delivery drops it then."""
+        if message is None:
+            return
+        try:
+            await message.ack()
+        except Exception as exc:  # the delivery is void; the broker will redeliver it
+            log.debug("ack failed (%r); the broker will redeliver", exc)
+        else:
+            self.metrics.acked()
 
     # --- start / stop ----------------------------------------------------------------------
 
@@ -200,7 +203,7 @@ class JobEngine:
             for redo in self._deferred.pop(new.id, []):
                 self._spawn(redo)
         if written:
-            await _settle(current)
+            await self._settle(current)
         return written
 
     def _wait_for_record(self, ref: codec.CopyRef, redo: Coroutine[Any, Any, None]) -> bool:
@@ -272,10 +275,10 @@ class JobEngine:
         lease = self._leases.pop(job_id, None)
         if lease is not None:
             self._stop_lease_timer(lease)
-            await _settle(lease.message)
+            await self._settle(lease.message)
         buffered = self._buffers.remove(job_id)
         if buffered is not None:
-            await _settle(buffered.message)
+            await self._settle(buffered.message)
         self.events.emit("job.cancelled", new, now)
         return new
 
@@ -297,17 +300,17 @@ class JobEngine:
             if job is None:
                 return
         elif ref.copy is not None and ref.copy != job.copy:
-            await _settle(message)  # a stale duplicate of an older state
+            await self._settle(message)  # a stale duplicate of an older state
             return
         if job.state is JobState.ACTIVE:
             await self._recover_active(job, message)
             return
         if job.state is not JobState.AVAILABLE:
-            await _settle(message)
+            await self._settle(message)
             return
         duplicate = self._buffers.remove(job.id)
         if duplicate is not None:  # two copies of one job: keep the newest, release the other
-            await _settle(duplicate.message)
+            await self._settle(duplicate.message)
         self._buffers.add(Delivery(job, queue, message))
         self._arrival.set()
 
@@ -358,7 +361,7 @@ class JobEngine:
                     self.events.emit("job.discarded", new, self._now())
         except OjsError as exc:
             log.warning("could not archive a dead letter: %s", exc.message)
-        await _settle(message)
+        await self._settle(message)
 
     def _forget_deliveries(self) -> None:
         """The consume connection is gone: every delivery tag we hold is void."""
@@ -413,11 +416,11 @@ class JobEngine:
         now = self._now()
         if job.expires_at_ms is not None and job.expires_at_ms <= now:
             await self._expire(job)
-            await _settle(d.message)
+            await self._settle(d.message)
             return None
         new = lifecycle.fetch(job, now, worker_id)
         if not await self.store.update(new, expect_copy=job.copy):
-            await _settle(d.message)
+            await self._settle(d.message)
             return None
         vis = (
             job.visibility_timeout_ms
@@ -485,7 +488,7 @@ class JobEngine:
             raise Conflict(f"job {job_id} changed concurrently; GET it to see its state")
         self._drop_lease(job_id)
         if lease is not None:
-            await _settle(lease.message)
+            await self._settle(lease.message)
         duration = now - (job.started_at_ms or now)
         self.metrics.completed(new, duration / 1000)
         self.events.emit("job.completed", new, now, duration_ms=duration)
@@ -573,7 +576,7 @@ class JobEngine:
             repark = codec.Outgoing(message.body, codec.properties_of(message))
             key = ladder_routing_key(level)
             await self.broker.publish(self.broker.topology.delay_exchange, key, repark)
-            await _settle(message)
+            await self._settle(message)
             return
         self._hold(id(message), message, ref, due_at - now)
 
@@ -600,12 +603,12 @@ class JobEngine:
             or job.copy != ref.copy
             or job.state not in (JobState.SCHEDULED, JobState.RETRYABLE)
         ):
-            await _settle(message)
+            await self._settle(message)
             return
         now = self._now()
         if job.expires_at_ms is not None and job.expires_at_ms <= now:
             await self._expire(job)
-            await _settle(message)
+            await self._settle(message)
             return
         new = lifecycle.timer_due(job, now)
         if await self._advance(new, message, job.copy):
@@ -627,7 +630,7 @@ class JobEngine:
         if await self.store.update(new, expect_copy=job.copy):
             buffered = self._buffers.remove(job.id)
             if buffered is not None:
-                await _settle(buffered.message)
+                await self._settle(buffered.message)
             self.metrics.discarded(new)
             self.events.emit("job.expired", new, now)
             self.events.emit("job.discarded", new, now, reason="expired")
