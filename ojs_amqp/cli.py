@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+from ojs_amqp import admin
 from ojs_amqp.amqp.broker import CONNECTION_ERRORS
-from ojs_amqp.runtime import redact, serve
+from ojs_amqp.logs import configure, redact
+from ojs_amqp.runtime import serve
 from ojs_amqp.settings import Settings
 
 _DEFAULTS = Settings()
@@ -35,7 +36,9 @@ _OPTIONS: tuple[tuple[str, str, object, type, str], ...] = (
      _DEFAULTS.default_visibility_timeout_ms, int, "lease length when a job sets none"),
     ("--connect-attempts", "OJS_CONNECT_ATTEMPTS", _DEFAULTS.connect_attempts, int,
      "broker connection attempts at start before giving up"),
-    ("--log-level", "OJS_LOG_LEVEL", _DEFAULTS.log_level, str, "DEBUG, INFO, WARNING, ERROR"),
+    ("--log-level", "OJS_LOG_LEVEL", _DEFAULTS.log_level, str,
+     "DEBUG (one line per job state change), INFO, WARNING, ERROR"),
+    ("--log-format", "OJS_LOG_FORMAT", _DEFAULTS.log_format, str, "text or json"),
 )  # fmt: skip
 
 
@@ -49,12 +52,20 @@ def _parser() -> argparse.ArgumentParser:
             help=f"{text} (env {env_name}, default {default!r})",
         )  # fmt: skip
     serve_cmd.add_argument(
+        "--events-exchange",
+        action="store_true",
+        default=_env_bool("OJS_EVENTS_EXCHANGE"),
+        help="publish every OJS event to the topic exchange ojs.exchange.events, routing key "
+        "'{event type}.{queue}' (env OJS_EVENTS_EXCHANGE=1)",
+    )
+    serve_cmd.add_argument(
         "--test-mode",
         action="store_true",
         default=_env_bool("OJS_TEST_MODE"),
         help="DANGEROUS: enables POST /ojs/v1/admin/reset, which deletes every job "
         "(env OJS_TEST_MODE=1)",
     )
+    admin.add_commands(sub)
     return parser
 
 
@@ -62,6 +73,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     host, _, port = args.http.rpartition(":")
     if not host or not port.isdigit():
         raise SystemExit(f"ojs-amqp: --http must be HOST:PORT, got {args.http!r}")
+    if args.log_format not in ("text", "json"):
+        raise SystemExit(f"ojs-amqp: --log-format must be text or json, got {args.log_format!r}")
     return Settings(
         amqp_url=args.amqp_url,
         http_host=host,
@@ -69,11 +82,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
         store_path=args.store,
         prefix=args.prefix,
         test_mode=args.test_mode,
+        events_exchange=args.events_exchange,
         prefetch=args.prefetch,
         fetch_wait_ms=args.fetch_wait_ms,
         default_visibility_timeout_ms=args.visibility_timeout_ms,
         connect_attempts=args.connect_attempts,
         log_level=args.log_level,
+        log_format=args.log_format,
     )
 
 
@@ -89,12 +104,10 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if admin.handles(args):
+        return admin.run(args)
     settings = settings_from(args)
-    logging.getLogger("aio_pika").setLevel(logging.WARNING)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure(settings.log_level, settings.log_format)
     try:
         _run(serve(settings))
     except CONNECTION_ERRORS as exc:

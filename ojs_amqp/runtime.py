@@ -6,7 +6,6 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -14,23 +13,16 @@ from ojs_amqp.amqp.broker import Broker
 from ojs_amqp.amqp.topology import Topology
 from ojs_amqp.clock import now_ms
 from ojs_amqp.engine.cron import CronScheduler
+from ojs_amqp.engine.event_publisher import EventPublisher
 from ojs_amqp.engine.events import EventLog
 from ojs_amqp.engine.jobs import JobEngine
 from ojs_amqp.http.app import create_app
+from ojs_amqp.logs import redact
 from ojs_amqp.metrics import Metrics
 from ojs_amqp.settings import Settings
 from ojs_amqp.store.sqlite import SqliteJobStore
 
 log = logging.getLogger("ojs_amqp")
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @dataclass
@@ -40,6 +32,7 @@ class Runtime:
     broker: Broker
     engine: JobEngine
     cron: CronScheduler
+    events: EventPublisher | None = None
     runner: web.AppRunner | None = None
 
     @classmethod
@@ -58,6 +51,9 @@ class Runtime:
         await self.broker.start(attempts=self.settings.connect_attempts)
         await self.engine.start()
         await self.cron.start()
+        if self.settings.events_exchange:
+            self.events = EventPublisher(self.engine.events, self.broker)
+            self.events.start()
         app = create_app(self.engine, self.cron, self.settings)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
@@ -75,6 +71,8 @@ class Runtime:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.events is not None:
+            await self.events.close()
         await self.cron.close()
         await self.engine.close()
         await self.broker.close()

@@ -28,9 +28,13 @@ class Settings:
     default_timeout_ms: int = 1_800_000
     retention_completed_ms: int = 7 * 86_400_000
     retention_discarded_ms: int = 30 * 86_400_000
+    #: Publish every OJS event to the topic exchange ojs.exchange.events (one extra,
+    #: unconfirmed publish per event; off by default for throughput).
+    events_exchange: bool = False
     connect_attempts: int = 5
     max_body_bytes: int = 10 * 1024 * 1024
     log_level: str = "INFO"
+    log_format: str = "text"
 
     @property
     def http_address(self) -> str:

@@ -117,6 +117,7 @@ class Broker:
         self._pub_conn: AbstractConnection | None = None
         self._con_conn: AbstractConnection | None = None
         self._pub_channel: AbstractChannel | None = None
+        self._notify_channel: AbstractChannel | None = None
         self._declared: dict[str, tuple[dict[str, Any], str, str]] = {}
         self._consumers: dict[str, _Consumer] = {}
         self._lost = asyncio.Event()
@@ -165,6 +166,8 @@ class Broker:
             conn.close_callbacks.add(self._on_close)
         self._pub_conn, self._con_conn = pub, con
         self._pub_channel = await pub.channel(publisher_confirms=True, on_return_raises=True)
+        # No confirms on this one: notifications must not queue behind job publishes.
+        self._notify_channel = await pub.channel(publisher_confirms=False)
         props = getattr(pub.transport.connection, "server_properties", {}) if pub.transport else {}
         version = props.get("version", b"unknown")
         self.server_version = version.decode() if isinstance(version, bytes) else str(version)
@@ -217,6 +220,7 @@ class Broker:
         ch = self._pub_channel
         for name in (t.direct_exchange, t.dlx_exchange, t.delay_exchange):
             await ch.declare_exchange(name, aio_pika.ExchangeType.DIRECT, durable=True)
+        await ch.declare_exchange(t.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
         await self._declare_queue(
             t.due_queue, t.due_queue_arguments(), t.delay_exchange, DUE_ROUTING_KEY
         )
@@ -305,6 +309,18 @@ class Broker:
         kind = self._exchange_kinds.get(exchange, "other")
         self._observer.published(kind, time.perf_counter() - started)
 
+    async def publish_nowait(self, exchange: str, routing_key: str, message: Outgoing) -> None:
+        """Fire-and-forget publish (no confirm wait, not mandatory): for notifications such as
+        events, where a lost message costs nothing and waiting would cost throughput."""
+        self._require_connection()
+        if self._notify_channel is None or self._notify_channel.is_closed:
+            raise BackendUnavailable("the broker is not connected")
+        channel = await self._notify_channel.get_underlay_channel()
+        await channel.basic_publish(
+            message.body, exchange=exchange, routing_key=routing_key,
+            properties=message.properties, mandatory=False,
+        )  # fmt: skip
+
     # --- consuming -------------------------------------------------------------------------
 
     async def consume(
@@ -365,7 +381,7 @@ class Broker:
         channel = await self._pub_conn.channel(publisher_confirms=False)
         for name in names:
             await channel.queue_delete(name)
-        for exchange in (t.direct_exchange, t.dlx_exchange, t.delay_exchange):
+        for exchange in (t.direct_exchange, t.dlx_exchange, t.delay_exchange, t.events_exchange):
             await channel.exchange_delete(exchange)
         await channel.close()
         self._declared.clear()

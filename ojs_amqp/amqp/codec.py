@@ -52,9 +52,10 @@ def encode(job: Job, *, due_at_ms: int | None = None) -> Outgoing:
         headers["x-ojs-enqueued-at"] = format_ms(job.enqueued_at_ms)
     if job.scheduled_at_ms is not None:
         headers["x-ojs-scheduled-at"] = format_ms(job.scheduled_at_ms)
-    traceparent = job.meta.get("traceparent") if isinstance(job.meta, dict) else None
-    if isinstance(traceparent, str):
-        headers["x-ojs-trace-id"] = traceparent
+    for key, header in (("traceparent", "x-ojs-trace-id"), ("tracestate", "x-ojs-trace-state")):
+        value = job.meta.get(key) if isinstance(job.meta, dict) else None
+        if isinstance(value, str):
+            headers[header] = value
     if job.error:
         headers["x-ojs-error-code"] = str(job.error.get("code", ""))[:255].upper()
         headers["x-ojs-error-message"] = str(job.error.get("message", ""))[:1024]

@@ -31,6 +31,11 @@ class Topology:
         return self._n("ojs.exchange.dlx")
 
     @property
+    def events_exchange(self) -> str:
+        """Topic exchange of OJS events, routing key `{event type}.{queue}`."""
+        return self._n("ojs.exchange.events")
+
+    @property
     def delay_exchange(self) -> str:
         return self._n("ojs.exchange.delay")
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from ojs_amqp import __version__
@@ -13,6 +15,7 @@ from ojs_amqp.core.ids import UUIDv7Generator
 from ojs_amqp.core.job import JobState, to_wire
 from ojs_amqp.core.times import format_ms
 from ojs_amqp.engine.cron import CronScheduler, cron_to_wire
+from ojs_amqp.engine.events import EventFilter
 from ojs_amqp.engine.jobs import JobEngine
 from ojs_amqp.errors import BackendUnavailable, InvalidRequest, NotFound
 from ojs_amqp.http import schemas
@@ -23,6 +26,7 @@ ENGINE = web.AppKey("engine", JobEngine)
 CRON = web.AppKey("cron", CronScheduler)
 SETTINGS = web.AppKey("settings", Settings)
 STARTED = web.AppKey("started", float)
+STREAMS = web.AppKey("streams", set[asyncio.Task[Any]])
 BASE = "/ojs/v1"
 
 
@@ -35,6 +39,8 @@ def create_app(engine: JobEngine, cron: CronScheduler, settings: Settings) -> we
     app[CRON] = cron
     app[SETTINGS] = settings
     app[STARTED] = time.monotonic()
+    app[STREAMS] = set()
+    app.on_shutdown.append(_close_streams)
     r = app.router
     r.add_get("/ojs/manifest", manifest)
     r.add_get(f"{BASE}/health", health)
@@ -52,6 +58,7 @@ def create_app(engine: JobEngine, cron: CronScheduler, settings: Settings) -> we
     r.add_post(f"{BASE}/dead-letter/{{id}}/retry", retry_dead_letter)
     r.add_delete(f"{BASE}/dead-letter/{{id}}", delete_dead_letter)
     r.add_get(f"{BASE}/events", events)
+    r.add_get(f"{BASE}/events/stream", event_stream)
     r.add_post(f"{BASE}/cron", register_cron)
     r.add_get(f"{BASE}/cron", list_crons)
     r.add_get(f"{BASE}/cron/{{name}}", get_cron)
@@ -117,8 +124,21 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
+def _with_trace_context(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+    """W3C trace context from the request headers goes into meta (unless the body sets it),
+    so it travels with the job: in every broker copy's headers and across retries."""
+    meta = body.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        return body  # the envelope parser will refuse it
+    carried = {k: request.headers[k] for k in ("traceparent", "tracestate") if k in request.headers}
+    if not carried:
+        return body
+    return {**body, "meta": {**carried, **(meta or {})}}
+
+
 async def push(request: web.Request) -> web.Response:
-    job = await _engine(request).push(await read_object(request))
+    body = _with_trace_context(request, await read_object(request))
+    job = await _engine(request).push(body)
     return json_response({"job": to_wire(job)}, 201, headers={"Location": f"{BASE}/jobs/{job.id}"})
 
 
@@ -253,17 +273,80 @@ def _csv(request: web.Request, name: str) -> list[str]:
     return [v for raw in request.query.getall(name, []) for v in raw.split(",") if v]
 
 
+def _event_filter(request: web.Request) -> EventFilter:
+    return EventFilter(
+        types=frozenset(_csv(request, "types")),
+        queues=frozenset(_csv(request, "queues") + _csv(request, "queue")),
+        job_types=frozenset(_csv(request, "job_types")),
+        job_id=request.query.get("job_id"),
+    )
+
+
+def _cursor(request: web.Request, *names: str) -> int:
+    for name in names:
+        raw = request.headers.get(name) if name[0].isupper() else request.query.get(name)
+        if raw:
+            try:
+                return int(raw)
+            except ValueError:
+                raise InvalidRequest(f"{name} must be an event cursor from this daemon") from None
+    return 0
+
+
 async def events(request: web.Request) -> web.Response:
     limit, _ = _page(request)
-    try:
-        after = int(request.query.get("after", request.query.get("cursor", "0")) or 0)
-    except ValueError:
-        raise InvalidRequest("after must be an event cursor returned by this endpoint") from None
     found, cursor, has_more = _engine(request).events.query(
-        after=after, types=_csv(request, "types"), queues=_csv(request, "queues"),
-        job_types=_csv(request, "job_types"), limit=limit,
-    )  # fmt: skip
+        _event_filter(request), after=_cursor(request, "after", "cursor"), limit=limit
+    )
     return json_response({"events": found, "cursor": str(cursor), "has_more": has_more})
+
+
+SSE_KEEPALIVE_S = 15.0
+
+
+async def event_stream(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: every matching event as it happens (`?queues=`, `?types=`,
+    `?job_id=`); reconnecting clients resume with Last-Event-ID."""
+    log = _engine(request).events
+    after = _cursor(request, "Last-Event-ID", "after")
+    subscription = log.subscribe(_event_filter(request), after=after)
+    task = asyncio.current_task()
+    if task is not None:
+        request.app[STREAMS].add(task)
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+    })  # fmt: skip
+    try:
+        await response.prepare(request)
+        await response.write(b": connected\n\n")
+        while True:
+            try:
+                event = await asyncio.wait_for(subscription.feed.get(), SSE_KEEPALIVE_S)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            if event is None:
+                await response.write(b"event: gap\ndata: {}\n\n")
+                continue
+            data = orjson.dumps(subscription.envelope(event))
+            await response.write(
+                b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), data)
+            )
+    except ConnectionResetError:
+        pass  # the client went away
+    finally:
+        subscription.close()
+        if task is not None:
+            request.app[STREAMS].discard(task)
+    return response
+
+
+async def _close_streams(app: web.Application) -> None:
+    """Open SSE streams would hold shutdown up until their next keep-alive: end them now."""
+    streams: set[asyncio.Task[Any]] = app[STREAMS]
+    for task in tuple(streams):
+        task.cancel()
 
 
 async def register_cron(request: web.Request) -> web.Response:

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from ojs_amqp.engine.cron import CronScheduler
+from ojs_amqp.engine.events import EventFilter
 from ojs_amqp.engine.jobs import JobEngine
 from tests.integration.conftest import FakeClock
 
@@ -94,5 +95,5 @@ async def test_overlap_skip_does_not_enqueue_while_the_previous_run_is_unfinishe
         clock.ms += 60_000
         await cron.tick()
     assert len(await _cron_jobs(eng, "slow")) == 1
-    skipped, _, _ = eng.events.query(types=["cron.skipped"])
+    skipped, _, _ = eng.events.query(EventFilter(types=frozenset({"cron.skipped"})))
     assert len(skipped) == 2

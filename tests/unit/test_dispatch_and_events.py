@@ -2,7 +2,7 @@ from typing import Any
 
 from ojs_amqp.core.job import Job, JobState
 from ojs_amqp.engine.dispatch import Delivery, ReadyBuffers
-from ojs_amqp.engine.events import EventLog
+from ojs_amqp.engine.events import EventFilter, EventLog
 
 
 def _delivery(job_id: str, priority: int = 0, queue: str = "q") -> Delivery:
@@ -62,8 +62,37 @@ def test_event_query_filters_by_type_and_queue_and_pages_with_a_cursor() -> None
     for i in range(5):
         log.emit("job.enqueued", _job("a"), i)
         log.emit("job.completed", _job("b"), i, duration_ms=1)
-    events, cursor, more = log.query(types=["job.completed"], queues=["b"], limit=3)
+    completed_b = EventFilter(types=frozenset({"job.completed"}), queues=frozenset({"b"}))
+    events, cursor, more = log.query(completed_b, limit=3)
     assert [e["type"] for e in events] == ["job.completed"] * 3 and more
     assert events[0]["data"]["duration_ms"] == 1 and events[0]["data"]["queue"] == "b"
-    rest, _, more = log.query(after=cursor, types=["job.completed"], limit=10)
+    rest, _, more = log.query(EventFilter(types=frozenset({"job.completed"})), after=cursor)
     assert len(rest) == 2 and not more
+
+
+async def test_a_subscription_gets_matching_events_live_and_replays_from_a_cursor() -> None:
+    log = EventLog()
+    log.emit("job.enqueued", _job("a"), 1)
+    sub = log.subscribe(EventFilter(queues=frozenset({"a"})), after=0)
+    log.emit("job.enqueued", _job("b"), 2)
+    log.emit("job.completed", _job("a"), 3)
+    got = sub.feed.get_nowait()
+    assert got is not None and got.type == "job.completed"
+    assert sub.feed.empty()
+    replay = log.subscribe(EventFilter(), after=1)
+    assert [replay.feed.get_nowait().type for _ in range(2)] == ["job.enqueued", "job.completed"]  # type: ignore[union-attr]
+    sub.close()
+    log.emit("job.started", _job("a"), 4)
+    assert sub.feed.empty()
+
+
+async def test_a_slow_subscriber_is_told_about_the_events_it_lost() -> None:
+    log = EventLog()
+    sub = log.subscribe(EventFilter(), capacity=2)
+    for i in range(5):
+        log.emit("job.enqueued", _job("q"), i)
+    assert sub.feed.get_nowait() is not None and sub.feed.get_nowait() is not None
+    log.emit("job.completed", _job("q"), 9)
+    assert sub.feed.get_nowait() is None  # the gap marker, then live events again
+    assert sub.feed.get_nowait().type == "job.completed"  # type: ignore[union-attr]
+    assert sub.feed.empty()
