@@ -11,9 +11,10 @@ from typing import Any
 
 from ojs_amqp import admin
 from ojs_amqp.amqp.broker import CONNECTION_ERRORS
+from ojs_amqp.http.auth import parse_tokens
 from ojs_amqp.logs import configure, redact
 from ojs_amqp.runtime import serve
-from ojs_amqp.settings import Settings
+from ojs_amqp.settings import Settings, Token
 
 _DEFAULTS = Settings()
 
@@ -59,6 +60,18 @@ def _parser() -> argparse.ArgumentParser:
         "'{event type}.{queue}' (env OJS_EVENTS_EXCHANGE=1)",
     )
     serve_cmd.add_argument(
+        "--auth-tokens-file",
+        default=os.environ.get("OJS_AUTH_TOKENS_FILE"),
+        help="file of 'scope:secret' lines (scopes producer, worker, admin) enabling bearer "
+        "authentication (env OJS_AUTH_TOKENS_FILE; or the tokens themselves in OJS_AUTH_TOKENS)",
+    )
+    serve_cmd.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        default=_env_bool("OJS_ALLOW_UNAUTHENTICATED"),
+        help="listen on a non-loopback address without authentication (not recommended)",
+    )
+    serve_cmd.add_argument(
         "--test-mode",
         action="store_true",
         default=_env_bool("OJS_TEST_MODE"),
@@ -73,6 +86,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     host, _, port = args.http.rpartition(":")
     if not host or not port.isdigit():
         raise SystemExit(f"ojs-amqp: --http must be HOST:PORT, got {args.http!r}")
+    tokens = _tokens(args)
     if args.log_format not in ("text", "json"):
         raise SystemExit(f"ojs-amqp: --log-format must be text or json, got {args.log_format!r}")
     return Settings(
@@ -83,6 +97,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         prefix=args.prefix,
         test_mode=args.test_mode,
         events_exchange=args.events_exchange,
+        auth_tokens=tokens,
+        allow_unauthenticated=args.allow_unauthenticated,
         prefetch=args.prefetch,
         fetch_wait_ms=args.fetch_wait_ms,
         default_visibility_timeout_ms=args.visibility_timeout_ms,
@@ -102,11 +118,40 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
         uvloop.run(coro)
 
 
+def _tokens(args: argparse.Namespace) -> tuple[Token, ...]:
+    """Tokens come from a file or the environment, never from a flag (flags show in `ps`)."""
+    spec = os.environ.get("OJS_AUTH_TOKENS", "")
+    if args.auth_tokens_file:
+        try:
+            with open(args.auth_tokens_file, encoding="utf-8") as handle:
+                spec = handle.read()
+        except OSError as exc:
+            raise SystemExit(f"ojs-amqp: cannot read --auth-tokens-file: {exc}") from None
+    try:
+        return parse_tokens(spec)
+    except ValueError as exc:
+        raise SystemExit(f"ojs-amqp: bad auth tokens: {exc}") from None
+
+
+def _check_exposure(settings: Settings) -> None:
+    """Refuse set-ups that expose the API by accident."""
+    if settings.listens_on_loopback_only:
+        return
+    if settings.test_mode:
+        raise SystemExit("ojs-amqp: --test-mode is only allowed on a loopback address")
+    if not settings.auth_tokens and not settings.allow_unauthenticated:
+        raise SystemExit(
+            f"ojs-amqp: refusing to listen on {settings.http_address} without authentication; "
+            "give tokens (--auth-tokens-file / OJS_AUTH_TOKENS) or pass --allow-unauthenticated"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if admin.handles(args):
         return admin.run(args)
     settings = settings_from(args)
+    _check_exposure(settings)
     configure(settings.log_level, settings.log_format)
     try:
         _run(serve(settings))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from dataclasses import dataclass
 
@@ -84,10 +85,18 @@ async def serve(settings: Settings) -> None:
     await runtime.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting at once")
+            os._exit(130)  # leased and held messages return to their queues on disconnect
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     try:
         await stop.wait()
-        log.info("shutting down")
+        log.info("shutting down: no new requests; unconfirmed pushes are flushed, leased and "
+                 "waiting jobs stay with the broker (a second signal forces)")  # fmt: skip
     finally:
         await runtime.stop()

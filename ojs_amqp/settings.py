@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An API bearer token and its scope (producer, worker or admin)."""
+
+    scope: str
+    secret: str
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"Token(scope={self.scope!r}, secret=***)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +45,22 @@ class Settings:
     events_exchange: bool = False
     connect_attempts: int = 5
     max_body_bytes: int = 10 * 1024 * 1024
+    #: Bearer tokens (scope + secret); empty = no authentication (loopback only, unless
+    #: allow_unauthenticated).
+    auth_tokens: tuple[Token, ...] = ()
+    allow_unauthenticated: bool = False
     log_level: str = "INFO"
     log_format: str = "text"
 
     @property
     def http_address(self) -> str:
         return f"{self.http_host}:{self.http_port}"
+
+    @property
+    def listens_on_loopback_only(self) -> bool:
+        if self.http_host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.http_host.strip("[]")).is_loopback
+        except ValueError:
+            return False

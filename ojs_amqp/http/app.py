@@ -19,6 +19,7 @@ from ojs_amqp.engine.events import EventFilter
 from ojs_amqp.engine.jobs import JobEngine
 from ojs_amqp.errors import BackendUnavailable, InvalidRequest, NotFound
 from ojs_amqp.http import schemas
+from ojs_amqp.http.auth import make_auth_middleware
 from ojs_amqp.http.responses import json_response, make_middleware, read_object
 from ojs_amqp.settings import Settings
 
@@ -31,10 +32,10 @@ BASE = "/ojs/v1"
 
 
 def create_app(engine: JobEngine, cron: CronScheduler, settings: Settings) -> web.Application:
-    app = web.Application(
-        middlewares=[make_middleware(UUIDv7Generator(), now_ms)],
-        client_max_size=settings.max_body_bytes,
-    )
+    middlewares = [make_middleware(UUIDv7Generator(), now_ms)]
+    if settings.auth_tokens:
+        middlewares.append(make_auth_middleware(settings.auth_tokens))
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[ENGINE] = engine
     app[CRON] = cron
     app[SETTINGS] = settings
