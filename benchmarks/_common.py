@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -256,3 +256,25 @@ def _memory() -> str:
             if line.startswith("MemTotal:"):
                 return f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
     return "unknown"
+
+
+async def run_window(
+    concurrency: int,
+    total: int,
+    op: Callable[[int], Awaitable[None]],
+    timeout_s: float | None = None,
+) -> float:
+    """Run op(0..total-1) with `concurrency` calls in flight; the wall time in seconds."""
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < total:
+            i = next_index
+            next_index += 1
+            await op(i)
+
+    start = time.perf_counter()
+    async with asyncio.timeout(timeout_s):
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - start

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from _common import (
     Daemon,
     machine_info,
     post_json,
+    run_window,
 )
 from _common import broker_pid as _broker_pid
 from _common import cpu_seconds as _cpu_seconds
@@ -117,23 +118,6 @@ def raw_body(i: int, queue: str) -> bytes:
     return orjson.dumps({"type": "bench.noop", "queue": queue, "args": [payload(i)]})
 
 
-async def run_window(concurrency: int, total: int, op: Callable[[int], Awaitable[None]]) -> float:
-    """Run op(0..total-1) with `concurrency` calls in flight; the wall time in seconds."""
-    next_index = 0
-
-    async def worker() -> None:
-        nonlocal next_index
-        while next_index < total:
-            i = next_index
-            next_index += 1
-            await op(i)
-
-    start = time.perf_counter()
-    async with asyncio.timeout(PHASE_TIMEOUT_S):
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - start
-
-
 # --- (a) and (b): raw aio-pika baselines ---------------------------------------------------
 
 
@@ -177,7 +161,7 @@ async def raw_publish(
         if not isinstance(confirmation, aiormq.spec.Basic.Ack):
             raise BenchError(f"publish not confirmed: {confirmation!r}")
 
-    seconds = await run_window(concurrency, total, publish)
+    seconds = await run_window(concurrency, total, publish, timeout_s=PHASE_TIMEOUT_S)
     await channel.close()
     return seconds
 
@@ -224,7 +208,7 @@ async def http_push(
         body = {"type": "bench.noop", "args": [payload(i)], "options": {"queue": queue}}
         await post_json(session, url, body, 201)
 
-    return await run_window(concurrency, total, push)
+    return await run_window(concurrency, total, push, timeout_s=PHASE_TIMEOUT_S)
 
 
 async def http_drain(

@@ -37,7 +37,6 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +58,7 @@ from _common import (
     machine_info,
     post_json,
     rabbitmqctl_list,
+    run_window,
 )
 
 TARGET_P99_MS = 50.0
@@ -80,22 +80,6 @@ def rfc3339_ms(epoch_ms: int) -> str:
 
 def parse_ms(text: str) -> int:
     return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
-
-
-async def run_window(concurrency: int, total: int, op: Callable[[int], Awaitable[None]]) -> float:
-    """Run op(0..total-1) with `concurrency` calls in flight; the wall time in seconds."""
-    next_index = 0
-
-    async def worker() -> None:
-        nonlocal next_index
-        while next_index < total:
-            i = next_index
-            next_index += 1
-            await op(i)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - start
 
 
 # --- statistics ----------------------------------------------------------------------------

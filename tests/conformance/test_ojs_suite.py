@@ -47,10 +47,13 @@ def run_suite(daemon: Daemon, suite_dir: str, report: Path) -> dict[str, dict[st
 
 @pytest.mark.conformance
 @pytest.mark.timeout(600)
-def test_every_level_0_core_test_passes(daemon: Daemon, tmp_path: Path) -> None:
-    results = run_suite(daemon, "level-0-core", tmp_path / "level0.json")
+@pytest.mark.parametrize(("suite", "count"), [("level-0-core", 65), ("level-2-scheduled", 13)])
+def test_every_test_of_the_level_passes(
+    suite: str, count: int, daemon: Daemon, tmp_path: Path
+) -> None:
+    results = run_suite(daemon, suite, tmp_path / f"{suite}.json")
     failed = {k: v for k, v in results.items() if v["status"] != "pass"}
-    assert len(results) == 65
+    assert len(results) == count
     assert failed == {}
 
 
@@ -67,12 +70,3 @@ def test_level_1_reliable_passes_all_but_the_unpassable_error_type_test(
     for test_id, fragment in KNOWN_UNPASSABLE.items():
         if test_id in failed:
             assert fragment in failed[test_id]["message"]
-
-
-@pytest.mark.conformance
-@pytest.mark.timeout(600)
-def test_every_level_2_scheduled_test_passes(daemon: Daemon, tmp_path: Path) -> None:
-    results = run_suite(daemon, "level-2-scheduled", tmp_path / "level2.json")
-    failed = {k: v for k, v in results.items() if v["status"] != "pass"}
-    assert len(results) == 13
-    assert failed == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.request
@@ -48,3 +49,30 @@ def test_a_traceparent_in_the_body_wins_over_the_header(daemon: Daemon) -> None:
         daemon, {"type": "t.traced", "args": [], "meta": {"traceparent": mine}}
     )
     assert job["meta"]["traceparent"] == mine  # type: ignore[index]
+
+
+async def test_the_trace_context_rides_the_broker_copy_in_binding_headers(daemon: Daemon) -> None:
+    import aio_pika
+
+    from tests.daemon import AMQP_URL
+
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        # A second queue bound like the job queue receives a copy of every published message
+        tap = await channel.declare_queue(exclusive=True)
+        await tap.bind(f"{daemon.prefix}.ojs.exchange.direct", "tapped")
+        _push_with_headers(daemon, {"type": "t.wire", "args": [], "options": {"queue": "tapped"}})
+        message = await tap.get(timeout=5, fail=False)
+        for _ in range(50):
+            if message is not None:
+                break
+            await asyncio.sleep(0.1)
+            message = await tap.get(fail=False)
+        assert message is not None
+        headers = message.headers
+        assert headers["x-ojs-trace-id"] == TRACEPARENT
+        assert headers["x-ojs-trace-state"] == "vendor=1"
+        assert headers["x-ojs-queue"] == "tapped" and headers["x-ojs-attempt"] == 1
+        assert message.content_type == "application/openjobspec+json"
+        assert message.delivery_mode == 2
