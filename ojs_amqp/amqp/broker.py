@@ -377,7 +377,7 @@ class Broker:
         assert self._pub_conn is not None
         await self.stop_consumers()
         t = self.topology
-        names = [*self._declared, *t.all_fixed_queues()]
+        names = list(self._declared)
         channel = await self._pub_conn.channel(publisher_confirms=False)
         for name in names:
             await channel.queue_delete(name)

@@ -101,9 +101,6 @@ class ReadyBuffers:
                 del pending[job_id]
         return False
 
-    def size(self, queue: str) -> int:
-        return self._sizes.get(queue, 0)
-
     def clear(self) -> list[Delivery]:
         entries = list(self._entries.values())
         self._heaps.clear()

@@ -26,7 +26,7 @@ from ojs_amqp.clock import now_ms
 from ojs_amqp.core import lifecycle
 from ojs_amqp.core.envelope import parse_enqueue, validate_queue
 from ojs_amqp.core.ids import UUIDv7Generator
-from ojs_amqp.core.job import MISSING, Job, JobState
+from ojs_amqp.core.job import Job, JobState
 from ojs_amqp.core.retry import FailureReport
 from ojs_amqp.engine.dispatch import Delivery, Lease, ReadyBuffers
 from ojs_amqp.engine.events import EventLog
@@ -677,12 +677,6 @@ class JobEngine:
     async def queue_names(self) -> list[tuple[str, int]]:
         return [(q.name, q.created_at_ms) for q in await self.store.queues()]
 
-    def buffered(self, queue: str) -> int:
-        return self._buffers.size(queue)
-
-    def active_leases(self) -> int:
-        return len(self._leases)
-
     async def reset(self) -> None:
         """Test mode: forget everything, here and on the broker."""
         self._cancel_timers()
@@ -691,9 +685,7 @@ class JobEngine:
         self._leases.clear()
         self._queues_ready.clear()
         self._unpublished.clear()
-        await self.broker.purge(
-            [*self.broker.declared_queues(), *self.broker.topology.all_fixed_queues()]
-        )
+        await self.broker.purge(self.broker.declared_queues())
         await self.store.reset()
         self.events.clear()
         self._worker_directives.clear()
@@ -701,6 +693,3 @@ class JobEngine:
         await self.broker.consume(t.due_queue, t.due_queue_arguments(), 2000, self._on_due)
         for hook in self.on_reset:
             await hook()
-
-    def result_of(self, job: Job) -> Any:
-        return None if job.result is MISSING else job.result
