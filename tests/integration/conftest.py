@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -20,6 +20,7 @@ from ojs_amqp.metrics import Metrics
 from ojs_amqp.settings import Settings
 from ojs_amqp.store.sqlite import SqliteJobStore
 from tests.conftest import SESSION_PREFIX
+from tests.daemon import Daemon, delete_topology
 
 NY = ZoneInfo("America/New_York")
 
@@ -69,3 +70,16 @@ async def live_engine(broker: str, tmp_path: Path) -> AsyncIterator[JobEngine]:
     """An engine on the wall clock."""
     async with running_engine(broker, tmp_path, lambda: time.time_ns() // 1_000_000) as eng:
         yield eng
+
+
+@pytest.fixture(scope="module")
+def module_daemon(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon shared by a whole module, for tests that only need it up (and keep to
+    their own queues)."""
+    tmp = tmp_path_factory.mktemp("module-daemon")
+    prefix = f"{SESSION_PREFIX}-m{uuid.uuid4().hex[:8]}"
+    daemon = Daemon(prefix=prefix, store=tmp / "store.db", log_path=tmp / "daemon.log")
+    daemon.start()
+    yield daemon
+    daemon.stop()
+    delete_topology(prefix)

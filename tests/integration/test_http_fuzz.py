@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import uuid
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -21,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tests.daemon import Daemon, delete_topology, request
+from tests.daemon import Daemon, request
 
 OJS_CONTENT_TYPE = "application/openjobspec+json"
 MAX_BODY_BYTES = 10 * 1024 * 1024  # the daemon's default limit
@@ -43,15 +41,9 @@ POST_ENDPOINTS = [
 
 
 @pytest.fixture(scope="module")
-def daemon(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def daemon(module_daemon: Daemon) -> Daemon:
     """One daemon for the whole module (the fuzz tests only need it to be up)."""
-    tmp = tmp_path_factory.mktemp("fuzz")
-    prefix = f"fz{uuid.uuid4().hex[:10]}"
-    daemon = Daemon(prefix=prefix, store=tmp / "store.db", log_path=tmp / "daemon.log")
-    daemon.start()
-    yield daemon
-    daemon.stop()
-    delete_topology(prefix)
+    return module_daemon
 
 
 # --- raw HTTP --------------------------------------------------------------------------------

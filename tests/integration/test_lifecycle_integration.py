@@ -14,27 +14,21 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ojs_amqp.core.ids import UUIDv7Generator
-from tests.daemon import Daemon, delete_topology, request
+from tests.daemon import Daemon, request
 
 OJS_CONTENT_TYPE = "application/openjobspec+json"
 
 
 @pytest.fixture(scope="module")
-def shared(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    tmp = tmp_path_factory.mktemp("lifecycle")
-    prefix = f"lc{uuid.uuid4().hex[:10]}"
-    daemon = Daemon(prefix=prefix, store=tmp / "store.db", log_path=tmp / "daemon.log")
-    daemon.start()
-    yield daemon
-    daemon.stop()
-    delete_topology(prefix)
+def shared(module_daemon: Daemon) -> Daemon:
+    return module_daemon
 
 
 @pytest.fixture
