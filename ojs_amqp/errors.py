@@ -1,6 +1,8 @@
 """One error tree for the whole daemon; each error knows its OJS code and HTTP status.
 
     OjsError
+    ├── Unauthenticated       401 unauthenticated   (no or unknown bearer token)
+    ├── Forbidden             403 forbidden         (token scope does not allow it)
     ├── InvalidRequest        400 invalid_request   (structurally wrong request)
     │   └── InvalidPayload    400 invalid_payload   (not JSON, wrong content type, no body)
     ├── ValidationFailed      422 validation_error  (well-formed but semantically invalid)
@@ -30,6 +32,18 @@ class OjsError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details or {}
+
+
+class Unauthenticated(OjsError):
+    code = "unauthenticated"
+    http_status = 401
+    hint = "Send 'Authorization: Bearer <token>' with a token the daemon was given."
+
+
+class Forbidden(OjsError):
+    code = "forbidden"
+    http_status = 403
+    hint = "This token's scope does not allow the operation; see docs/security.md."
 
 
 class InvalidRequest(OjsError):

@@ -16,23 +16,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ojs_amqp.errors import OjsError
+from ojs_amqp.errors import Forbidden, Unauthenticated
 from ojs_amqp.settings import Token
 
 SCOPES = ("producer", "worker", "admin")
 PUBLIC_PATHS = frozenset({"/ojs/manifest", "/ojs/v1/health", "/metrics"})
-
-
-class Unauthenticated(OjsError):
-    code = "unauthenticated"
-    http_status = 401
-    hint = "Send 'Authorization: Bearer <token>' with a token the daemon was given."
-
-
-class Forbidden(OjsError):
-    code = "forbidden"
-    http_status = 403
-    hint = "This token's scope does not allow the operation; see docs/security.md."
 
 
 def parse_tokens(spec: str) -> tuple[Token, ...]:
