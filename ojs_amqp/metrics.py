@@ -1,8 +1,9 @@
 """Prometheus collectors on a registry we own (no process globals; each test gets its own).
 
 Labels are bounded: queue, job type, state, and small enums; never ids or arguments.
-Gauges that mirror state (depth by state, outbox backlog, open connections) are refreshed at
-scrape time by the HTTP layer rather than on every move.
+Gauges that mirror state (depth by state, outbox backlog, open connections and channels,
+unacked deliveries, consumer utilization) are refreshed at scrape time by the HTTP layer
+rather than on every move.
 """
 
 from __future__ import annotations
@@ -52,6 +53,24 @@ class Metrics:
         self.connections_active = Gauge(
             "ojs_amqp_connections_active", "Open broker connections", registry=r
         )
+        self.channels_active = Gauge(
+            "ojs_amqp_channels_active", "Open channels on the daemon's broker connections",
+            registry=r,
+        )  # fmt: skip
+        self.messages_unacked = Gauge(
+            "ojs_amqp_messages_unacked",
+            "Deliveries the daemon holds unacked (buffered, leased, held timers)",
+            ("queue", "holder"), registry=r,
+        )  # fmt: skip
+        self.consumer_utilization = Gauge(
+            "ojs_amqp_consumer_utilization",
+            "Unacked deliveries over prefetch, per job queue consumed for HTTP workers (0..1)",
+            ("queue",), registry=r,
+        )  # fmt: skip
+        self._consumed = Counter(
+            "ojs_amqp_messages_consumed", "Deliveries received from the broker", ("queue_kind",),
+            registry=r,
+        )  # fmt: skip
         self._reconnections = Counter("ojs_amqp_reconnections", "Broker reconnections", registry=r)
         self._published = Counter(
             "ojs_amqp_messages_published", "Confirmed publishes", ("exchange_kind",), registry=r
@@ -65,6 +84,15 @@ class Metrics:
         self._confirm_latency = Histogram(
             "ojs_amqp_publish_confirm_latency_seconds", "Publish to broker confirm",
             buckets=_CONFIRM_BUCKETS, registry=r,
+        )  # fmt: skip
+
+        self._reports = Counter(
+            "ojs_amqp_worker_reports", "Native worker reports and binding retries",
+            ("type", "outcome"), registry=r,
+        )  # fmt: skip
+        self._rejected = Counter(
+            "ojs_amqp_messages_rejected", "Messages moved to ojs.rejected", ("source",),
+            registry=r,
         )  # fmt: skip
 
     # jobs
@@ -95,11 +123,22 @@ class Metrics:
         self._published.labels(exchange_kind).inc()
         self._confirm_latency.observe(confirm_seconds)
 
+    def consumed(self, queue_kind: str) -> None:
+        self._consumed.labels(queue_kind).inc()
+
     def acked(self) -> None:
         self._acked.inc()
 
     def returned(self) -> None:
         self._returned.inc()
+
+    def report(self, kind: str, outcome: str) -> None:
+        """`outcome` is applied or stale (a duplicate execution, or a report on a finished
+        or cancelled job)."""
+        self._reports.labels(kind, outcome).inc()
+
+    def rejected(self, source: str) -> None:
+        self._rejected.labels(source).inc()
 
     def reconnected(self) -> None:
         self._reconnections.inc()
