@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -10,8 +11,19 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.daemon import AMQP_URL, Daemon, delete_topology
+from tests.rabbit_node import RabbitNode, new_node
 
 SESSION_PREFIX = f"t{uuid.uuid4().hex[:8]}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak variants (marker `soak`) are deselected, visibly, unless OJS_SOAK=1."""
+    if os.environ.get("OJS_SOAK") == "1":
+        return
+    soak = [item for item in items if item.get_closest_marker("soak")]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if not item.get_closest_marker("soak")]
 
 
 def _broker_reachable() -> bool:
@@ -33,29 +45,68 @@ def broker() -> str:
     return AMQP_URL
 
 
-@pytest.fixture
-def make_daemon(
-    broker: str, tmp_path: Path, request: pytest.FixtureRequest
+@contextlib.contextmanager
+def daemon_factory(
+    tmp_path: Path, amqp_url: str = AMQP_URL, cleanup: Callable[[str], None] = delete_topology
 ) -> Iterator[Callable[..., Daemon]]:
-    """Factory: each daemon gets its own topology prefix and store; both vanish afterwards."""
+    """Each daemon made gets its own topology prefix and store; both vanish afterwards."""
     made: list[Daemon] = []
 
-    def factory(*extra_args: str) -> Daemon:
+    def factory(*extra_args: str, start: bool = True, amqp: str = amqp_url) -> Daemon:
         prefix = f"{SESSION_PREFIX}-{len(made)}-{uuid.uuid4().hex[:6]}"
         daemon = Daemon(
             prefix=prefix,
             store=tmp_path / f"{prefix}.db",
             log_path=tmp_path / f"{prefix}.log",
             extra_args=list(extra_args),
+            amqp_url=amqp,
         )
-        daemon.start()
         made.append(daemon)
+        if start:
+            daemon.start()
         return daemon
 
-    yield factory
-    for daemon in made:
-        daemon.stop()
-        delete_topology(daemon.prefix)
+    try:
+        yield factory
+    finally:
+        for daemon in made:
+            daemon.stop()
+        for daemon in made:
+            cleanup(daemon.prefix)
+
+
+@pytest.fixture
+def make_daemon(broker: str, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Factory of daemons on the shared broker."""
+    with daemon_factory(tmp_path) as factory:
+        yield factory
+
+
+@pytest.fixture(scope="session")
+def rabbit_node() -> Iterator[RabbitNode]:
+    """A private RabbitMQ node (plain and TLS listeners) that tests may stop and restart."""
+    node = new_node()
+    node.start()
+    print(f"\nprivate RabbitMQ node {node.name} started in {node.started_in_s:.1f}s")
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def make_node_daemon(rabbit_node: RabbitNode, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Factory of daemons on the private node (`amqp=` overrides the URL, e.g. a proxy's).
+
+    Afterwards the node is running again, whatever the test did to it, and the daemons'
+    queues and exchanges are deleted from it."""
+
+    def cleanup(prefix: str) -> None:
+        rabbit_node.ensure_running()
+        delete_topology(prefix, rabbit_node.amqp_url, rabbit_node.ctl)
+
+    with daemon_factory(tmp_path, rabbit_node.amqp_url, cleanup) as factory:
+        yield factory
 
 
 @pytest.fixture

@@ -19,4 +19,7 @@ def test_json_lines_carry_the_message_level_and_extra_fields() -> None:
 def test_passwords_are_redacted_from_broker_urls() -> None:
     assert redact("amqp://app:s3cret@rabbit:5672/vh") == "amqp://app:***@rabbit:5672/vh"
     assert "s3cret" not in redact("amqps://u:s3cret@h/")
+    # TLS URLs keep port and query (aio-pika's cafile/certfile options), never the password
+    tls = redact("amqps://ojs:pw-9f8e@localhost:5671/vh?cafile=/etc/ca.pem&heartbeat=30")
+    assert tls == "amqps://ojs:***@localhost:5671/vh?cafile=/etc/ca.pem&heartbeat=30"
     assert redact("amqp://rabbit/") == "amqp://rabbit/"

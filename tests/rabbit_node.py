@@ -1,0 +1,217 @@
+"""A private RabbitMQ node for tests that stop, restart or reconfigure the broker.
+
+The shared broker (port 5672) is used by other people's tests and must never be disturbed,
+so destructive tests get a node of their own: own node name, ports, data, logs, config and
+Erlang cookie, all in one temporary directory that is removed at the end. The node is started
+with the scripts in /usr/lib/rabbitmq/bin (not the /usr/sbin wrappers, which `su` to the
+`rabbitmq` user and use its cookie): it runs as the test's user with `HOME` in the temporary
+directory, so its `rabbitmqctl` cannot even authenticate to the shared node.
+
+It listens on plain AMQP and on AMQP over TLS; the TLS listener demands a client certificate
+signed by the test CA (`verify_peer`, `fail_if_no_peer_cert`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.daemon import free_port
+from tests.tls_certs import Certs, make_certs
+
+SBIN = Path(os.environ.get("OJS_TEST_RABBITMQ_SBIN", "/usr/lib/rabbitmq/bin"))
+#: Broker user for TLS tests; its password must never show in a daemon log.
+TLS_USER = "ojs-tls"
+START_TIMEOUT_S = 90.0
+
+
+@dataclass
+class RabbitNode:
+    base: Path
+    name: str = field(default_factory=lambda: f"ojsfault-{secrets.token_hex(4)}@localhost")
+    port: int = field(default_factory=free_port)
+    tls_port: int = field(default_factory=free_port)
+    dist_port: int = field(default_factory=free_port)
+    tls_password: str = field(default_factory=lambda: "pw-" + secrets.token_hex(12))
+    certs: Certs | None = None
+    started_in_s: float = 0.0
+    _watchdog: subprocess.Popen[bytes] | None = None
+
+    @property
+    def amqp_url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def amqps_url(self) -> str:
+        """TLS with user and password; the host name matches the server certificate."""
+        return f"amqps://{TLS_USER}:{self.tls_password}@localhost:{self.tls_port}/"
+
+    @property
+    def log_file(self) -> Path:
+        return self.base / "log" / f"{self.name}.log"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
+        env.update(
+            HOME=str(self.base / "home"),
+            RABBITMQ_NODENAME=self.name,
+            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_MNESIA_BASE=str(self.base / "mnesia"),
+            RABBITMQ_LOG_BASE=str(self.base / "log"),
+            RABBITMQ_CONFIG_FILE=str(self.base / "rabbitmq.conf"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.base / "enabled_plugins"),
+            RABBITMQ_CONF_ENV_FILE=str(self.base / "rabbitmq-env.conf"),
+            RABBITMQ_PID_FILE=str(self.pid_file),
+            ERL_EPMD_ADDRESS="127.0.0.1",
+        )
+        return env
+
+    @property
+    def pid_file(self) -> Path:
+        return self.base / "node.pid"
+
+    def ctl(self, *args: str, timeout: float = 60.0, check: bool = True) -> str:
+        """`rabbitmqctl -n <this node> ...`; never reaches the shared node (other cookie)."""
+        done = subprocess.run(
+            [str(SBIN / "rabbitmqctl"), "-q", "-n", self.name, *args],
+            env=self.env(), cwd=self.base, capture_output=True, text=True, timeout=timeout,
+            check=False,
+        )  # fmt: skip
+        if check and done.returncode != 0:
+            raise RuntimeError(
+                f"rabbitmqctl {' '.join(args)} failed ({done.returncode}): "
+                f"{done.stderr.strip()[-2000:]}"
+            )
+        return done.stdout
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def _write_config(self) -> None:
+        assert self.certs is not None
+        c = self.certs
+        (self.base / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+            f"ssl_options.cacertfile = {c.ca}\n"
+            f"ssl_options.certfile = {c.server_cert}\n"
+            f"ssl_options.keyfile = {c.server_key}\n"
+            "ssl_options.verify = verify_peer\n"
+            "ssl_options.fail_if_no_peer_cert = true\n"
+            "log.console = false\n"
+            "log.file.level = info\n"
+        )
+        (self.base / "enabled_plugins").write_text("[].\n")
+        (self.base / "rabbitmq-env.conf").write_text("")
+        home = self.base / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        cookie = home / ".erlang.cookie"
+        cookie.write_text(secrets.token_hex(16).upper())
+        cookie.chmod(0o400)
+
+    def start(self) -> None:
+        """Start detached, wait until it serves AMQP, add the TLS user."""
+        if not (SBIN / "rabbitmq-server").exists():
+            raise RuntimeError(
+                f"{SBIN}/rabbitmq-server not found: install rabbitmq-server (Debian package) "
+                "or point OJS_TEST_RABBITMQ_SBIN at its scripts"
+            )
+        self.certs = make_certs(self.base / "certs")
+        self._write_config()
+        started = time.monotonic()
+        subprocess.run(
+            [str(SBIN / "rabbitmq-server"), "-detached"], env=self.env(), cwd=self.base,
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        self._start_watchdog()
+        try:
+            # `wait` polls until the pid file's process runs the node; then the app itself.
+            self.ctl("wait", "--timeout", str(int(START_TIMEOUT_S)), str(self.pid_file),
+                     timeout=START_TIMEOUT_S + 10)  # fmt: skip
+            self.ctl("await_startup", "--timeout", str(int(START_TIMEOUT_S)))
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            tail = self.log_file.read_text()[-3000:] if self.log_file.exists() else "(no log)"
+            self.stop()
+            raise RuntimeError(f"private RabbitMQ node did not start: {exc}\n{tail}") from None
+        self.started_in_s = time.monotonic() - started
+        self.ctl("add_user", TLS_USER, self.tls_password)
+        self.ctl("set_permissions", "-p", "/", TLS_USER, ".*", ".*", ".*")
+
+    def _start_watchdog(self) -> None:
+        """Stops the node if this test process dies without tearing down (crash, SIGKILL)."""
+        script = (
+            "import os, shutil, subprocess, sys, time\n"
+            "parent, node, ctl, base = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]\n"
+            "while True:\n"
+            "    try:\n"
+            "        os.kill(parent, 0)\n"
+            "    except ProcessLookupError:\n"
+            "        break\n"
+            "    time.sleep(2)\n"
+            "subprocess.run([ctl, '-q', '-n', node, 'stop'], timeout=60)\n"
+            "shutil.rmtree(base, ignore_errors=True)\n"
+        )
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", script, str(os.getpid()), self.name,
+             str(SBIN / "rabbitmqctl"), str(self.base)],
+            env=self.env(), cwd=self.base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def stop_app(self) -> None:
+        """Stop RabbitMQ inside the running Erlang VM: every connection drops, listeners close."""
+        self.ctl("stop_app")
+
+    def start_app(self) -> None:
+        self.ctl("start_app")
+        self.ctl("await_startup", "--timeout", "60")
+
+    def ensure_running(self) -> None:
+        """Bring the app back if a test left it stopped (so the next test starts clean)."""
+        status = self.ctl("eval", "rabbit:is_running().", check=False).strip()
+        if status != "true":
+            self.start_app()
+
+    def stop(self) -> None:
+        """Stop the node, wait for its VM to exit, remove every file it had."""
+        pid = self._node_pid()
+        if self.pid_file.exists():
+            self.ctl("stop", str(self.pid_file), timeout=60, check=False)
+        if pid is not None:
+            deadline = time.monotonic() + 30
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(pid):  # the node we started, by its own pid: never a broad kill
+                os.kill(pid, signal.SIGKILL)
+        if self._watchdog is not None and self._watchdog.poll() is None:
+            self._watchdog.terminate()
+            self._watchdog.wait(10)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def _node_pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def new_node() -> RabbitNode:
+    """A node in a fresh temporary directory (not started)."""
+    return RabbitNode(base=Path(tempfile.mkdtemp(prefix="ojsfault-")))
