@@ -10,6 +10,7 @@
     ├── Conflict              409 conflict          (invalid state transition, not the owner)
     │   └── Duplicate         409 duplicate         (a job with this id exists)
     ├── PayloadTooLarge       413 payload_too_large
+    ├── QueueFull             429 queue_full        (backpressure: max_depth or x-max-length)
     ├── Unsupported           422 unsupported
     └── BackendUnavailable    503 backend_error     (the broker or store is gone; retryable)
 
@@ -27,11 +28,34 @@ class OjsError(Exception):
     http_status: ClassVar[int] = 500
     retryable: ClassVar[bool] = False
     hint: ClassVar[str] = "Retry later; if the problem persists, check the daemon's logs."
+    #: Seconds a client should wait before retrying (HTTP Retry-After), when it should.
+    retry_after_s: ClassVar[int | None] = None
 
-    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details or {}
+        #: Extra HTTP response headers (e.g. X-OJS-Queue-Depth on 429).
+        self.headers = headers or {}
+
+    def to_wire(self) -> dict[str, Any]:
+        """The OJS error object, as the HTTP and the AMQP edges both send it."""
+        error: dict[str, Any] = {
+            "code": self.code,
+            "type": self.code,
+            "message": self.message,
+            "retryable": self.retryable,
+            "hint": self.hint,
+        }
+        if self.details:
+            error["details"] = self.details
+        return error
 
 
 class Unauthenticated(OjsError):
@@ -92,11 +116,22 @@ class Unsupported(OjsError):
     hint = "This daemon does not implement that feature; see GET /ojs/manifest."
 
 
+class QueueFull(OjsError):
+    """Backpressure: the producer is told to slow down, the job is not accepted."""
+
+    code = "queue_full"
+    http_status = 429
+    retryable = True
+    hint = "Retry after the number of seconds in Retry-After, or add workers to the queue."
+    retry_after_s = 1
+
+
 class BackendUnavailable(OjsError):
     code = "backend_error"
     http_status = 503
     retryable = True
     hint = "The broker or the store is unreachable; retry with backoff."
+    retry_after_s = 2
 
 
 class InvalidTransition(Conflict):

@@ -32,17 +32,9 @@ def json_response(
 
 
 def error_body(exc: OjsError, request_id: str) -> dict[str, Any]:
-    error: dict[str, Any] = {
-        "code": exc.code,
-        "type": exc.code,
-        "message": exc.message,
-        "retryable": exc.retryable,
-        "hint": exc.hint,
-        "docs_url": f"{DOCS_URL}#{exc.code}",
-        "request_id": request_id,
-    }
-    if exc.details:
-        error["details"] = exc.details
+    error = exc.to_wire()
+    error["docs_url"] = f"{DOCS_URL}#{exc.code}"
+    error["request_id"] = request_id
     return {"error": error}
 
 
@@ -55,6 +47,10 @@ def make_middleware(ids: UUIDv7Generator, now_ms: Callable[[], int]) -> Any:
             response = await handler(request)
         except OjsError as exc:
             response = json_response(error_body(exc, request_id), exc.http_status)
+            if exc.retry_after_s is not None:
+                response.headers["Retry-After"] = str(exc.retry_after_s)
+            for name, value in exc.headers.items():
+                response.headers[name] = value
         except web.HTTPRequestEntityTooLarge:
             too_large = PayloadTooLarge(
                 f"request body exceeds the limit of {request.client_max_size} bytes",

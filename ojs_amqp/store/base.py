@@ -55,6 +55,14 @@ class JobStore(Protocol):
     async def prune_finished(self, completed_before_ms: int, discarded_before_ms: int) -> int:
         """Delete finished jobs past their retention; dead letters are kept."""
 
+    async def open_jobs(self, queue: str) -> int:
+        """Jobs of `queue` not yet in a terminal state (backpressure's max_depth)."""
+        ...
+
+    async def available(self, queue: str) -> list[Job]:
+        """Every available job of `queue` (to republish them if the broker lost the queue)."""
+        ...
+
     async def count_by_state(self) -> dict[tuple[str, str], int]:
         """(queue, state) -> number of jobs."""
 

@@ -22,7 +22,7 @@ from ojs_amqp.core.job import Job, JobState, from_record, to_record
 from ojs_amqp.errors import Duplicate
 from ojs_amqp.store.base import QueueInfo
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -52,6 +52,8 @@ _MIGRATIONS: dict[int, list[str]] = {
             doc BLOB NOT NULL
         )""",
     ],
+    # Backpressure counts the open (non-terminal) jobs of a queue on pushes.
+    3: ["CREATE INDEX jobs_open ON jobs(queue) WHERE finished_at_ms IS NULL"],
 }
 
 _TERMINAL = tuple(s.value for s in JobState if s.terminal)
@@ -234,6 +236,19 @@ class SqliteJobStore:
     async def count_by_state(self) -> dict[tuple[str, str], int]:
         rows = self.db.execute("SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state")
         return {(q, s): n for q, s, n in rows}
+
+    async def open_jobs(self, queue: str) -> int:
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE queue = ? AND finished_at_ms IS NULL", (queue,)
+        ).fetchone()
+        return int(row[0])
+
+    async def available(self, queue: str) -> list[Job]:
+        rows = self.db.execute(
+            "SELECT doc FROM jobs WHERE queue = ? AND finished_at_ms IS NULL AND state = ?",
+            (queue, JobState.AVAILABLE.value),
+        )
+        return [_job(row[0]) for row in rows]
 
     async def add_queue(self, name: str, now_ms: int) -> None:
         self._write(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 from typing import Any
 from urllib.parse import quote
 
@@ -24,9 +25,11 @@ from tests.daemon import Daemon, request
 OJS_CONTENT_TYPE = "application/openjobspec+json"
 MAX_BODY_BYTES = 10 * 1024 * 1024  # the daemon's default limit
 TIMEOUT_S = 10.0
+#: Examples per test: 1,200 x 10 generated tests is over 10,000 requests in CI; set
+#: OJS_FUZZ_HTTP_EXAMPLES higher for a longer run.
 FUZZ = settings(
     deadline=None,
-    max_examples=300,
+    max_examples=int(os.environ.get("OJS_FUZZ_HTTP_EXAMPLES", "1200")),
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )

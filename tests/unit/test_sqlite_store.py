@@ -99,3 +99,16 @@ async def test_a_store_from_a_newer_daemon_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(RuntimeError, match="newer"):
         await SqliteJobStore(str(path)).open()
+
+
+async def test_open_jobs_and_available_list_only_what_is_still_waiting_in_a_queue(
+    store: SqliteJobStore,
+) -> None:
+    waiting = _job(1)
+    running = _job(2, state=JobState.ACTIVE)
+    done = _job(3, state=JobState.COMPLETED, completed_at_ms=5)
+    elsewhere = _job(4, queue="other")
+    for job in (waiting, running, done, elsewhere):
+        await store.insert(job, published=True)
+    assert await store.open_jobs(waiting.queue) == 2
+    assert [j.id for j in await store.available(waiting.queue)] == [waiting.id]
