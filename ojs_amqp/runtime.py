@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -20,8 +21,11 @@ from ojs_amqp.engine.jobs import JobEngine
 from ojs_amqp.http.app import create_app
 from ojs_amqp.logs import redact
 from ojs_amqp.metrics import Metrics
+from ojs_amqp.native.edge import NativeEdge
 from ojs_amqp.settings import Settings
 from ojs_amqp.store.sqlite import SqliteJobStore
+from ojs_amqp.tls import broker_context, server_context
+from ojs_amqp.tracing import create_tracing
 
 log = logging.getLogger("ojs_amqp")
 
@@ -33,24 +37,35 @@ class Runtime:
     broker: Broker
     engine: JobEngine
     cron: CronScheduler
+    native: NativeEdge
     events: EventPublisher | None = None
     runner: web.AppRunner | None = None
+    https: ssl.SSLContext | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         store = SqliteJobStore(settings.store_path)
         name = f"ojs-amqp/{settings.prefix}" if settings.prefix else "ojs-amqp"
         metrics = Metrics()
+        tls = broker_context(
+            settings.amqp_url, settings.amqp_ca_file, settings.amqp_cert_file,
+            settings.amqp_key_file,
+        )  # fmt: skip
         broker = Broker(
-            settings.amqp_url, Topology(settings.prefix), connection_name=name, observer=metrics
-        )
-        engine = JobEngine(settings, store, broker, EventLog(), metrics)
-        return cls(settings, store, broker, engine, CronScheduler(engine, clock=now_ms))
+            settings.amqp_url, Topology(settings.prefix), connection_name=name, observer=metrics,
+            ssl_context=tls,
+        )  # fmt: skip
+        engine = JobEngine(settings, store, broker, EventLog(), metrics, tracing=create_tracing())
+        https = server_context(settings.tls_cert_file, settings.tls_key_file)
+        cron = CronScheduler(engine, clock=now_ms)
+        native = NativeEdge(engine, broker, metrics)
+        return cls(settings, store, broker, engine, cron, native, https=https)
 
     async def start(self) -> None:
         await self.store.open()
         await self.broker.start(attempts=self.settings.connect_attempts)
         await self.engine.start()
+        await self.native.start()
         await self.cron.start()
         if self.settings.events_exchange:
             self.events = EventPublisher(self.engine.events, self.broker)
@@ -58,10 +73,13 @@ class Runtime:
         app = create_app(self.engine, self.cron, self.settings)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.settings.http_host, self.settings.http_port)
+        site = web.TCPSite(
+            self.runner, self.settings.http_host, self.settings.http_port, ssl_context=self.https
+        )
         await site.start()
         log.info(
-            "ojs-amqp listening on http://%s, broker %s (RabbitMQ %s), store %s%s",
+            "ojs-amqp listening on %s://%s, broker %s (RabbitMQ %s), store %s%s",
+            self.settings.http_scheme,
             self.settings.http_address,
             redact(self.settings.amqp_url),
             self.broker.server_version,

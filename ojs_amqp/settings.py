@@ -30,6 +30,9 @@ class Settings:
     test_mode: bool = False
     #: Unacked deliveries per job queue: buffered jobs plus jobs leased to HTTP workers.
     prefetch: int = 1000
+    #: The daemon consumes a job queue for HTTP workers only from the first FETCH on, and
+    #: stops this long after the last one, leaving the queue to native AMQP workers.
+    gateway_idle_ms: int = 30_000
     #: How long an empty FETCH waits for a job before answering `{"jobs": []}`.
     fetch_wait_ms: int = 1000
     #: Lease length when neither the job nor the fetch sets one. The HTTP binding's example
@@ -51,10 +54,30 @@ class Settings:
     allow_unauthenticated: bool = False
     log_level: str = "INFO"
     log_format: str = "text"
+    #: TLS to the broker (amqps:// URLs): CA bundle that signed the broker's certificate
+    #: (empty = the system's CAs), and the client certificate and key the broker may demand.
+    amqp_ca_file: str = ""
+    amqp_cert_file: str = ""
+    amqp_key_file: str = ""
+    #: HTTPS for the API: certificate chain and private key (both empty = plain HTTP).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+    #: Backpressure: the most open (non-terminal) jobs a queue may hold before pushes are
+    #: answered 429 queue_full. "*" is every queue's default; 0 or absent = unbounded.
+    max_depth: tuple[tuple[str, int], ...] = ()
+
+    def max_depth_for(self, queue: str) -> int:
+        bounds = dict(self.max_depth)
+        return bounds.get(queue, bounds.get("*", 0))
 
     @property
     def http_address(self) -> str:
         return f"{self.http_host}:{self.http_port}"
+
+    @property
+    def http_scheme(self) -> str:
+        return "https" if self.tls_cert_file else "http"
 
     @property
     def listens_on_loopback_only(self) -> bool:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +36,14 @@ class Daemon:
     log_path: Path | None = None
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    amqp_url: str = AMQP_URL
+    #: Set for a daemon serving HTTPS: the client context that trusts its certificate.
+    https: ssl.SSLContext | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.https is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> None:
         args = [
@@ -44,7 +51,7 @@ class Daemon:
             "--http", f"127.0.0.1:{self.port}",
             "--store", str(self.store),
             "--prefix", self.prefix,
-            "--amqp-url", AMQP_URL,
+            "--amqp-url", self.amqp_url,
             "--test-mode",
             *self.extra_args,
         ]  # fmt: skip
@@ -57,7 +64,7 @@ class Daemon:
                     f"daemon exited with {self.process.returncode}; see {self.log_path}"
                 )
             try:
-                status, _ = request("GET", f"{self.url}/ojs/v1/health")
+                status, _ = request("GET", f"{self.url}/ojs/v1/health", context=self.https)
                 if status == 200:
                     return
             except OSError:
@@ -80,13 +87,19 @@ class Daemon:
                 self.kill()
 
 
-def request(method: str, url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
+def request(
+    method: str,
+    url: str,
+    body: Any = None,
+    timeout: float = 30.0,
+    context: ssl.SSLContext | None = None,
+) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         req.add_header("Content-Type", "application/openjobspec+json")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             raw = resp.read()
             return resp.status, json.loads(raw) if raw else None
     except urllib.error.HTTPError as err:
@@ -97,27 +110,47 @@ def request(method: str, url: str, body: Any = None, timeout: float = 30.0) -> t
             return err.code, raw
 
 
-def delete_topology(prefix: str) -> None:
-    """Delete every queue and exchange whose name starts with `prefix.`."""
-    asyncio.run(_delete_topology(prefix))
+def _shared_ctl(*args: str) -> str:
+    return subprocess.run(
+        ["rabbitmqctl", *args], capture_output=True, text=True, check=False
+    ).stdout
 
 
-async def _delete_topology(prefix: str) -> None:
+def delete_topology(
+    prefix: str, amqp_url: str = AMQP_URL, ctl: Callable[..., str] = _shared_ctl
+) -> None:
+    """Delete every queue and exchange whose name starts with `prefix.` (on the shared broker
+    unless another node's URL and `rabbitmqctl` runner are given)."""
+    asyncio.run(_delete_topology(prefix, amqp_url, ctl))
+
+
+async def _delete_topology(prefix: str, amqp_url: str, ctl: Callable[..., str]) -> None:
     import aio_pika
 
     def names(kind: str) -> list[str]:
-        out = subprocess.run(
-            ["rabbitmqctl", "-q", f"list_{kind}", "name"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
+        out = ctl("-q", f"list_{kind}", "name")
         return [n.strip() for n in out.splitlines() if n.strip().startswith(prefix + ".")]
 
-    connection = await aio_pika.connect(AMQP_URL)
+    connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
         for name in names("queues"):
             await channel.queue_delete(name)
         for name in names("exchanges"):
             await channel.exchange_delete(name)
+
+
+@contextlib.contextmanager
+def shared_daemon(tmp: Path, prefix: str, *extra_args: str) -> Iterator[Daemon]:
+    """A daemon for a whole module or package (tests keep to their own queues), stopped and
+    its topology deleted afterwards."""
+    daemon = Daemon(
+        prefix=prefix, store=tmp / "store.db", log_path=tmp / "daemon.log",
+        extra_args=list(extra_args),
+    )  # fmt: skip
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        delete_topology(prefix)

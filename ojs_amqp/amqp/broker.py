@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aio_pika
@@ -23,17 +24,12 @@ from aio_pika.abc import (
     AbstractConnection,
     AbstractIncomingMessage,
 )
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from ojs_amqp.amqp.codec import Outgoing
-from ojs_amqp.amqp.topology import (
-    DUE_ROUTING_KEY,
-    LADDER_LEVELS,
-    LEADER_ROUTING_KEY,
-    Topology,
-    ladder_routing_key,
-)
-from ojs_amqp.errors import BackendUnavailable, OjsError
+from ojs_amqp.amqp.topology import QueueSpec, Topology
+from ojs_amqp.errors import BackendUnavailable, OjsError, QueueFull
+from ojs_amqp.tls import is_permanent_tls_failure
 
 log = logging.getLogger("ojs_amqp.broker")
 
@@ -62,6 +58,15 @@ class BrokerObserver(Protocol):
 
     def reconnected(self) -> None: ...
 
+    def consumed(self, queue_kind: str) -> None: ...
+
+
+#: Metric label of each consumed queue's kind (QueueSpec.kind -> queue_kind).
+_CONSUMED_KINDS = {
+    "job": "job", "dead-letter": "dead_letter", "due": "due", "control": "control",
+    "submit": "submit", "retry-intake": "retry", "cron-leader": "cron",
+}  # fmt: skip
+
 
 class _NoObserver:
     def published(self, exchange_kind: str, confirm_seconds: float) -> None:
@@ -71,6 +76,9 @@ class _NoObserver:
         pass
 
     def reconnected(self) -> None:
+        pass
+
+    def consumed(self, queue_kind: str) -> None:
         pass
 
 
@@ -84,6 +92,12 @@ def _wait(state: RetryCallState) -> float:
     return backoff_seconds(state.attempt_number)
 
 
+def _worth_retrying(exc: BaseException) -> bool:
+    """Connection errors are retried at start, except TLS verdicts that no retry can change
+    (a certificate the other side refuses): those stop the daemon at once."""
+    return isinstance(exc, CONNECTION_ERRORS) and not is_permanent_tls_failure(exc)
+
+
 @dataclass(slots=True)
 class _Consumer:
     queue_name: str
@@ -92,6 +106,12 @@ class _Consumer:
     handler: DeliveryHandler
     channel: AbstractChannel | None = None
     tag: str | None = None
+    #: Channels whose consumer the broker cancelled; kept open so the deliveries they hold
+    #: (buffered or leased) can still be acked.
+    retired: list[AbstractChannel] = field(default_factory=list)
+    #: The broker cancelled this consumer: its queue may have been deleted with messages in
+    #: it. Cleared once `on_consumer_restored` has run after consuming again.
+    cancelled_by_broker: bool = False
 
 
 class Broker:
@@ -103,8 +123,10 @@ class Broker:
         publish_timeout_s: float = 10.0,
         connection_name: str = "ojs-amqp",
         observer: BrokerObserver | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._url = url
+        self._ssl_context = ssl_context
         self.topology = topology
         self._publish_timeout = publish_timeout_s
         self._name = connection_name
@@ -119,14 +141,20 @@ class Broker:
         self._pub_channel: AbstractChannel | None = None
         self._notify_channel: AbstractChannel | None = None
         self._declared: dict[str, tuple[dict[str, Any], str, str]] = {}
+        #: queue name -> QueueSpec.kind, for the consumed-deliveries metric
+        self._kinds: dict[str, str] = {}
         self._consumers: dict[str, _Consumer] = {}
         self._lost = asyncio.Event()
+        self._restoring: set[asyncio.Task[None]] = set()
         self._watch_task: asyncio.Task[None] | None = None
         self._closing = False
         self.connected = False
         self.reconnections = 0
         self.on_connection_lost: list[Callable[[], None]] = []
         self.on_reconnected: list[Callable[[], Awaitable[None]]] = []
+        #: Called with the queue name once a consumer the broker cancelled (Basic.Cancel,
+        #: e.g. the queue was deleted) consumes again: the messages it had are gone.
+        self.on_consumer_restored: list[Callable[[str], Awaitable[None]]] = []
         self.server_version = "unknown"
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -136,7 +164,7 @@ class Broker:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(attempts),
             wait=_wait,
-            retry=retry_if_exception_type(CONNECTION_ERRORS),
+            retry=retry_if_exception(_worth_retrying),
             reraise=True,
         )
         async for attempt in retrying:
@@ -155,15 +183,27 @@ class Broker:
         self.connected = False
 
     async def _connect(self) -> None:
+        """Open both connections, declare everything, restore every consumer; all or nothing:
+        a failure part-way closes what was opened, so no half-set-up connection lingers."""
         self._lost.clear()
-        pub = await aio_pika.connect(
-            self._url, client_properties={"connection_name": self._name + "-publish"}
-        )
-        con = await aio_pika.connect(
-            self._url, client_properties={"connection_name": self._name + "-consume"}
-        )
-        for conn in (pub, con):
-            conn.close_callbacks.add(self._on_close)
+        opened: list[AbstractConnection] = []
+        try:
+            for role in ("publish", "consume"):
+                conn = await aio_pika.connect(
+                    self._url, ssl_context=self._ssl_context,
+                    client_properties={"connection_name": f"{self._name}-{role}"},
+                )  # fmt: skip
+                opened.append(conn)
+                conn.close_callbacks.add(self._on_close)
+            await self._set_up(*opened)
+        except BaseException:
+            self.connected = False
+            for half_open in opened:
+                half_open.close_callbacks.discard(self._on_close)
+                await asyncio.gather(half_open.close(), return_exceptions=True)
+            raise
+
+    async def _set_up(self, pub: AbstractConnection, con: AbstractConnection) -> None:
         self._pub_conn, self._con_conn = pub, con
         self._pub_channel = await pub.channel(publisher_confirms=True, on_return_raises=True)
         # No confirms on this one: notifications must not queue behind job publishes.
@@ -173,10 +213,15 @@ class Broker:
         self.server_version = version.decode() if isinstance(version, bytes) else str(version)
         await self._declare_fixed()
         for queue_name, (arguments, exchange, key) in list(self._declared.items()):
-            await self._declare_queue(queue_name, arguments, exchange, key)
+            try:
+                await self._declare_queue(queue_name, arguments, exchange, key)
+            except TopologyMismatch as exc:  # recreated by someone else while we were away
+                log.error("%s", exc.message)
+        # Connected from here on: a restored consumer's first deliveries may move jobs at
+        # once (publish the next copy), and must not be refused as "not connected".
+        self.connected = True
         for consumer in self._consumers.values():
             await self._start_consumer(consumer)
-        self.connected = True
 
     def _on_close(self, *_: Any) -> None:
         if not self._closing:
@@ -216,54 +261,48 @@ class Broker:
 
     async def _declare_fixed(self) -> None:
         assert self._pub_channel is not None
-        t = self.topology
-        ch = self._pub_channel
-        for name in (t.direct_exchange, t.dlx_exchange, t.delay_exchange):
-            await ch.declare_exchange(name, aio_pika.ExchangeType.DIRECT, durable=True)
-        await ch.declare_exchange(t.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-        await self._declare_queue(
-            t.due_queue, t.due_queue_arguments(), t.delay_exchange, DUE_ROUTING_KEY
-        )
-        await self._declare_queue(
-            t.leader_queue, t.leader_queue_arguments(), t.delay_exchange, LEADER_ROUTING_KEY
-        )
-        for level in range(LADDER_LEVELS):
-            await self._declare_queue(
-                t.ladder_queue(level), t.ladder_queue_arguments(level),
-                t.delay_exchange, ladder_routing_key(level),
-            )  # fmt: skip
+        for exchange in self.topology.exchanges():
+            kind = aio_pika.ExchangeType(exchange.type)
+            await self._pub_channel.declare_exchange(exchange.name, kind, durable=True)
+        for spec in self.topology.fixed_queues():
+            await self._declare(spec)
+
+    async def _declare(self, spec: QueueSpec) -> None:
+        self._kinds[spec.name] = spec.kind
+        await self._declare_queue(spec.name, spec.arguments, spec.exchange, spec.routing_key)
 
     async def _declare_queue(
-        self, name: str, arguments: dict[str, Any], exchange: str, routing_key: str
+        self, name: str, arguments: dict[str, Any], exchange: str = "", routing_key: str = ""
     ) -> None:
-        """Declare a durable queue and bind it; remembered, so reconnects redeclare it."""
+        """Declare a durable queue and bind it (unless `exchange` is the default exchange);
+        remembered, so reconnects redeclare it."""
         assert self._pub_conn is not None
         # A channel of its own: a 406 closes the channel, and must not take the publisher down.
         channel = await self._pub_conn.channel(publisher_confirms=False)
         try:
             queue = await channel.declare_queue(name, durable=True, arguments=arguments)
-            await queue.bind(exchange, routing_key)
+            if exchange:
+                await queue.bind(exchange, routing_key)
             self._declared[name] = (arguments, exchange, routing_key)
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            raise TopologyMismatch(
+            mismatch = TopologyMismatch(
                 f"queue {name} already exists with different arguments ({exc}); "
                 "delete it or align the configuration — it is never redeclared automatically"
-            ) from None
+            )
+            log.error("%s", mismatch.message)
+            raise mismatch from None
         finally:
             if not channel.is_closed:
                 await channel.close()
 
     async def ensure_job_queue(self, queue: str) -> None:
-        """Declare ojs.queue.{q} and ojs.queue.dlx.{q} with their bindings (idempotent)."""
+        """Declare what one OJS queue needs (job, dead-letter and control queue; idempotent)."""
         t = self.topology
-        name = t.job_queue(queue)
-        if name in self._declared:
+        if t.job_queue(queue) in self._declared:
             return
         self._require_connection()
-        await self._declare_queue(
-            t.dead_letter_queue(queue), t.dead_letter_queue_arguments(), t.dlx_exchange, queue
-        )
-        await self._declare_queue(name, t.job_queue_arguments(queue), t.direct_exchange, queue)
+        for spec in t.queues_of(queue):
+            await self._declare(spec)
 
     # --- publishing ------------------------------------------------------------------------
 
@@ -291,12 +330,16 @@ class Broker:
                 mandatory=True,
                 timeout=self._publish_timeout,
             )
-        except aiormq.exceptions.DeliveryError as exc:
-            self._observer.returned()
-            raise BackendUnavailable(f"the broker rejected the message ({exc})") from None
-        except aiormq.exceptions.PublishError as exc:
+        except aiormq.exceptions.PublishError as exc:  # Basic.Return: no queue matched
             self._observer.returned()
             raise BackendUnavailable(f"the message could not be routed ({exc})") from None
+        except aiormq.exceptions.DeliveryError:  # Basic.Nack: x-overflow=reject-publish
+            self._observer.returned()
+            raise QueueFull(
+                f"the broker refused the message: queue {routing_key!r} is at its length "
+                "limit (or unavailable)",
+                details={"queue": routing_key},
+            ) from None
         except (
             *CONNECTION_ERRORS,
             aiormq.exceptions.ChannelInvalidStateError,
@@ -340,14 +383,95 @@ class Broker:
         await channel.set_qos(prefetch_count=consumer.prefetch)
         queue = await channel.get_queue(consumer.queue_name, ensure=False)
         consumer.channel = channel
-        consumer.tag = await queue.consume(consumer.handler, no_ack=False)
+        consumer.retired = [c for c in consumer.retired if not c.is_closed]
+        consumer.tag = await queue.consume(self._counted(consumer), no_ack=False)
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(
+            lambda frame: self._on_consumer_cancelled(consumer, frame.consumer_tag)
+        )
+        if consumer.cancelled_by_broker:  # consuming again, here or via the reconnect loop
+            self._in_background(self._restored(consumer), "consumer-restored")
+
+    def _counted(self, consumer: _Consumer) -> DeliveryHandler:
+        """The consumer's handler, telling the observer of each delivery first (deliveries
+        the daemon received, by kind of queue)."""
+        kind = _CONSUMED_KINDS.get(self._kinds.get(consumer.queue_name, ""), "other")
+        observer, handler = self._observer, consumer.handler
+
+        async def counted(message: AbstractIncomingMessage) -> None:
+            observer.consumed(kind)
+            await handler(message)
+
+        return counted
+
+    def _on_consumer_cancelled(self, consumer: _Consumer, tag: str | None) -> None:
+        """The broker sent Basic.Cancel (the queue was deleted, typically): consume again
+        rather than sit silently on a dead consumer."""
+        if self._closing or tag != consumer.tag or consumer.channel is None:
+            return
+        log.warning(
+            "the broker cancelled the consumer of queue %s (deleted?); if it was deleted, the "
+            "messages in it are gone; declaring it again and consuming again",
+            consumer.queue_name,
+        )  # fmt: skip
+        consumer.retired.append(consumer.channel)
+        consumer.channel, consumer.tag = None, None
+        consumer.cancelled_by_broker = True
+        self._in_background(self._consume_again(consumer), "consume-again")
+
+    def _in_background(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._restoring.add(task)
+        task.add_done_callback(self._restoring.discard)
+
+    async def _consume_again(self, consumer: _Consumer) -> None:
+        name = consumer.queue_name
+        if self._closing or self._consumers.get(name) is not consumer or not self.connected:
+            return  # stopped meanwhile, or the reconnect loop restores it
+        declared = self._declared.get(name)
+        try:
+            if declared is not None:
+                try:
+                    await self._declare_queue(name, *declared)
+                except TopologyMismatch as exc:  # re-created by someone else: consume anyway
+                    log.error("%s", exc.message)
+            await self._start_consumer(consumer)
+        except Exception as exc:  # the connection went too: the reconnect loop restores it
+            log.warning("could not consume queue %s again (%r); retried on reconnect", name, exc)
+            return
+        log.info("consuming queue %s again", name)
+
+    async def _restored(self, consumer: _Consumer) -> None:
+        """Tell the engine a cancelled consumer consumes again, so it can republish what the
+        broker lost; retried whenever the consumer is started again until it succeeds."""
+        try:
+            for hook in self.on_consumer_restored:
+                await hook(consumer.queue_name)
+        except Exception as exc:
+            log.warning(
+                "recovery after the cancelled consumer of %s failed (%r); retried when it "
+                "consumes again", consumer.queue_name, exc,
+            )  # fmt: skip
+            return
+        consumer.cancelled_by_broker = False
+
+    async def stop_consumer(self, queue_name: str) -> None:
+        """Stop consuming one queue; its unacked deliveries return to it."""
+        consumer = self._consumers.pop(queue_name, None)
+        if consumer is not None and consumer.channel is not None and not consumer.channel.is_closed:
+            await consumer.channel.close()
+
+    def consuming(self, queue_name: str) -> bool:
+        return queue_name in self._consumers
 
     async def stop_consumers(self) -> None:
         """Close every consumer channel; their unacked deliveries return to their queues."""
         for consumer in self._consumers.values():
-            if consumer.channel is not None and not consumer.channel.is_closed:
-                await consumer.channel.close()
-            consumer.channel = None
+            for channel in (consumer.channel, *consumer.retired):
+                if channel is not None and not channel.is_closed:
+                    await channel.close()
+            consumer.channel, consumer.retired = None, []
         self._consumers.clear()
 
     # --- maintenance (test mode, tools) ----------------------------------------------------
@@ -369,6 +493,17 @@ class Broker:
     def open_connections(self) -> int:
         return sum(1 for c in (self._pub_conn, self._con_conn) if c is not None and not c.is_closed)
 
+    def open_channels(self) -> int:
+        """Open AMQP channels on both connections (consumers, publishers, and any short-lived
+        declare or ping channel at that moment)."""
+        total = 0
+        for conn in (self._pub_conn, self._con_conn):
+            if conn is None or conn.is_closed or conn.transport is None:
+                continue
+            channels = getattr(conn.transport.connection, "channels", {})
+            total += sum(1 for ch in channels.values() if ch is not None and not ch.is_closed)
+        return total
+
     def declared_queues(self) -> list[str]:
         return list(self._declared)
 
@@ -381,8 +516,8 @@ class Broker:
         channel = await self._pub_conn.channel(publisher_confirms=False)
         for name in names:
             await channel.queue_delete(name)
-        for exchange in (t.direct_exchange, t.dlx_exchange, t.delay_exchange, t.events_exchange):
-            await channel.exchange_delete(exchange)
+        for exchange in t.exchanges():
+            await channel.exchange_delete(exchange.name)
         await channel.close()
         self._declared.clear()
 

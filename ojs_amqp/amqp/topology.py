@@ -15,6 +15,24 @@ LADDER_LEVELS = 26
 
 
 @dataclass(frozen=True, slots=True)
+class ExchangeSpec:
+    name: str
+    type: str  # direct, topic or fanout
+    purpose: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A durable queue, its x-arguments, and its one binding ("" = the default exchange)."""
+
+    name: str
+    kind: str
+    arguments: dict[str, Any]
+    exchange: str = ""
+    routing_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Topology:
     prefix: str = ""
 
@@ -39,12 +57,50 @@ class Topology:
     def delay_exchange(self) -> str:
         return self._n("ojs.exchange.delay")
 
+    @property
+    def retry_exchange(self) -> str:
+        """The binding's retry exchange (topic): key `{queue}.{delay_ms}`, fed into the ladder."""
+        return self._n("ojs.exchange.retry")
+
+    @property
+    def submit_exchange(self) -> str:
+        """Fanout for plain JSON envelopes from clients that do not speak the binding."""
+        return self._n("ojs.exchange.submit")
+
+    @property
+    def workers_exchange(self) -> str:
+        """Topic the daemon tells native workers through (key `cancel.{queue}`)."""
+        return self._n("ojs.exchange.workers")
+
     # queues
     def job_queue(self, queue: str) -> str:
         return self._n(f"ojs.queue.{queue}")
 
     def dead_letter_queue(self, queue: str) -> str:
         return self._n(f"ojs.queue.dlx.{queue}")
+
+    def control_queue(self, queue: str) -> str:
+        """Per-queue control queue (AMQP-019/020): cancels, heartbeats and worker reports."""
+        return self._n(f"ojs.queue.control.{queue}")
+
+    @property
+    def global_control_queue(self) -> str:
+        """Control and RPC (INFO, CANCEL, hello) for callers that do not know a job's queue;
+        reached through the default exchange by its name."""
+        return self._n("ojs.control")
+
+    @property
+    def submit_queue(self) -> str:
+        return self._n("ojs.submit")
+
+    @property
+    def retry_intake_queue(self) -> str:
+        return self._n("ojs.retry")
+
+    @property
+    def rejected_queue(self) -> str:
+        """Submissions and control messages the daemon could not accept, with the reason."""
+        return self._n("ojs.rejected")
 
     def ladder_queue(self, level: int) -> str:
         return self._n(f"ojs.delay.L{level:02d}")
@@ -59,11 +115,56 @@ class Topology:
         return self._n("ojs.cron.leader")
 
     def all_fixed_queues(self) -> list[str]:
+        return [spec.name for spec in self.fixed_queues()]
+
+    # what is declared (the broker declares exactly this; `ojs-amqp topology` lists it)
+    def exchanges(self) -> list[ExchangeSpec]:
+        job, dead = self.job_queue("{queue}"), self.dead_letter_queue("{queue}")
         return [
-            self.due_queue,
-            self.leader_queue,
-            *(self.ladder_queue(lv) for lv in range(LADDER_LEVELS)),
-        ]
+            ExchangeSpec(self.direct_exchange, "direct",
+                         f"jobs by queue name to {job}; control.{{queue}} to its control queue"),
+            ExchangeSpec(self.dlx_exchange, "direct", f"dead letters, to {dead}"),
+            ExchangeSpec(self.delay_exchange, "direct",
+                         "delay ladder, due queue and cron leadership tokens"),
+            ExchangeSpec(self.events_exchange, "topic",
+                         "OJS events, key {event type}.{queue} (serve --events-exchange)"),
+            ExchangeSpec(self.retry_exchange, "topic",
+                         "binding retries, key {queue}.{delay_ms}, into the ladder"),
+            ExchangeSpec(self.submit_exchange, "fanout",
+                         "plain envelopes, validated and routed by the daemon"),
+            ExchangeSpec(self.workers_exchange, "topic",
+                         "daemon to native workers, key cancel.{queue}"),
+        ]  # fmt: skip
+
+    def fixed_queues(self) -> list[QueueSpec]:
+        carrying = self.job_carrying_queue_arguments()
+        control = self.control_queue_arguments()
+        return [
+            QueueSpec(self.due_queue, "due", self.due_queue_arguments(), self.delay_exchange,
+                      DUE_ROUTING_KEY),
+            QueueSpec(self.leader_queue, "cron-leader", self.leader_queue_arguments(),
+                      self.delay_exchange, LEADER_ROUTING_KEY),
+            QueueSpec(self.submit_queue, "submit", carrying, self.submit_exchange),
+            QueueSpec(self.retry_intake_queue, "retry-intake", carrying, self.retry_exchange,
+                      "#"),
+            QueueSpec(self.global_control_queue, "control", control),
+            QueueSpec(self.rejected_queue, "rejected", control),
+            *(QueueSpec(self.ladder_queue(level), "delay-ladder",
+                        self.ladder_queue_arguments(level), self.delay_exchange,
+                        ladder_routing_key(level)) for level in range(LADDER_LEVELS)),
+        ]  # fmt: skip
+
+    def queues_of(self, queue: str) -> list[QueueSpec]:
+        """What one OJS queue needs, declared on its first use (job queue last, so nothing
+        is routed to it before its dead-letter queue exists)."""
+        return [
+            QueueSpec(self.dead_letter_queue(queue), "dead-letter",
+                      self.dead_letter_queue_arguments(), self.dlx_exchange, queue),
+            QueueSpec(self.control_queue(queue), "control", self.control_queue_arguments(),
+                      self.direct_exchange, CONTROL_KEY_PREFIX + queue),
+            QueueSpec(self.job_queue(queue), "job", self.job_queue_arguments(queue),
+                      self.direct_exchange, queue),
+        ]  # fmt: skip
 
     # arguments
     def job_queue_arguments(self, queue: str) -> dict[str, Any]:
@@ -77,6 +178,17 @@ class Topology:
 
     @staticmethod
     def dead_letter_queue_arguments() -> dict[str, Any]:
+        return {"x-queue-type": "quorum"}
+
+    @staticmethod
+    def control_queue_arguments() -> dict[str, Any]:
+        """Classic: control traffic is small and short-lived, and every quorum queue costs the
+        broker file handles; durable + persistent messages still survive a broker restart."""
+        return {"x-queue-type": "classic"}
+
+    @staticmethod
+    def job_carrying_queue_arguments() -> dict[str, Any]:
+        """Fixed queues that hold jobs on their way in (submissions, retry intake)."""
         return {"x-queue-type": "quorum"}
 
     def ladder_queue_arguments(self, level: int) -> dict[str, Any]:
@@ -103,6 +215,9 @@ class Topology:
 
 
 DUE_ROUTING_KEY = "due"
+#: Routing key of a queue's control queue on ojs.exchange.direct (DQ-11: `control.` is a
+#: reserved queue-name prefix, so it cannot collide with a job queue).
+CONTROL_KEY_PREFIX = "control."
 LEADER_ROUTING_KEY = "cron.leader"
 LEADER_TOKEN_TTL_MS = 5000
 

@@ -98,6 +98,19 @@ def fail(job: Job, now_ms: int, report: FailureReport, rng: Callable[[], float])
     return _after_failure(job, now_ms, report, decide_failure(job.retry, job.attempt, report, rng))
 
 
+def fail_with_delay(
+    job: Job, now_ms: int, report: FailureReport, delay_ms: int, rng: Callable[[], float]
+) -> Job:
+    """A worker that follows the binding text retries by itself (ojs.exchange.retry, key
+    `{queue}.{delay_ms}`): its delay replaces the policy's backoff, while max_attempts and
+    non-retryable rules still decide whether there is a retry at all."""
+    check(job, Move.FAIL)
+    decision = decide_failure(job.retry, job.attempt, report, rng)
+    if isinstance(decision, Retry):
+        decision = Retry(delay_ms=max(0, delay_ms))
+    return _after_failure(job, now_ms, report, decision)
+
+
 def _after_failure(job: Job, now_ms: int, report: FailureReport, decision: Retry | Discard) -> Job:
     entry = _error_entry(job, report, now_ms)
     errors = [*job.errors, entry][-MAX_ERROR_HISTORY:]

@@ -101,6 +101,17 @@ class ReadyBuffers:
                 del pending[job_id]
         return False
 
+    def drop_queue(self, queue: str) -> None:
+        """Forget one queue's deliveries (its consumer channel was closed: they are void)."""
+        for delivery in [d for d in self._entries.values() if d.queue == queue]:
+            self._forget(delivery)
+        self._heaps.pop(queue, None)
+        self._expected.pop(queue, None)
+
+    def sizes(self) -> dict[str, int]:
+        """Buffered deliveries per queue (unacked, waiting for a FETCH)."""
+        return {queue: size for queue, size in self._sizes.items() if size}
+
     def clear(self) -> list[Delivery]:
         entries = list(self._entries.values())
         self._heaps.clear()

@@ -18,26 +18,43 @@ from typing import Any
 
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
+from pamqp.commands import Basic
 
-from ojs_amqp.amqp import codec
+from ojs_amqp.amqp import codec, protocol
 from ojs_amqp.amqp.broker import Broker
+from ojs_amqp.amqp.control import ControlMessage
 from ojs_amqp.amqp.topology import DUE_ROUTING_KEY, ladder_level_for, ladder_routing_key
 from ojs_amqp.clock import now_ms
 from ojs_amqp.core import lifecycle
 from ojs_amqp.core.envelope import parse_enqueue, validate_queue
-from ojs_amqp.core.ids import UUIDv7Generator
-from ojs_amqp.core.job import Job, JobState
+from ojs_amqp.core.ids import UUIDv7Generator, is_uuidv7
+from ojs_amqp.core.job import SYSTEM_FIELDS, Job, JobState
 from ojs_amqp.core.retry import FailureReport
+from ojs_amqp.core.times import parse_rfc3339_ms
+from ojs_amqp.engine.backpressure import DepthCache
 from ojs_amqp.engine.dispatch import Delivery, Lease, ReadyBuffers
 from ojs_amqp.engine.events import EventLog
-from ojs_amqp.errors import Conflict, InvalidRequest, NotFound, OjsError
+from ojs_amqp.errors import (
+    BackendUnavailable,
+    Conflict,
+    Duplicate,
+    InvalidRequest,
+    NotFound,
+    OjsError,
+    QueueFull,
+)
 from ojs_amqp.metrics import Metrics
 from ojs_amqp.settings import Settings
 from ojs_amqp.store.base import JobStore
+from ojs_amqp.tracing import JobTracing
 
 log = logging.getLogger("ojs_amqp.engine")
 
 FETCH_MAX_COUNT = 100
+#: How soon a lease expiry or a due timer that could not be published (broker away, queue
+#: full) is tried again.
+LEASE_RETRY_S = 1.0
+TIMER_RETRY_MS = 1000
 _DIRECTIVES = ("running", "quiet", "terminate")
 
 
@@ -52,6 +69,7 @@ class JobEngine:
         *,
         clock: Callable[[], int] = now_ms,
         rng: Callable[[], float] = random.random,
+        tracing: JobTracing | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -60,11 +78,18 @@ class JobEngine:
         self.metrics = metrics
         self._now = clock
         self._rng = rng
+        #: OpenTelemetry spans; None when opentelemetry is absent or disabled, so each hook
+        #: below costs one attribute check.
+        self.tracing = tracing
         self._ids = UUIDv7Generator()
+        self._depths = DepthCache(store)
         self._buffers = ReadyBuffers()
         self._leases: dict[str, Lease] = {}
         self._arrival = asyncio.Event()
         self._queues_ready: set[str] = set()
+        #: Job queues the daemon consumes for HTTP workers, and when one was last fetched
+        #: from. Consuming only while HTTP workers ask leaves the queue to native workers.
+        self._gateways: dict[str, float] = {}
         self._held: dict[int, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._worker_directives: dict[str, str] = {}
@@ -76,8 +101,12 @@ class JobEngine:
         self._background: list[asyncio.Task[None]] = []
         #: Called after a test-mode reset, to re-register what the reset tore down.
         self.on_reset: list[Callable[[], Awaitable[None]]] = []
+        #: Called once per job queue when the daemon first declares it (the native edge
+        #: starts consuming its control queue).
+        self.on_new_queue: list[Callable[[str], Awaitable[None]]] = []
         broker.on_connection_lost.append(self._forget_deliveries)
         broker.on_reconnected.append(self._after_reconnect)
+        broker.on_consumer_restored.append(self._republish_lost)
 
     async def _settle(self, message: AbstractIncomingMessage | None) -> None:
         """Ack a delivery; if its channel is gone the broker redelivers it, and the stale-copy
@@ -103,6 +132,7 @@ class JobEngine:
             asyncio.create_task(self._every(1.0, self._expire_due), name="expiry-sweeper"),
             asyncio.create_task(self._every(60.0, self._prune), name="retention"),
             asyncio.create_task(self._every(0.05, self._flush_published), name="outbox-flush"),
+            asyncio.create_task(self._every(5.0, self._close_idle_gateways), name="gateways"),
         ]
 
     async def close(self) -> None:
@@ -111,6 +141,8 @@ class JobEngine:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self._flush_published()
         self._cancel_timers()
+        if self.tracing is not None:
+            self.tracing.close()
 
     async def _every(self, seconds: float, work: Callable[[], Any]) -> None:
         while True:
@@ -138,27 +170,52 @@ class JobEngine:
 
     # --- queues ----------------------------------------------------------------------------
 
+    async def ensure_queue(self, queue: str) -> None:
+        """Declare a queue a client announced (native `hello`)."""
+        validate_queue(queue)
+        await self._ensure_queue(queue)
+
     async def _ensure_queue(self, queue: str) -> None:
         if queue in self._queues_ready:
             return
         t = self.broker.topology
         await self.broker.ensure_job_queue(queue)
-        prefetch = self.settings.prefetch
-
-        async def on_job(message: AbstractIncomingMessage) -> None:
-            await self._on_job_delivery(queue, message)
 
         async def on_dead(message: AbstractIncomingMessage) -> None:
             await self._on_dead_letter(message)
 
         await self.broker.consume(
-            t.job_queue(queue), t.job_queue_arguments(queue), prefetch, on_job
-        )
-        await self.broker.consume(
             t.dead_letter_queue(queue), t.dead_letter_queue_arguments(), 100, on_dead
         )
         await self.store.add_queue(queue, self._now())
         self._queues_ready.add(queue)
+        for hook in self.on_new_queue:
+            await hook(queue)
+
+    async def _open_gateway(self, queue: str) -> None:
+        """Consume the job queue for HTTP workers (DESIGN §5), from the first FETCH on."""
+        self._gateways[queue] = time.monotonic()
+        t = self.broker.topology
+        if self.broker.consuming(t.job_queue(queue)):
+            return
+
+        async def on_job(message: AbstractIncomingMessage) -> None:
+            await self._on_job_delivery(queue, message)
+
+        await self.broker.consume(
+            t.job_queue(queue), t.job_queue_arguments(queue), self.settings.prefetch, on_job
+        )
+
+    async def _close_idle_gateways(self) -> None:
+        """Stop consuming queues no HTTP worker fetched from lately and none holds a lease
+        on; their buffered jobs go back to the queue, to whichever worker comes."""
+        cutoff = time.monotonic() - self.settings.gateway_idle_ms / 1000
+        leased = {lease.job.queue for lease in self._leases.values()}
+        for queue, last_fetch in list(self._gateways.items()):
+            if last_fetch < cutoff and queue not in leased:
+                del self._gateways[queue]
+                await self.broker.stop_consumer(self.broker.topology.job_queue(queue))
+                self._buffers.drop_queue(queue)
 
     # --- publishing copies -----------------------------------------------------------------
 
@@ -168,7 +225,8 @@ class JobEngine:
         state = job.state
         if state is JobState.AVAILABLE:
             await self._ensure_queue(job.queue)
-            self._buffers.expect(job)
+            if job.queue in self._gateways:
+                self._buffers.expect(job)
             await self.broker.publish(t.direct_exchange, job.queue, codec.encode(job))
         elif state is JobState.SCHEDULED:
             await self._park(job, job.scheduled_at_ms or self._now())
@@ -219,16 +277,42 @@ class JobEngine:
     async def push(self, body: Any) -> Job:
         now = self._now()
         job = parse_enqueue(body, now_ms=now, new_id=self._ids.new(now))
+        await self._admit(job.queue)
+        traced = self.tracing.start_enqueue(job) if self.tracing is not None else None
         needs_publish = job.state is not JobState.PENDING
         await self.store.insert(job, published=not needs_publish)
         if needs_publish:
-            await self._publish_copy(job)
+            try:
+                await self._publish_copy(job)
+            except OjsError as exc:
+                # Not accepted, and the producer is told (503 / 429). Had the message reached
+                # its queue after all, its delivery is adopted like any binding push.
+                await self.store.delete(job.id)
+                if traced is not None:
+                    traced.end(exc)
+                raise
             self._unpublished.append(job.id)
+        self._depths.pushed(job.queue)
         self.metrics.enqueued(job)
+        if traced is not None:
+            traced.end()
         self.events.emit("job.enqueued", job, now)
         if job.state is JobState.SCHEDULED:
             self.events.emit("job.scheduled", job, now)
         return job
+
+    async def _admit(self, queue: str) -> None:
+        """Backpressure (max_depth): refuse a push to a queue holding its bound of open jobs."""
+        bound = self.settings.max_depth_for(queue)
+        if bound <= 0:
+            return
+        depth = await self._depths.depth(queue)
+        if depth >= bound:
+            raise QueueFull(
+                f"queue {queue!r} holds {depth} open jobs, its bound is {bound}",
+                details={"queue": queue, "depth": depth, "max_depth": bound},
+                headers={"X-OJS-Queue-Depth": str(depth), "X-OJS-Queue-Bound": str(bound)},
+            )
 
     async def validate_job(self, body: Any) -> None:
         """Check an envelope as push would, without enqueuing anything."""
@@ -279,8 +363,27 @@ class JobEngine:
         buffered = self._buffers.remove(job_id)
         if buffered is not None:
             await self._settle(buffered.message)
+        elif lease is None and job.state in (JobState.AVAILABLE, JobState.ACTIVE):
+            await self._tell_native_workers(new)
+        if self.tracing is not None:
+            self.tracing.finished(job, new, "cancelled")
         self.events.emit("job.cancelled", new, now)
         return new
+
+    async def _tell_native_workers(self, job: Job) -> None:
+        """A native worker may hold the job or receive it later: broadcast the cancel. The
+        cancel is already recorded, so a lost broadcast only means the job runs and its
+        report is ignored."""
+        t = self.broker.topology
+        body = orjson.dumps({"job_id": job.id, "queue": job.queue})
+        props = Basic.Properties(
+            content_type="application/json", message_type=protocol.CANCEL, delivery_mode=1
+        )
+        key = protocol.WORKER_CANCEL_PREFIX + job.queue
+        try:
+            await self.broker.publish_nowait(t.workers_exchange, key, codec.Outgoing(body, props))
+        except BackendUnavailable as exc:
+            log.warning("could not tell native workers that %s is cancelled: %s", job.id, exc)
 
     # --- deliveries ------------------------------------------------------------------------
 
@@ -308,6 +411,8 @@ class JobEngine:
         if job.state is not JobState.AVAILABLE:
             await self._settle(message)
             return
+        if queue not in self._gateways:
+            return  # arrived while the gateway closed: its channel is gone, the broker has it
         duplicate = self._buffers.remove(job.id)
         if duplicate is not None:  # two copies of one job: keep the newest, release the other
             await self._settle(duplicate.message)
@@ -317,51 +422,99 @@ class JobEngine:
     async def _recover_active(self, job: Job, message: AbstractIncomingMessage) -> None:
         lease = self._leases.get(job.id)
         if lease is not None:
-            lease.message = message  # redelivered after a reconnect: the worker still holds it
+            # Redelivered after a reconnect: the worker still holds it. Re-arm: a deadline
+            # that passed while the broker was away fires now.
+            lease.message = message
+            self._arm(lease)
             return
         # The daemon restarted while a worker held the job: the lease is gone, so the job
         # goes back to available, as after a visibility timeout.
         new = lifecycle.lease_expired(job, self._now(), "visibility", self._rng)
-        await self._advance(new, message, job.copy)
+        if await self._advance(new, message, job.copy) and self.tracing is not None:
+            self.tracing.finished(job, new, "lease_expired")
 
     async def _adopt(self, queue: str, message: AbstractIncomingMessage) -> Job | None:
-        """A job published by another AMQP client: validate it and take it into the store."""
+        """A job another AMQP client published by binding PUSH: into the store it goes."""
         try:
-            body = orjson.loads(message.body)
-            now = self._now()
-            job = parse_enqueue(body, now_ms=now, new_id=self._ids.new(now))
+            return await self._adopt_envelope(orjson.loads(message.body), message.message_id, queue)
         except (orjson.JSONDecodeError, OjsError) as exc:
             log.warning("rejecting an invalid message on queue %s: %s", queue, exc)
             await message.reject(requeue=False)
             return None
-        job = replace(job, queue=queue, state=JobState.AVAILABLE, enqueued_at_ms=job.created_at_ms)
-        await self.store.insert(job, published=True)
-        self.metrics.enqueued(job)
-        self.events.emit("job.enqueued", job, job.created_at_ms)
+
+    async def _adopt_envelope(self, body: Any, job_id: str | None, queue: str | None) -> Job:
+        """Store a job that reached a job queue without us, as available."""
+        job = self._envelope_job(body, job_id, queue)
+        existing = await self.store.get(job.id)
+        if existing is not None:  # adopted meanwhile by another delivery or report
+            return existing
+        self._announce_adopted(job)  # before the insert: tracing may add meta.traceparent
+        try:
+            await self.store.insert(job, published=True)
+        except Duplicate:
+            return await self.get(job.id)
         return job
+
+    def _envelope_job(self, body: Any, job_id: str | None, queue: str | None) -> Job:
+        """Validate an envelope that reached a job queue without us: the job, available.
+
+        Lenient where only the store cares: a third-party id need not be a UUIDv7, just
+        unique; system fields the sender copied in are ignored.
+        """
+        if not isinstance(body, dict):
+            raise InvalidRequest("a job message body must be a JSON object (the OJS envelope)")
+        job_id = job_id or (body["id"] if isinstance(body.get("id"), str) else None)
+        fields = {k: v for k, v in body.items() if k != "id" and k not in SYSTEM_FIELDS}
+        if job_id is not None and is_uuidv7(job_id):
+            fields["id"] = job_id
+        now = self._now()
+        job = parse_enqueue(fields, now_ms=now, new_id=self._ids.new(now))
+        if job_id is not None and not 0 < len(job_id) <= 255:
+            raise InvalidRequest("a job id must be 1 to 255 characters", details={"field": "id"})
+        created = _past_time(body.get("created_at"), now)
+        return replace(
+            job, id=job_id or job.id, queue=queue or job.queue, state=JobState.AVAILABLE,
+            created_at_ms=created, enqueued_at_ms=created, scheduled_at_ms=None,
+        )  # fmt: skip
+
+    def _announce_adopted(self, adopted: Job) -> None:
+        if self.tracing is not None:
+            self.tracing.start_enqueue(adopted, "adopt").end()
+        self.metrics.enqueued(adopted)
+        self.events.emit("job.enqueued", adopted, adopted.enqueued_at_ms or self._now())
 
     async def _on_dead_letter(self, message: AbstractIncomingMessage) -> None:
         """Archive what reached ojs.queue.dlx.{q}.
 
         Our own discards carry the *next* copy number and are recorded by the move that
         published them (possibly still awaiting its confirm), so they are only acked here. A
-        copy whose number matches an active job's is a worker's Basic.Nack(requeue=false).
+        copy whose number matches an available or active job's is a worker's
+        Basic.Nack(requeue=false) (AMQP-009); a job never seen before is adopted first.
         """
         try:
             ref = codec.read_ref(message.headers, message.message_id)
             job = await self.store.get(ref.job_id) if ref.job_id else None
-            rejected_by_worker = (
-                job is not None and job.state is JobState.ACTIVE and ref.copy in (None, job.copy)
-            )
-            if job is not None and rejected_by_worker:
-                new = lifecycle.worker_discard(job, self._now(), "rejected by a worker")
-                if await self.store.update(new, expect_copy=job.copy):
-                    self._drop_lease(job.id)
-                    self.metrics.discarded(new)
-                    self.events.emit("job.discarded", new, self._now())
-        except OjsError as exc:
-            log.warning("could not archive a dead letter: %s", exc.message)
+            ours = (message.headers or {}).get(codec.H_STATE) == JobState.DISCARDED.value
+            if job is None and ref.job_id and not ours:
+                body = orjson.loads(message.body)
+                job = await self._adopt_envelope(body, ref.job_id, message.routing_key)
+            if job is not None and ref.copy in (None, job.copy):
+                await self._worker_rejected(job)
+        except (OjsError, orjson.JSONDecodeError) as exc:
+            log.warning("could not archive a dead letter: %s", exc)
         await self._settle(message)
+
+    async def _worker_rejected(self, job: Job) -> None:
+        active = self._native_start(job, self._now(), None) if job.id not in self._leases else job
+        if active is None or active.state is not JobState.ACTIVE:
+            return
+        new = lifecycle.worker_discard(active, self._now(), "rejected by a worker")
+        if await self.store.update(new, expect_copy=job.copy):
+            self._drop_lease(job.id)
+            self.metrics.discarded(new)
+            if self.tracing is not None:
+                self.tracing.finished(active, new, "discarded")
+            self.events.emit("job.discarded", new, self._now())
 
     def _forget_deliveries(self) -> None:
         """The consume connection is gone: every delivery tag we hold is void."""
@@ -370,8 +523,138 @@ class JobEngine:
             lease.message = None
         self._cancel_timers(leases=False)
 
+    async def _republish_lost(self, queue_name: str) -> None:
+        """The broker cancelled our consumer of a job queue (it was deleted) and it exists
+        again, empty: the store is the authority, so every job it shows available there
+        gets a new copy. Copies that survived somewhere are stale by their copy number."""
+        t = self.broker.topology
+        queue = next((q for q in self._queues_ready if t.job_queue(q) == queue_name), None)
+        if queue is None:
+            return
+        jobs = await self.store.available(queue)
+        for job in jobs:
+            await self._advance(replace(job, copy=job.copy + 1), None, job.copy)
+        log.warning("queue %s was lost on the broker: republished %d available jobs from the "
+                    "store", queue_name, len(jobs))  # fmt: skip
+
     async def _after_reconnect(self) -> None:
         await self._replay_outbox()
+
+    # --- native AMQP workers (docs/amqp-protocol.md) ----------------------------------------
+
+    async def _known_or_adopted(
+        self, job_id: str, envelope: dict[str, Any] | None, queue: str | None
+    ) -> Job:
+        job = await self.store.get(job_id)
+        if job is not None:
+            return job
+        if envelope is None:
+            raise NotFound(
+                f"job {job_id} not found, and the message carries no envelope to adopt it from",
+                details={"resource_type": "job", "resource_id": job_id},
+            )
+        return await self._adopt_envelope(envelope, job_id, queue)
+
+    def _native_start(self, job: Job, started_at_ms: int, worker_id: str | None) -> Job | None:
+        """The job as active under a native worker, or None when a report on it is stale
+        (finished, cancelled, waiting on a timer, or leased to an HTTP worker)."""
+        if job.state is JobState.AVAILABLE and job.id not in self._leases:
+            active = lifecycle.fetch(job, started_at_ms, worker_id)
+            queued_ms = started_at_ms - (job.enqueued_at_ms or job.created_at_ms)
+            self.metrics.started(active, max(0, queued_ms) / 1000)
+            self.events.emit("job.started", active, started_at_ms)
+            return active
+        if job.state is JobState.ACTIVE and job.id not in self._leases:
+            return job
+        return None
+
+    async def apply_report(self, report: ControlMessage, queue: str | None) -> Job | None:
+        """A native worker's outcome. Returns None for a stale report (already finished or
+        cancelled, or about an older copy: a duplicate execution), which changes nothing."""
+        assert report.job_id is not None
+        job = await self.store.get(report.job_id)
+        adopted = None
+        if job is None and report.envelope is not None and report.kind == protocol.COMPLETED:
+            # Never seen (binding PUSH) and already done: adopt and complete in one write
+            # (announced first, so its events keep their order).
+            job = adopted = self._envelope_job(report.envelope, report.job_id, queue)
+            self._announce_adopted(adopted)
+        elif job is None:
+            job = await self._known_or_adopted(report.job_id, report.envelope, queue)
+        now = self._now()
+        active = None
+        if report.copy is None or report.copy == job.copy:
+            active = self._native_start(job, report.started_at_ms or now, report.worker_id)
+        if active is None:
+            self.metrics.report(report.kind, "stale")
+            return None
+        if report.kind == protocol.COMPLETED:
+            new = lifecycle.ack(active, now, report.result)
+            if adopted is None:
+                written = await self.store.update(new, expect_copy=job.copy)
+            else:
+                try:
+                    await self.store.insert(new, published=True)
+                    written = True
+                except Duplicate:  # adopted meanwhile (a heartbeat, a delivery): start over
+                    return await self.apply_report(report, queue)
+            if written:
+                duration = now - (active.started_at_ms or now)
+                self.metrics.completed(new, duration / 1000)
+                self.events.emit("job.completed", new, now, duration_ms=duration)
+                if self.tracing is not None:
+                    self.tracing.finished(active, new, "completed")
+        else:
+            assert report.failure is not None
+            new = lifecycle.fail(active, now, report.failure, self._rng)
+            written = await self._advance(new, None, job.copy)
+            if written:
+                self._after_failure_events(new, now)
+                if self.tracing is not None:
+                    self.tracing.finished(active, new, "failed")
+        self.metrics.report(report.kind, "applied" if written else "stale")
+        return new if written else None
+
+    async def native_heartbeat(self, beat: ControlMessage, queue: str | None) -> Job:
+        """The first heartbeat of a native worker marks the job active, held by that worker
+        (adopting a job pushed by binding PUSH if the beat carries its envelope)."""
+        assert beat.job_id is not None
+        job = await self._known_or_adopted(beat.job_id, beat.envelope, queue)
+        now = self._now()
+        if job.state is JobState.AVAILABLE and beat.copy in (None, job.copy):
+            active = self._native_start(job, now, beat.worker_id)
+            if active is not None and await self.store.update(active, expect_copy=job.copy):
+                job = active
+                if self.tracing is not None:
+                    self.tracing.started(active)
+        if job.state is JobState.ACTIVE:
+            self.events.emit("job.heartbeat", job, now, worker_id=beat.worker_id)
+        return job
+
+    async def binding_retry(
+        self, message: AbstractIncomingMessage, queue: str, delay_ms: int, report: FailureReport
+    ) -> Job | None:
+        """A worker following the binding republished a failed job to ojs.exchange.retry:
+        park it for `delay_ms` (the policy still decides whether attempts are left)."""
+        ref = codec.read_ref(message.headers, message.message_id)
+        body = orjson.loads(message.body)
+        job_id = ref.job_id or (body.get("id") if isinstance(body, dict) else None)
+        if not isinstance(job_id, str):
+            raise InvalidRequest("the message names no job: set message_id to the job id")
+        job = await self._known_or_adopted(job_id, body, queue)
+        now = self._now()
+        active = None
+        if ref.copy is None or ref.copy == job.copy:
+            active = self._native_start(job, now, None)
+        if active is None:
+            return None
+        new = lifecycle.fail_with_delay(active, now, report, delay_ms, self._rng)
+        if not await self._advance(new, None, job.copy):
+            return None
+        self._after_failure_events(new, now)
+        if self.tracing is not None:
+            self.tracing.finished(active, new, "failed")
+        return new
 
     # --- fetch / ack / nack / heartbeat ----------------------------------------------------
 
@@ -383,6 +666,7 @@ class JobEngine:
         for queue in queues:
             validate_queue(queue)
             await self._ensure_queue(queue)
+            await self._open_gateway(queue)
         count = max(1, min(count, FETCH_MAX_COUNT))
         deadline = time.monotonic() + self.settings.fetch_wait_ms / 1000
         jobs: list[Job] = []
@@ -433,6 +717,8 @@ class JobEngine:
         self._leases[job.id] = lease
         self._arm(lease)
         self.metrics.started(new, (now - (job.enqueued_at_ms or job.created_at_ms)) / 1000)
+        if self.tracing is not None:
+            self.tracing.started(new)
         self.events.emit("job.started", new, now)
         return new
 
@@ -460,10 +746,26 @@ class JobEngine:
             return
         now = self._now()
         new = lifecycle.lease_expired(job, now, kind, self._rng)
-        if await self._advance(new, lease.message, job.copy):
+        try:
+            advanced = await self._advance(new, lease.message, job.copy)
+        except BackendUnavailable:
+            # The broker is away: try again shortly (a reconnect re-arms it too), never
+            # leave the job active with no timer.
+            self._retry_expiry(lease, kind)
+            return
+        if advanced:
             self._leases.pop(job_id, None)
             self.metrics.lease_expired(job, kind)
+            if self.tracing is not None:
+                self.tracing.finished(job, new, "lease_expired")
             self._after_failure_events(new, now)
+
+    def _retry_expiry(self, lease: Lease, kind: str) -> None:
+        self._stop_lease_timer(lease)
+        handle = asyncio.get_running_loop().call_later(
+            LEASE_RETRY_S, lambda: self._spawn(self._lease_expired(lease.job_id, kind))
+        )
+        lease.timer = handle.cancel
 
     async def _owned_active(self, job_id: str, worker_id: str | None) -> tuple[Job, Lease | None]:
         lease = self._leases.get(job_id)
@@ -492,6 +794,8 @@ class JobEngine:
         duration = now - (job.started_at_ms or now)
         self.metrics.completed(new, duration / 1000)
         self.events.emit("job.completed", new, now, duration_ms=duration)
+        if self.tracing is not None:
+            self.tracing.finished(job, new, "completed")
         return new
 
     def _drop_lease(self, job_id: str) -> None:
@@ -513,6 +817,8 @@ class JobEngine:
         self._drop_lease(job_id)
         if not requeue:
             self._after_failure_events(new, now)
+        if self.tracing is not None:
+            self.tracing.finished(job, new, "requeued" if requeue else "failed")
         return new
 
     def _after_failure_events(self, new: Job, now: int) -> None:
@@ -611,7 +917,13 @@ class JobEngine:
             await self._settle(message)
             return
         new = lifecycle.timer_due(job, now)
-        if await self._advance(new, message, job.copy):
+        try:
+            fired = await self._advance(new, message, job.copy)
+        except OjsError as exc:  # broker away or queue full: keep holding, try again shortly
+            log.warning("timer of job %s could not fire (%s); retrying", job.id, exc.message)
+            self._hold(key_id, message, ref, TIMER_RETRY_MS)
+            return
+        if fired:
             self.metrics.timer_fired(job.queue, (self._now() - (ref.due_at_ms or now)) / 1000)
 
     def _cancel_timers(self, leases: bool = True) -> None:
@@ -674,6 +986,31 @@ class JobEngine:
         await self._dead_letter(job_id)
         await self.store.delete(job_id)
 
+    def unacked_deliveries(self) -> list[tuple[str, str, int]]:
+        """Deliveries held unacked now, as (queue, holder, count): per job queue consumed
+        for HTTP workers, those `buffered` and `leased`; and the `timer`s held from the
+        due queue (queue ""). Read by /metrics."""
+        buffered = self._buffers.sizes()
+        leased: dict[str, int] = {}
+        for lease in self._leases.values():
+            if lease.message is not None:
+                leased[lease.job.queue] = leased.get(lease.job.queue, 0) + 1
+        held = [("", "timer", len(self._held))]
+        for queue in sorted(set(self._gateways) | set(leased)):
+            held.append((queue, "buffered", buffered.get(queue, 0)))
+            held.append((queue, "leased", leased.get(queue, 0)))
+        return held
+
+    def consumer_utilization(self) -> dict[str, float]:
+        """Per job queue consumed for HTTP workers: unacked deliveries over prefetch (0..1);
+        1 means the broker sends no more until a job is acked or returned."""
+        counts: dict[str, int] = {queue: 0 for queue in self._gateways}
+        for queue, holder, count in self.unacked_deliveries():
+            if holder != "timer" and queue in counts:
+                counts[queue] += count
+        prefetch = max(1, self.settings.prefetch)
+        return {queue: min(1.0, count / prefetch) for queue, count in counts.items()}
+
     async def queue_names(self) -> list[tuple[str, int]]:
         return [(q.name, q.created_at_ms) for q in await self.store.queues()]
 
@@ -683,7 +1020,11 @@ class JobEngine:
         await self.broker.stop_consumers()
         self._buffers.clear()
         self._leases.clear()
+        if self.tracing is not None:
+            self.tracing.close()
         self._queues_ready.clear()
+        self._gateways.clear()
+        self._depths.clear()
         self._unpublished.clear()
         await self.broker.purge(self.broker.declared_queues())
         await self.store.reset()
@@ -693,3 +1034,11 @@ class JobEngine:
         await self.broker.consume(t.due_queue, t.due_queue_arguments(), 2000, self._on_due)
         for hook in self.on_reset:
             await hook()
+
+
+def _past_time(value: Any, now_ms: int) -> int:
+    """A producer's RFC 3339 timestamp if it is readable and not in the future, else now."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError, OverflowError):
+            return min(parse_rfc3339_ms(value), now_ms)
+    return now_ms

@@ -374,12 +374,21 @@ async def delete_cron(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     engine = _engine(request)
-    engine.metrics.queue_depth.clear()
+    m = engine.metrics
+    m.queue_depth.clear()
     for (queue, state), count in (await engine.store.count_by_state()).items():
-        engine.metrics.queue_depth.labels(queue, state).set(count)
-    engine.metrics.outbox_pending.set(await engine.store.outbox_size())
-    engine.metrics.connections_active.set(engine.broker.open_connections())
-    return web.Response(body=engine.metrics.render(), content_type="text/plain", charset="utf-8")
+        m.queue_depth.labels(queue, state).set(count)
+    m.outbox_pending.set(await engine.store.outbox_size())
+    m.connections_active.set(engine.broker.open_connections())
+    m.channels_active.set(engine.broker.open_channels())
+    # Cleared first: a queue no longer consumed for HTTP workers drops out of these.
+    m.messages_unacked.clear()
+    for queue, holder, count in engine.unacked_deliveries():
+        m.messages_unacked.labels(queue, holder).set(count)
+    m.consumer_utilization.clear()
+    for queue, ratio in engine.consumer_utilization().items():
+        m.consumer_utilization.labels(queue).set(ratio)
+    return web.Response(body=m.render(), content_type="text/plain", charset="utf-8")
 
 
 async def reset(request: web.Request) -> web.Response:

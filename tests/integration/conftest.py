@@ -20,7 +20,7 @@ from ojs_amqp.metrics import Metrics
 from ojs_amqp.settings import Settings
 from ojs_amqp.store.sqlite import SqliteJobStore
 from tests.conftest import SESSION_PREFIX
-from tests.daemon import Daemon, delete_topology
+from tests.daemon import Daemon, shared_daemon
 
 NY = ZoneInfo("America/New_York")
 
@@ -77,9 +77,5 @@ def module_daemon(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """One daemon shared by a whole module, for tests that only need it up (and keep to
     their own queues)."""
     tmp = tmp_path_factory.mktemp("module-daemon")
-    prefix = f"{SESSION_PREFIX}-m{uuid.uuid4().hex[:8]}"
-    daemon = Daemon(prefix=prefix, store=tmp / "store.db", log_path=tmp / "daemon.log")
-    daemon.start()
-    yield daemon
-    daemon.stop()
-    delete_topology(prefix)
+    with shared_daemon(tmp, f"{SESSION_PREFIX}-m{uuid.uuid4().hex[:8]}") as daemon:
+        yield daemon

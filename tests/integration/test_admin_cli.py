@@ -206,14 +206,23 @@ def test_topology_json_matches_the_topology_module() -> None:
         t.dlx_exchange: "direct",
         t.delay_exchange: "direct",
         t.events_exchange: "topic",
+        t.retry_exchange: "topic",
+        t.submit_exchange: "fanout",
+        t.workers_exchange: "topic",
     }
     queues = {q["name"]: q for q in out["queues"]}
+    classic = t.control_queue_arguments()
     expected = {
         t.due_queue: t.due_queue_arguments(),
         t.leader_queue: t.leader_queue_arguments(),
+        t.submit_queue: t.job_carrying_queue_arguments(),
+        t.retry_intake_queue: t.job_carrying_queue_arguments(),
+        t.global_control_queue: classic,
+        t.rejected_queue: classic,
         **{t.ladder_queue(lv): t.ladder_queue_arguments(lv) for lv in range(LADDER_LEVELS)},
         **{t.job_queue(q): t.job_queue_arguments(q) for q in ("mail", "reports")},
         **{t.dead_letter_queue(q): t.dead_letter_queue_arguments() for q in ("mail", "reports")},
+        **{t.control_queue(q): classic for q in ("mail", "reports")},
     }
     assert {name: q["arguments"] for name, q in queues.items()} == expected
     assert queues[t.job_queue("mail")]["bindings"] == [
@@ -246,26 +255,18 @@ def test_topology_declare_creates_the_queues_on_the_broker(broker: str) -> None:
         # When the topology and two queues are declared
         done = cli(*args, "--queue", "mail,reports")
         assert done.returncode == 0, done.stderr
-        assert done.stdout.startswith("declared 4 exchanges and 32 queues on ")
+        assert done.stdout.startswith("declared 7 exchanges and 38 queues on ")
         assert "guest:***@" in done.stdout
-        # Then every queue exists, as a quorum queue
-        expected = {
-            *t.all_fixed_queues(),
-            t.job_queue("mail"),
-            t.dead_letter_queue("mail"),
-            t.job_queue("reports"),
-            t.dead_letter_queue("reports"),
-        }
+        # Then every queue exists, with the type the topology module gives it
+        per_queue = [*t.queues_of("mail"), *t.queues_of("reports")]
+        specs = {s.name: s for s in [*t.fixed_queues(), *per_queue]}
         on_broker = _queues_on_broker(prefix)
-        assert set(on_broker) == expected
-        assert set(on_broker.values()) == {"quorum"}
+        assert on_broker == {name: spec.arguments["x-queue-type"] for name, spec in specs.items()}
         # and declaring again is harmless
         again = ok_json(*args, "--queue", "mail")
         assert again["declared"] is True
-        assert {q["name"] for q in again["queues"]} == expected - {
-            t.job_queue("reports"),
-            t.dead_letter_queue("reports"),
-        }
+        reports = {s.name for s in t.queues_of("reports")}
+        assert {q["name"] for q in again["queues"]} == set(specs) - reports
     finally:
         delete_topology(prefix)
     assert _queues_on_broker(prefix) == {}

@@ -383,10 +383,18 @@ def test_the_topology_lists_every_exchange_and_queue_the_daemon_declares() -> No
         t.dlx_exchange,
         t.delay_exchange,
         t.events_exchange,
+        t.retry_exchange,
+        t.submit_exchange,
+        t.workers_exchange,
     ]
     by_name = {q["name"]: q for q in d["queues"]}
-    assert set(by_name) == {*t.all_fixed_queues(), t.job_queue("mail"), t.dead_letter_queue("mail")}
-    assert len(d["queues"]) == 2 + LADDER_LEVELS + 2
+    mail = {t.job_queue("mail"), t.dead_letter_queue("mail"), t.control_queue("mail")}
+    assert set(by_name) == {*t.all_fixed_queues(), *mail}
+    assert len(d["queues"]) == 6 + LADDER_LEVELS + 3
+    assert by_name[t.global_control_queue]["bindings"] == []
+    assert by_name[t.control_queue("mail")]["bindings"] == [
+        {"exchange": t.direct_exchange, "routing_key": "control.mail"}
+    ]
     assert by_name[t.job_queue("mail")]["arguments"] == t.job_queue_arguments("mail")
     assert by_name[t.job_queue("mail")]["bindings"] == [
         {"exchange": t.direct_exchange, "routing_key": "mail"}
@@ -399,7 +407,11 @@ def test_the_topology_lists_every_exchange_and_queue_the_daemon_declares() -> No
 def test_without_queues_the_per_queue_entries_are_templates() -> None:
     d = topo.describe(Topology(), [])
     templates = [q for q in d["queues"] if q.get("template")]
-    assert [q["name"] for q in templates] == ["ojs.queue.dlx.{queue}", "ojs.queue.{queue}"]
+    assert [q["name"] for q in templates] == [
+        "ojs.queue.dlx.{queue}",
+        "ojs.queue.control.{queue}",
+        "ojs.queue.{queue}",
+    ]
     assert "{queue} stands for each OJS queue" in topo.render(d)
 
 

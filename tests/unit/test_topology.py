@@ -1,5 +1,6 @@
 import pytest
 
+from ojs_amqp.amqp.broker import backoff_seconds
 from ojs_amqp.amqp.topology import (
     HOLD_THRESHOLD_MS,
     LADDER_LEVELS,
@@ -59,3 +60,12 @@ def test_a_hop_never_outlasts_the_remainder_minus_one_unit(remaining: int) -> No
     if level < LADDER_LEVELS - 1:
         # and it is the longest such hop: the next level would overshoot
         assert ladder_wait_ms(level + 1) > remaining - LADDER_UNIT_MS
+
+
+def test_reconnect_backoff_doubles_from_one_second_to_sixty_with_a_quarter_jitter() -> None:
+    # AMQP-025: 1, 2, 4, … min(2^(N-1), 60) s, ±25 %
+    assert [backoff_seconds(n, rng=lambda: 0.5) for n in (1, 2, 3, 6, 7, 20)] == [
+        1.0, 2.0, 4.0, 32.0, 60.0, 60.0,
+    ]  # fmt: skip
+    assert backoff_seconds(3, rng=lambda: 0.0) == 3.0
+    assert backoff_seconds(3, rng=lambda: 1.0) == 5.0

@@ -1,0 +1,1 @@
+"""The native AMQP binding's edge: control queues, submissions and binding retries."""
