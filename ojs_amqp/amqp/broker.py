@@ -521,6 +521,21 @@ class Broker:
         await channel.close()
         self._declared.clear()
 
+    async def ready_count(self, queue_name: str) -> int:
+        """Messages ready in a queue (a passive declare); 0 if it cannot be read."""
+        self._require_connection()
+        assert self._pub_conn is not None
+        channel = await self._pub_conn.channel(publisher_confirms=False)
+        try:
+            queue = await channel.declare_queue(queue_name, passive=True)
+            count = queue.declaration_result.message_count
+            return int(count or 0)
+        except aiormq.exceptions.AMQPError:
+            return 0
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
     async def ping(self) -> float:
         """Round-trip time to the broker in milliseconds (a passive declare)."""
         self._require_connection()

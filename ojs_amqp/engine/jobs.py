@@ -51,6 +51,8 @@ from ojs_amqp.tracing import JobTracing
 log = logging.getLogger("ojs_amqp.engine")
 
 FETCH_MAX_COUNT = 100
+#: How long a FETCH that opens a queue's gateway waits for the queue's waiting jobs.
+GATEWAY_FILL_S = 0.5
 #: How soon a lease expiry or a due timer that could not be published (broker away, queue
 #: full) is tried again.
 LEASE_RETRY_S = 1.0
@@ -202,9 +204,18 @@ class JobEngine:
         async def on_job(message: AbstractIncomingMessage) -> None:
             await self._on_job_delivery(queue, message)
 
+        waiting = await self.broker.ready_count(t.job_queue(queue))
         await self.broker.consume(
             t.job_queue(queue), t.job_queue_arguments(queue), self.settings.prefetch, on_job
         )
+        await self._fill(queue, min(waiting, self.settings.prefetch))
+
+    async def _fill(self, queue: str, expected: int) -> None:
+        """Let the first prefetch burst of a newly consumed queue arrive (briefly), so its
+        first FETCH hands out the highest priority waiting, not whatever landed first."""
+        deadline = time.monotonic() + GATEWAY_FILL_S
+        while self._buffers.sizes().get(queue, 0) < expected and time.monotonic() < deadline:
+            await self._wait_arrival(min(deadline, time.monotonic() + 0.01))
 
     async def _close_idle_gateways(self) -> None:
         """Stop consuming queues no HTTP worker fetched from lately and none holds a lease
