@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -154,3 +155,20 @@ def shared_daemon(tmp: Path, prefix: str, *extra_args: str) -> Iterator[Daemon]:
     finally:
         daemon.stop()
         delete_topology(prefix)
+
+
+def close_connections(name_prefix: str) -> int:
+    """Make the shared broker drop every connection whose name starts with `name_prefix`
+    (as a network fault would); returns how many it closed."""
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    pids = [
+        line.split("\t", 1)[0]
+        for line in listing.splitlines()
+        if re.search(rf'"connection_name","{re.escape(name_prefix)}', line)
+    ]
+    for pid in pids:
+        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test"], check=True)
+    return len(pids)

@@ -1,23 +1,10 @@
-import re
-import subprocess
 import time
 
-from tests.daemon import Daemon, request
+from tests.daemon import Daemon, close_connections, request
 
 
 def _close_daemon_connections(prefix: str) -> int:
-    listing = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    pids = [
-        line.split("\t", 1)[0]
-        for line in listing.splitlines()
-        if re.search(rf'"connection_name","ojs-amqp/{re.escape(prefix)}-', line)
-    ]
-    for pid in pids:
-        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test"], check=True)
-    return len(pids)
+    return close_connections(f"ojs-amqp/{prefix}-")
 
 
 def _wait_healthy(daemon: Daemon, seconds: float) -> bool:
