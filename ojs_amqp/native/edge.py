@@ -143,12 +143,14 @@ class NativeEdge:
             if isinstance(outcome, BaseException) and not isinstance(outcome, OjsError):
                 raise outcome
         answers: list[dict[str, Any]] = []
-        raw = orjson.loads(message.body)["reports"]
-        for item, outcome, text in zip(batch.reports, outcomes, raw, strict=True):
+        raw: list[Any] = []  # the batch's items as sent, read only if one is refused
+        for index, (item, outcome) in enumerate(zip(batch.reports, outcomes, strict=True)):
             if isinstance(outcome, OjsError):
                 answers.append({"error": outcome.to_wire()})
                 if not message.reply_to:
-                    await self._to_rejected(message, orjson.dumps(text), outcome, "control")
+                    raw = raw or orjson.loads(message.body)["reports"]
+                    body = orjson.dumps(raw[index])
+                    await self._to_rejected(message, body, outcome, "control")
             elif message.reply_to:
                 assert isinstance(item, ControlMessage) and not isinstance(outcome, BaseException)
                 answers.append(await self._answer(item, outcome))
