@@ -15,6 +15,7 @@ from ojs_amqp.http.auth import parse_tokens
 from ojs_amqp.logs import configure, redact
 from ojs_amqp.runtime import serve
 from ojs_amqp.settings import Settings, Token
+from ojs_amqp.tls import TlsConfigError, ssl_cause
 
 _DEFAULTS = Settings()
 
@@ -33,6 +34,8 @@ _OPTIONS: tuple[tuple[str, str, object, type, str], ...] = (
      "unacked deliveries per job queue (buffered + leased)"),
     ("--fetch-wait-ms", "OJS_FETCH_WAIT_MS", _DEFAULTS.fetch_wait_ms, int,
      "how long an empty FETCH waits for a job"),
+    ("--gateway-idle-ms", "OJS_GATEWAY_IDLE_MS", _DEFAULTS.gateway_idle_ms, int,
+     "stop consuming a job queue for HTTP workers this long after its last FETCH"),
     ("--visibility-timeout-ms", "OJS_VISIBILITY_TIMEOUT_MS",
      _DEFAULTS.default_visibility_timeout_ms, int, "lease length when a job sets none"),
     ("--connect-attempts", "OJS_CONNECT_ATTEMPTS", _DEFAULTS.connect_attempts, int,
@@ -40,6 +43,15 @@ _OPTIONS: tuple[tuple[str, str, object, type, str], ...] = (
     ("--log-level", "OJS_LOG_LEVEL", _DEFAULTS.log_level, str,
      "DEBUG (one line per job state change), INFO, WARNING, ERROR"),
     ("--log-format", "OJS_LOG_FORMAT", _DEFAULTS.log_format, str, "text or json"),
+    ("--amqp-ca", "OJS_AMQP_CA", _DEFAULTS.amqp_ca_file, str,
+     "CA file that signed the broker's certificate (amqps:// URLs; default: system CAs)"),
+    ("--amqp-cert", "OJS_AMQP_CERT", _DEFAULTS.amqp_cert_file, str,
+     "client certificate (PEM) presented to the broker over amqps://"),
+    ("--amqp-key", "OJS_AMQP_KEY", _DEFAULTS.amqp_key_file, str,
+     "private key (PEM) of --amqp-cert, if not in the same file"),
+    ("--tls-cert", "OJS_TLS_CERT", _DEFAULTS.tls_cert_file, str,
+     "certificate chain (PEM) to serve the HTTP API over HTTPS"),
+    ("--tls-key", "OJS_TLS_KEY", _DEFAULTS.tls_key_file, str, "private key (PEM) of --tls-cert"),
 )  # fmt: skip
 
 
@@ -52,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
             flag, type=kind, default=kind(os.environ.get(env_name, default)),
             help=f"{text} (env {env_name}, default {default!r})",
         )  # fmt: skip
+    serve_cmd.add_argument(
+        "--max-depth",
+        default=os.environ.get("OJS_MAX_DEPTH", ""),
+        help="backpressure: most open jobs per queue before pushes get 429 queue_full; "
+        "'1000' for every queue, or '1000,email=50' with per-queue bounds (env OJS_MAX_DEPTH)",
+    )
     serve_cmd.add_argument(
         "--events-exchange",
         action="store_true",
@@ -79,7 +97,62 @@ def _parser() -> argparse.ArgumentParser:
         "(env OJS_TEST_MODE=1)",
     )
     admin.add_commands(sub)
+    _add_worker_command(sub)
     return parser
+
+
+def _add_worker_command(sub: Any) -> None:
+    """`ojs-amqp worker MODULE:ATTR`: a native AMQP worker (ojs_amqp.sdk, docs/sdk.md)."""
+    cmd = sub.add_parser("worker", help="run a native AMQP worker with your handlers")
+    cmd.add_argument(
+        "target",
+        metavar="MODULE:ATTR",
+        help="a ojs_amqp.sdk.Worker, or a dict of job type -> handler",
+    )
+    cmd.add_argument(
+        "--queue",
+        dest="queues",
+        action="append",
+        help="queue to consume; repeat for several (default: the Worker's, else 'default')",
+    )
+    cmd.add_argument("--concurrency", type=int, help="jobs at once = prefetch (default 10)")
+    cmd.add_argument(
+        "--grace-period",
+        type=float,
+        help="seconds running jobs get to finish on SIGTERM (default 30)",
+    )
+    cmd.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        help="seconds between heartbeats of a long job (default 5)",
+    )
+    cmd.add_argument(
+        "--prefetch",
+        type=int,
+        help="unacked deliveries per queue (default 3 x concurrency)",
+    )
+    cmd.add_argument(
+        "--report-batch-ms",
+        type=float,
+        help="send the reports of jobs finished within this many ms together (default 5; "
+        "0 = only those finished in the same event-loop turn)",
+    )
+    cmd.add_argument(
+        "--report-batch-max",
+        type=int,
+        help="reports per batch at most (default 100, at most 1000; 1 = never batch)",
+    )
+    for flag, env_name, default, kind, text in _OPTIONS:
+        if flag in ("--amqp-url", "--prefix"):  # unset: a Worker's own setting stands
+            cmd.add_argument(
+                flag, type=kind, default=os.environ.get(env_name),
+                help=f"{text} (env {env_name}, default: the Worker's, else {default!r})",
+            )  # fmt: skip
+        elif flag in ("--log-level", "--log-format"):
+            cmd.add_argument(
+                flag, type=kind, default=kind(os.environ.get(env_name, default)),
+                help=f"{text} (env {env_name}, default {default!r})",
+            )  # fmt: skip
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -101,11 +174,29 @@ def settings_from(args: argparse.Namespace) -> Settings:
         allow_unauthenticated=args.allow_unauthenticated,
         prefetch=args.prefetch,
         fetch_wait_ms=args.fetch_wait_ms,
+        gateway_idle_ms=args.gateway_idle_ms,
+        max_depth=parse_max_depth(args.max_depth),
         default_visibility_timeout_ms=args.visibility_timeout_ms,
         connect_attempts=args.connect_attempts,
         log_level=args.log_level,
         log_format=args.log_format,
+        amqp_ca_file=args.amqp_ca,
+        amqp_cert_file=args.amqp_cert,
+        amqp_key_file=args.amqp_key,
+        tls_cert_file=args.tls_cert,
+        tls_key_file=args.tls_key,
     )
+
+
+def parse_max_depth(spec: str) -> tuple[tuple[str, int], ...]:
+    """'1000,email=50' -> (("*", 1000), ("email", 50))."""
+    bounds: list[tuple[str, int]] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        queue, _, number = part.rpartition("=")
+        if not number.isdigit():
+            raise SystemExit(f"ojs-amqp: --max-depth wants N or QUEUE=N items, got {part!r}")
+        bounds.append((queue or "*", int(number)))
+    return tuple(bounds)
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
@@ -150,12 +241,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if admin.handles(args):
         return admin.run(args)
+    if args.command == "worker":
+        from ojs_amqp.sdk.runner import run_worker
+
+        return run_worker(args, _run)
     settings = settings_from(args)
     _check_exposure(settings)
     configure(settings.log_level, settings.log_format)
     try:
         _run(serve(settings))
+    except TlsConfigError as exc:
+        print(f"ojs-amqp: {exc}", file=sys.stderr)
+        return 2
     except CONNECTION_ERRORS as exc:
+        if (tls_error := ssl_cause(exc)) is not None:
+            print(
+                f"ojs-amqp: TLS handshake with the broker at {redact(settings.amqp_url)} "
+                f"failed: {tls_error}; check --amqp-ca (the CA that signed the broker's "
+                "certificate), --amqp-cert/--amqp-key (the broker may demand a client "
+                "certificate) and the URL's host name (it must match the broker's certificate)",
+                file=sys.stderr,
+            )
+            return 2
         print(
             f"ojs-amqp: cannot reach the broker at {redact(settings.amqp_url)} "
             f"after {settings.connect_attempts} attempts: {exc}",
