@@ -110,7 +110,7 @@ class JobEngine:
         broker.on_reconnected.append(self._after_reconnect)
         broker.on_consumer_restored.append(self._republish_lost)
 
-    async def _settle(self, message: AbstractIncomingMessage | None) -> None:
+    async def settle(self, message: AbstractIncomingMessage | None) -> None:
         """Ack a delivery; if its channel is gone the broker redelivers it, and the stale-copy
         check on delivery drops it then."""
         if message is None:
@@ -272,7 +272,7 @@ class JobEngine:
             for redo in self._deferred.pop(new.id, []):
                 self._spawn(redo)
         if written:
-            await self._settle(current)
+            await self.settle(current)
         return written
 
     def _wait_for_record(self, ref: codec.CopyRef, redo: Coroutine[Any, Any, None]) -> bool:
@@ -370,10 +370,10 @@ class JobEngine:
         lease = self._leases.pop(job_id, None)
         if lease is not None:
             self._stop_lease_timer(lease)
-            await self._settle(lease.message)
+            await self.settle(lease.message)
         buffered = self._buffers.remove(job_id)
         if buffered is not None:
-            await self._settle(buffered.message)
+            await self.settle(buffered.message)
         elif lease is None and job.state in (JobState.AVAILABLE, JobState.ACTIVE):
             await self._tell_native_workers(new)
         if self.tracing is not None:
@@ -414,19 +414,19 @@ class JobEngine:
             if job is None:
                 return
         elif ref.copy is not None and ref.copy != job.copy:
-            await self._settle(message)  # a stale duplicate of an older state
+            await self.settle(message)  # a stale duplicate of an older state
             return
         if job.state is JobState.ACTIVE:
             await self._recover_active(job, message)
             return
         if job.state is not JobState.AVAILABLE:
-            await self._settle(message)
+            await self.settle(message)
             return
         if queue not in self._gateways:
             return  # arrived while the gateway closed: its channel is gone, the broker has it
         duplicate = self._buffers.remove(job.id)
         if duplicate is not None:  # two copies of one job: keep the newest, release the other
-            await self._settle(duplicate.message)
+            await self.settle(duplicate.message)
         self._buffers.add(Delivery(job, queue, message))
         self._arrival.set()
 
@@ -456,13 +456,10 @@ class JobEngine:
     async def _adopt_envelope(self, body: Any, job_id: str | None, queue: str | None) -> Job:
         """Store a job that reached a job queue without us, as available."""
         job = self._envelope_job(body, job_id, queue)
-        existing = await self.store.get(job.id)
-        if existing is not None:  # adopted meanwhile by another delivery or report
-            return existing
         self._announce_adopted(job)  # before the insert: tracing may add meta.traceparent
         try:
             await self.store.insert(job, published=True)
-        except Duplicate:
+        except Duplicate:  # adopted meanwhile by another delivery or report
             return await self.get(job.id)
         return job
 
@@ -509,14 +506,17 @@ class JobEngine:
             if job is None and ref.job_id and not ours:
                 body = orjson.loads(message.body)
                 job = await self._adopt_envelope(body, ref.job_id, message.routing_key)
-            if job is not None and ref.copy in (None, job.copy):
-                await self._worker_rejected(job)
+            if job is not None:
+                await self._worker_rejected(job, ref.copy)
         except (OjsError, orjson.JSONDecodeError) as exc:
             log.warning("could not archive a dead letter: %s", exc)
-        await self._settle(message)
+        await self.settle(message)
 
-    async def _worker_rejected(self, job: Job) -> None:
-        active = self._native_start(job, self._now(), None) if job.id not in self._leases else job
+    async def _worker_rejected(self, job: Job, copy: int | None) -> None:
+        if copy is not None and copy != job.copy:
+            return
+        leased = job.id in self._leases
+        active = job if leased else self._native_start(job, copy, self._now(), None)
         if active is None or active.state is not JobState.ACTIVE:
             return
         new = lifecycle.worker_discard(active, self._now(), "rejected by a worker")
@@ -566,9 +566,14 @@ class JobEngine:
             )
         return await self._adopt_envelope(envelope, job_id, queue)
 
-    def _native_start(self, job: Job, started_at_ms: int, worker_id: str | None) -> Job | None:
+    def _native_start(
+        self, job: Job, copy: int | None, started_at_ms: int, worker_id: str | None
+    ) -> Job | None:
         """The job as active under a native worker, or None when a report on it is stale
-        (finished, cancelled, waiting on a timer, or leased to an HTTP worker)."""
+        (about an older copy, finished, cancelled, waiting on a timer, or leased to an HTTP
+        worker). `copy` is the one the worker was delivered (None: not known)."""
+        if copy is not None and copy != job.copy:
+            return None
         if job.state is JobState.AVAILABLE and job.id not in self._leases:
             active = lifecycle.fetch(job, started_at_ms, worker_id)
             queued_ms = started_at_ms - (job.enqueued_at_ms or job.created_at_ms)
@@ -593,9 +598,7 @@ class JobEngine:
         elif job is None:
             job = await self._known_or_adopted(report.job_id, report.envelope, queue)
         now = self._now()
-        active = None
-        if report.copy is None or report.copy == job.copy:
-            active = self._native_start(job, report.started_at_ms or now, report.worker_id)
+        active = self._native_start(job, report.copy, report.started_at_ms or now, report.worker_id)
         if active is None:
             self.metrics.report(report.kind, "stale")
             return None
@@ -632,8 +635,8 @@ class JobEngine:
         assert beat.job_id is not None
         job = await self._known_or_adopted(beat.job_id, beat.envelope, queue)
         now = self._now()
-        if job.state is JobState.AVAILABLE and beat.copy in (None, job.copy):
-            active = self._native_start(job, now, beat.worker_id)
+        if job.state is JobState.AVAILABLE:
+            active = self._native_start(job, beat.copy, now, beat.worker_id)
             if active is not None and await self.store.update(active, expect_copy=job.copy):
                 job = active
                 if self.tracing is not None:
@@ -643,20 +646,16 @@ class JobEngine:
         return job
 
     async def binding_retry(
-        self, message: AbstractIncomingMessage, queue: str, delay_ms: int, report: FailureReport
+        self, ref: codec.CopyRef, body: Any, queue: str, delay_ms: int, report: FailureReport
     ) -> Job | None:
         """A worker following the binding republished a failed job to ojs.exchange.retry:
         park it for `delay_ms` (the policy still decides whether attempts are left)."""
-        ref = codec.read_ref(message.headers, message.message_id)
-        body = orjson.loads(message.body)
         job_id = ref.job_id or (body.get("id") if isinstance(body, dict) else None)
         if not isinstance(job_id, str):
             raise InvalidRequest("the message names no job: set message_id to the job id")
         job = await self._known_or_adopted(job_id, body, queue)
         now = self._now()
-        active = None
-        if ref.copy is None or ref.copy == job.copy:
-            active = self._native_start(job, now, None)
+        active = self._native_start(job, ref.copy, now, None)
         if active is None:
             return None
         new = lifecycle.fail_with_delay(active, now, report, delay_ms, self._rng)
@@ -711,11 +710,11 @@ class JobEngine:
         now = self._now()
         if job.expires_at_ms is not None and job.expires_at_ms <= now:
             await self._expire(job)
-            await self._settle(d.message)
+            await self.settle(d.message)
             return None
         new = lifecycle.fetch(job, now, worker_id)
         if not await self.store.update(new, expect_copy=job.copy):
-            await self._settle(d.message)
+            await self.settle(d.message)
             return None
         vis = (
             job.visibility_timeout_ms
@@ -801,7 +800,7 @@ class JobEngine:
             raise Conflict(f"job {job_id} changed concurrently; GET it to see its state")
         self._drop_lease(job_id)
         if lease is not None:
-            await self._settle(lease.message)
+            await self.settle(lease.message)
         duration = now - (job.started_at_ms or now)
         self.metrics.completed(new, duration / 1000)
         self.events.emit("job.completed", new, now, duration_ms=duration)
@@ -893,7 +892,7 @@ class JobEngine:
             repark = codec.Outgoing(message.body, codec.properties_of(message))
             key = ladder_routing_key(level)
             await self.broker.publish(self.broker.topology.delay_exchange, key, repark)
-            await self._settle(message)
+            await self.settle(message)
             return
         self._hold(id(message), message, ref, due_at - now)
 
@@ -920,12 +919,12 @@ class JobEngine:
             or job.copy != ref.copy
             or job.state not in (JobState.SCHEDULED, JobState.RETRYABLE)
         ):
-            await self._settle(message)
+            await self.settle(message)
             return
         now = self._now()
         if job.expires_at_ms is not None and job.expires_at_ms <= now:
             await self._expire(job)
-            await self._settle(message)
+            await self.settle(message)
             return
         new = lifecycle.timer_due(job, now)
         try:
@@ -953,7 +952,7 @@ class JobEngine:
         if await self.store.update(new, expect_copy=job.copy):
             buffered = self._buffers.remove(job.id)
             if buffered is not None:
-                await self._settle(buffered.message)
+                await self.settle(buffered.message)
             self.metrics.discarded(new)
             self.events.emit("job.expired", new, now)
             self.events.emit("job.discarded", new, now, reason="expired")

@@ -213,8 +213,8 @@ class NativeEdge:
                     f"routing key {message.routing_key!r} on ojs.exchange.retry must be "
                     "'{queue}.{delay_ms}'"
                 )
-            _json(message.body)
-            await self.engine.binding_retry(message, queue, int(delay), report)
+            ref = codec.read_ref(message.headers, message.message_id)
+            await self.engine.binding_retry(ref, _json(message.body), queue, int(delay), report)
         except BackendUnavailable as exc:
             await self._hand_back(message, exc)
             return
@@ -282,12 +282,7 @@ class NativeEdge:
             log.debug("nack failed (%r)", nack_error)
 
     async def _ack(self, message: AbstractIncomingMessage) -> None:
-        try:
-            await message.ack()
-        except Exception as exc:  # channel gone: redelivered, and the engine's checks drop it
-            log.debug("ack failed (%r)", exc)
-        else:
-            self.metrics.acked()
+        await self.engine.settle(message)
 
 
 def _json(body: bytes) -> Any:
