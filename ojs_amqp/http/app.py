@@ -86,7 +86,7 @@ async def manifest(request: web.Request) -> web.Response:
             },
             "conformance_level": 2,
             "conformance_tier": "runtime",
-            "protocols": ["http"],
+            "protocols": ["http", "amqp"],  # the native binding: docs/amqp-binding.md
             "backend": "rabbitmq",
             "capabilities": {
                 "batch_enqueue": False,

@@ -538,3 +538,8 @@ async def test_a_batch_of_reports_applies_each_and_refuses_only_the_bad_one(
     assert json.loads(refused.body) == reports[2]
     assert refused.headers[protocol.H_ERROR_CODE] == "invalid_request"
     await refused.ack()
+
+
+def test_the_manifest_names_the_amqp_protocol(native_daemon: Daemon) -> None:
+    status, body = request("GET", f"{native_daemon.url}/ojs/manifest")
+    assert status == 200 and body["protocols"] == ["http", "amqp"]
