@@ -10,7 +10,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from ojs_amqp import admin
-from ojs_amqp.amqp.broker import CONNECTION_ERRORS
+from ojs_amqp.amqp.failures import CONNECTION_ERRORS
 from ojs_amqp.http.auth import parse_tokens
 from ojs_amqp.logs import configure, redact
 from ojs_amqp.runtime import serve

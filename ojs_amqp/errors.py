@@ -7,14 +7,17 @@
     │   └── InvalidPayload    400 invalid_payload   (not JSON, wrong content type, no body)
     ├── ValidationFailed      422 validation_error  (well-formed but semantically invalid)
     ├── NotFound              404 not_found
+    ├── MethodNotAllowed      405 method_not_allowed
     ├── Conflict              409 conflict          (invalid state transition, not the owner)
     │   └── Duplicate         409 duplicate         (a job with this id exists)
     ├── PayloadTooLarge       413 payload_too_large
     ├── QueueFull             429 queue_full        (backpressure: max_depth or x-max-length)
     ├── Unsupported           422 unsupported
     └── BackendUnavailable    503 backend_error     (the broker or store is gone; retryable)
+        ├── Unroutable                              (a mandatory publish came back)
+        └── PublishRejected                         (the broker nacked a publish)
 
-The core raises these with no knowledge of HTTP; `http/errors.py` is the one place that turns
+The core raises these with no knowledge of HTTP; `http/responses.py` is the one place that turns
 them into responses.
 """
 
@@ -93,6 +96,12 @@ class NotFound(OjsError):
     hint = "Check the id; finished jobs are removed after the retention period."
 
 
+class MethodNotAllowed(OjsError):
+    code = "method_not_allowed"
+    http_status = 405
+    hint = "The path exists with other methods; the Allow header lists them."
+
+
 class Conflict(OjsError):
     code = "conflict"
     http_status = 409
@@ -132,6 +141,20 @@ class BackendUnavailable(OjsError):
     retryable = True
     hint = "The broker or the store is unreachable; retry with backoff."
     retry_after_s = 2
+
+
+class Unroutable(BackendUnavailable):
+    """The broker returned a mandatory publish: nothing is bound where it was sent (a deleted
+    queue, or a prefix no daemon uses)."""
+
+    hint = "Check --prefix matches the daemon's, and that the daemon is running."
+
+
+class PublishRejected(BackendUnavailable):
+    """The broker nacked a publish (a full queue with x-overflow=reject-publish, or a broker
+    fault): the message was not stored."""
+
+    hint = "The queue may be full; retry later with backoff."
 
 
 class InvalidTransition(Conflict):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from ojs_amqp.admin import commands
 from ojs_amqp.admin.client import AdminError, ApiError
-from ojs_amqp.amqp.broker import CONNECTION_ERRORS
+from ojs_amqp.amqp.failures import CONNECTION_ERRORS
 from ojs_amqp.errors import OjsError
 from ojs_amqp.logs import redact
 from ojs_amqp.settings import Settings

@@ -20,13 +20,13 @@ from aiormq.abc import AbstractConnection
 
 from ojs_amqp.amqp import protocol
 from ojs_amqp.amqp.broker import TopologyMismatch
+from ojs_amqp.amqp.failures import PUBLISH_ERRORS
+from ojs_amqp.amqp.pipe import Pipe
 from ojs_amqp.amqp.topology import Topology
 from ojs_amqp.core.envelope import validate_queue
 from ojs_amqp.errors import BackendUnavailable
 from ojs_amqp.sdk import control
 from ojs_amqp.sdk.errors import Unroutable
-from ojs_amqp.sdk.pipe import Pipe
-from ojs_amqp.sdk.transport import PUBLISH_ERRORS
 
 
 async def send_hello(

@@ -18,8 +18,9 @@ import orjson
 from aiormq.abc import AbstractConnection
 from pamqp.commands import Basic
 
-from ojs_amqp.amqp import codec, protocol
-from ojs_amqp.amqp.broker import CONNECTION_ERRORS
+from ojs_amqp.amqp import codec, frames, protocol
+from ojs_amqp.amqp.failures import CONNECTION_ERRORS
+from ojs_amqp.amqp.pipe import Pipe, confirmation_error
 from ojs_amqp.amqp.topology import Topology
 from ojs_amqp.clock import now_ms
 from ojs_amqp.core.envelope import parse_enqueue
@@ -30,7 +31,6 @@ from ojs_amqp.logs import redact
 from ojs_amqp.sdk import control
 from ojs_amqp.sdk.announce import announce
 from ojs_amqp.sdk.errors import BatchPushError, PublishRejected, ReplyTimeout, Unroutable
-from ojs_amqp.sdk.pipe import Pipe, confirmation_error
 from ojs_amqp.sdk.rpc import REPLY_TO, ReplyRouter, read_reply
 from ojs_amqp.sdk.transport import DEFAULT_URL, connect
 from ojs_amqp.sdk.wire import job_from_wire, request_envelope, submission_envelope
@@ -107,7 +107,9 @@ class Client:
                 raise BackendUnavailable("the client is closed")
             connection = await self._ensure_connection()
             try:
-                channel = await connection.channel(publisher_confirms=True)
+                channel = await connection.channel(
+                    publisher_confirms=True, frame_buffer_size=frames.CONFIRM_FRAME_BUFFER
+                )
                 # Direct reply-to: consume the pseudo-queue (no-ack) before the first request.
                 await channel.basic_consume(REPLY_TO, self._replies.on_message, no_ack=True)
             except (*CONNECTION_ERRORS, RuntimeError) as exc:

@@ -21,26 +21,14 @@ from ojs_amqp.errors import (
     Unsupported,
     ValidationFailed,
 )
+from ojs_amqp.errors import PublishRejected as PublishRejected  # re-exported: SDK errors
+from ojs_amqp.errors import Unroutable as Unroutable
 
 _KNOWN: tuple[type[OjsError], ...] = (
     Unauthenticated, Forbidden, InvalidRequest, InvalidPayload, ValidationFailed, NotFound,
     Conflict, Duplicate, PayloadTooLarge, Unsupported, BackendUnavailable,
 )  # fmt: skip
 _BY_CODE: dict[str, type[OjsError]] = {cls.code: cls for cls in _KNOWN}
-
-
-class Unroutable(BackendUnavailable):
-    """The broker returned a mandatory publish: nothing is bound where it was sent (a deleted
-    queue, or a prefix no daemon uses)."""
-
-    hint = "Check --prefix matches the daemon's, and that the daemon is running."
-
-
-class PublishRejected(BackendUnavailable):
-    """The broker nacked a publish (a full queue with x-overflow=reject-publish, or a broker
-    fault): the message was not stored."""
-
-    hint = "The queue may be full; retry later with backoff."
 
 
 class ReplyTimeout(BackendUnavailable):

@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ojs_amqp.amqp import protocol
+from ojs_amqp.amqp.pipe import Settled
 from ojs_amqp.errors import OjsError
 from ojs_amqp.sdk import control
-from ojs_amqp.sdk.pipe import Settled
 
 #: send(routing_key, body, kind, settled): publish with a confirm, call `settled` later.
 Send = Callable[[str, bytes, str, Settled], None]

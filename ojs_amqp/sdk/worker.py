@@ -34,8 +34,10 @@ import orjson
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp.commands import Basic
 
-from ojs_amqp.amqp import codec, protocol
+from ojs_amqp.amqp import codec, frames, protocol
 from ojs_amqp.amqp.broker import TopologyMismatch, backoff_seconds
+from ojs_amqp.amqp.failures import PUBLISH_ERRORS
+from ojs_amqp.amqp.pipe import Pipe, Settled
 from ojs_amqp.amqp.topology import CONTROL_KEY_PREFIX, Topology
 from ojs_amqp.clock import now_ms
 from ojs_amqp.core.envelope import validate_queue
@@ -46,10 +48,9 @@ from ojs_amqp.sdk import control
 from ojs_amqp.sdk.announce import announce
 from ojs_amqp.sdk.context import JobContext
 from ojs_amqp.sdk.handlers import H, Handler, HandlerRegistry, Registered
-from ojs_amqp.sdk.pipe import Pipe, Settled
 from ojs_amqp.sdk.recent import RecentIds
 from ojs_amqp.sdk.reports import Outcome, ReportBatcher
-from ojs_amqp.sdk.transport import DEFAULT_URL, PUBLISH_ERRORS, connect
+from ojs_amqp.sdk.transport import DEFAULT_URL, connect
 
 log = logging.getLogger("ojs_amqp.sdk.worker")
 
@@ -331,10 +332,15 @@ class Worker:
 
     async def _open_session(self, connection: AbstractConnection) -> _Session:
         try:
-            publisher = await connection.channel(publisher_confirms=True)
+            publisher = await connection.channel(
+                publisher_confirms=True, frame_buffer_size=frames.CONFIRM_FRAME_BUFFER
+            )
             pipe = Pipe(publisher, confirm_timeout=self.publish_timeout)
             await announce(pipe, self.topology, self.queues, worker_id=self.worker_id)
-            consumer = await connection.channel(publisher_confirms=False)
+            consumer = await connection.channel(
+                publisher_confirms=False,
+                frame_buffer_size=frames.consumer_frame_buffer(self.prefetch),
+            )
             session = _Session(connection, pipe, consumer)
             session.reports = ReportBatcher(
                 functools.partial(self._send_reports, pipe),

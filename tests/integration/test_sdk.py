@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
+from ojs_amqp.amqp import pipe as pipe_module
 from ojs_amqp.amqp import protocol
 from ojs_amqp.amqp.topology import Topology
 from ojs_amqp.errors import Conflict, NotFound
 from ojs_amqp.sdk import Client, JobContext, JobError, ReplyTimeout, Unroutable, Worker
-from ojs_amqp.sdk import pipe as pipe_module
 from tests.daemon import AMQP_URL, Daemon, close_connections, request
 
 pytestmark = pytest.mark.integration

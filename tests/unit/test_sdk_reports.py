@@ -14,10 +14,10 @@ from pamqp.commands import Basic
 
 from ojs_amqp.amqp import protocol
 from ojs_amqp.amqp.control import ControlMessage, parse_control
+from ojs_amqp.amqp.pipe import confirm_error, settle_frame
 from ojs_amqp.errors import BackendUnavailable, OjsError
 from ojs_amqp.sdk import control
 from ojs_amqp.sdk.errors import PublishRejected, Unroutable
-from ojs_amqp.sdk.pipe import confirm_error, settle_frame
 from ojs_amqp.sdk.reports import Outcome, ReportBatcher, encode
 
 ENVELOPE = b'{"id":"j1","type":"a.b","queue":"q","args":[1]}'

@@ -2,7 +2,8 @@
 
 aiormq's `basic_publish` costs ~75 µs of CPU per message: a channel lock, a timeout timer
 and one queued frame (one writer wake-up, one `send`) each. A worker sends a report and an
-ack per job, so that was most of its CPU. The pipe marshals the same frames with pamqp,
+ack per job, and the daemon a copy per state change, so that was most of their CPU. The
+pipe (used by the SDK and by the daemon's Broker) marshals the same frames with pamqp,
 registers the confirm future exactly where aiormq's own `basic_publish` does (so aiormq's
 reader resolves it on Basic.Ack / Nack / Return), and hands everything produced in one loop
 turn to the connection's writer as a single frame batch: ~25 µs per publish and far fewer
@@ -23,7 +24,7 @@ import logging
 import struct
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any
+from typing import Any, cast
 
 import aiormq
 import pamqp.frame
@@ -32,11 +33,10 @@ from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
-from ojs_amqp.errors import BackendUnavailable, OjsError
-from ojs_amqp.sdk.errors import PublishRejected, Unroutable
-from ojs_amqp.sdk.transport import publish
+from ojs_amqp.amqp.failures import PUBLISH_ERRORS
+from ojs_amqp.errors import BackendUnavailable, OjsError, PublishRejected, Unroutable
 
-log = logging.getLogger("ojs_amqp.sdk.pipe")
+log = logging.getLogger("ojs_amqp.pipe")
 
 Confirmation = asyncio.Future[Any]
 #: Called once a publish is settled: None when the broker confirmed it, else the SDK error.
@@ -46,8 +46,8 @@ Settled = Callable[[OjsError | None], None]
 #: frame and a worker sends one per job. Type 1 (method), channel, size 13, class 60, method,
 #: delivery tag, flags (multiple / requeue), frame end. Checked against pamqp in the tests.
 _SETTLE_FRAME = struct.Struct(">BHIHHQBB")
-_ACK_METHOD = 80
-_REJECT_METHOD = 90
+ACK_METHOD = 80
+REJECT_METHOD = 90
 _FRAME_END = 0xCE
 
 
@@ -67,7 +67,7 @@ def has_aiormq_internals(channel: AbstractChannel) -> bool:
         and isinstance(getattr(channel, "delivery_tag", None), int)
         and isinstance(getattr(channel, "confirmations", None), dict)
         and isinstance(getattr(channel, "message_id_delivery_tag", None), dict)
-        and isinstance(getattr(channel.connection, "write_queue", None), asyncio.Queue)
+        and has_frame_queue(channel.connection)
     )
 
 
@@ -76,14 +76,127 @@ def confirmation_error(
 ) -> OjsError | BaseException:
     """The SDK error for what a confirm future failed with."""
     if isinstance(exc, aiormq.exceptions.PublishError):
+        returned = getattr(getattr(exc, "message", None), "delivery", None)
+        reply = getattr(returned, "reply_text", None) or "returned"
         return Unroutable(
-            f"the broker could not route the message: nothing is bound to exchange "
+            f"the broker could not route the message ({reply}): nothing is bound to exchange "
             f"{exchange or '(default)'!r} with key {routing_key!r}",
             details={"exchange": exchange, "routing_key": routing_key},
         )
     if isinstance(exc, aiormq.exceptions.DeliveryError):
         return PublishRejected(f"the broker refused the message ({exc})")
     return exc
+
+
+class FrameBatch:
+    """Frames for one aiormq connection, handed to its writer as one write per event-loop
+    turn. Order is kept: frames added later never overtake earlier ones."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+        self._loop = asyncio.get_running_loop()
+        self._chunks: list[bytes] = []
+        self._scheduled = False
+        self._backlog: deque[ChannelFrame] = deque()
+        self._backlog_task: asyncio.Task[None] | None = None
+
+    def add(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        if not self._scheduled:
+            return
+        self._scheduled = False
+        if not self._chunks:
+            return
+        frame = ChannelFrame(payload=b"".join(self._chunks), should_close=False)
+        self._chunks.clear()
+        if self._backlog_task is None:
+            try:
+                self._connection.write_queue.put_nowait(frame)
+                return
+            except asyncio.QueueFull:
+                pass
+        # The writer is behind: keep order by queueing behind what already waits.
+        self._backlog.append(frame)
+        if self._backlog_task is None:
+            self._backlog_task = asyncio.ensure_future(self._drain_backlog())
+
+    async def drained(self) -> None:
+        """Everything added so far is in the connection's write queue."""
+        self.flush()
+        if self._backlog_task is not None:
+            await asyncio.shield(self._backlog_task)
+
+    def clear(self) -> None:
+        self._chunks.clear()
+
+    async def _drain_backlog(self) -> None:
+        try:
+            while self._backlog:
+                await self._connection.write_queue.put(self._backlog.popleft())
+        finally:
+            self._backlog_task = None
+
+
+def has_frame_queue(connection: Any) -> bool:
+    """Whether a connection is aiormq 7's, whose writer FrameBatch feeds."""
+    return isinstance(connection, aiormq.Connection) and isinstance(
+        getattr(connection, "write_queue", None), asyncio.Queue
+    )
+
+
+class Settler:
+    """Acks and requeues for the channels of one connection: packed with struct and written
+    through `batch` (one write per loop turn), or through aiormq's public basic_ack /
+    basic_reject when there is no batch (aiormq internals missing) or the channel belongs to
+    another connection."""
+
+    def __init__(self, connection: Any, batch: FrameBatch | None) -> None:
+        self._connection = connection
+        self._batch = batch
+        #: Slow-path settles, referenced until they end (flush() waits for them).
+        self._slow: set[asyncio.Task[None]] = set()
+
+    def settle(
+        self, channel: AbstractChannel, delivery_tags: Iterable[int], method: int
+    ) -> asyncio.Task[None] | None:
+        """Ack (method 80) or requeue (90) deliveries of `channel`; a closed channel means they
+        are void already (the broker redelivers them), so that is not an error. Returns the
+        task doing it on the slow path (None when queued on the fast path)."""
+        if channel.is_closed:
+            return None
+        batch = self._batch
+        if batch is not None and channel.connection is self._connection:
+            number = channel.number
+            flag = method == REJECT_METHOD  # requeue; an ack is never `multiple`
+            for tag in delivery_tags:
+                batch.add(settle_frame(method, number, tag, flag))
+            return None
+        coro = _settle_slowly(channel, list(delivery_tags), method, method == REJECT_METHOD)
+        task = _keep(self._slow, coro)
+        task.add_done_callback(_log_settle_failure)
+        return task
+
+    def discard(self, channel: AbstractChannel, delivery_tag: int) -> None:
+        """Basic.Reject(requeue=false): the broker dead-letters the message or drops it."""
+        if channel.is_closed:
+            return
+        if self._batch is not None and channel.connection is self._connection:
+            self._batch.add(settle_frame(REJECT_METHOD, channel.number, delivery_tag, False))
+            return
+        task = _keep(self._slow, _settle_slowly(channel, [delivery_tag], REJECT_METHOD, False))
+        task.add_done_callback(_log_settle_failure)
+
+    async def flush(self) -> None:
+        """Wait until every settle so far is handed to the connection's writer."""
+        if self._slow:
+            await asyncio.wait(set(self._slow))
+        if self._batch is not None:
+            await self._batch.drained()
 
 
 class Pipe:
@@ -94,20 +207,17 @@ class Pipe:
         self.fast = has_aiormq_internals(channel)
         self.confirm_timeout = confirm_timeout
         self._loop = asyncio.get_running_loop()
-        self._chunks: list[bytes] = []
-        self._flush_scheduled = False
-        self._backlog: deque[ChannelFrame] = deque()
-        self._backlog_task: asyncio.Task[None] | None = None
+        self._batch = FrameBatch(channel.connection) if self.fast else None
+        #: Acks and requeues for the channels of the pipe's connection.
+        self.settler = Settler(channel.connection, self._batch)
         self._heads: dict[tuple[str, str], bytes] = {}
         self._ids = itertools.count(1)
         #: (deadline, tag, future) in publish order, for the confirm timeout.
         self._deadlines: deque[tuple[float, int, Confirmation]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed: BaseException | None = None
-        #: Tasks of the slow path (public aiormq API), referenced until they end: publishes,
-        #: and acks/requeues (which flush() waits for).
+        #: Publishes of the slow path (public aiormq API), referenced until they end.
         self._slow_publishes: set[asyncio.Task[None]] = set()
-        self._slow_settles: set[asyncio.Task[None]] = set()
         channel.closing.add_done_callback(self._on_channel_closed)
 
     # --- publishing ------------------------------------------------------------------------
@@ -137,13 +247,13 @@ class Pipe:
                 method, channel.number
             )
         number = channel.number
-        chunks = self._chunks
-        chunks.append(head)
-        chunks.append(pamqp.frame.marshal(ContentHeader(0, len(body), properties), number))
+        batch = self._batch
+        assert batch is not None
+        batch.add(head)
+        batch.add(pamqp.frame.marshal(ContentHeader(0, len(body), properties), number))
         limit = channel.max_content_size
         for offset in range(0, len(body), limit):
-            chunks.append(pamqp.frame.marshal(ContentBody(body[offset : offset + limit]), number))
-        self._schedule_flush()
+            batch.add(pamqp.frame.marshal(ContentBody(body[offset : offset + limit]), number))
         self._deadlines.append((self._loop.time() + self.confirm_timeout, tag, future))
         if self._watchdog is None:
             self._arm_watchdog()
@@ -152,9 +262,9 @@ class Pipe:
     async def publish(
         self, body: bytes, *, exchange: str, routing_key: str, properties: Basic.Properties
     ) -> None:
-        """Publish with mandatory=True and wait for the confirm (errors as transport.publish)."""
+        """Publish with mandatory=True and wait for the confirm (errors as publish_slowly)."""
         if not self.fast:
-            await publish(
+            await publish_slowly(
                 self.channel, body, exchange=exchange, routing_key=routing_key,
                 properties=properties, confirm_timeout=self.confirm_timeout,
             )  # fmt: skip
@@ -206,46 +316,27 @@ class Pipe:
     async def ack(self, channel: AbstractChannel, delivery_tag: int) -> None:
         """Basic.Ack(multiple=false) for a delivery on `channel` (same connection); a closed
         channel means the delivery is void already, so that is not an error."""
-        slow = self.settle(channel, [delivery_tag], _ACK_METHOD)
+        slow = self.settle(channel, [delivery_tag], ACK_METHOD)
         if slow is not None:
             await asyncio.wait([slow])
 
     def ack_many(self, channel: AbstractChannel, delivery_tags: Iterable[int]) -> None:
         """One Basic.Ack(multiple=false) per delivery (the binding never acks `multiple`: a
         delivery in between may still be running), written together."""
-        self.settle(channel, delivery_tags, _ACK_METHOD)
+        self.settle(channel, delivery_tags, ACK_METHOD)
 
     def reject_many(self, channel: AbstractChannel, delivery_tags: Iterable[int]) -> None:
         """Basic.Reject(requeue=true) per delivery: hand the jobs back to their queue."""
-        self.settle(channel, delivery_tags, _REJECT_METHOD)
+        self.settle(channel, delivery_tags, REJECT_METHOD)
 
     def settle(
         self, channel: AbstractChannel, delivery_tags: Iterable[int], method: int
     ) -> asyncio.Task[None] | None:
-        """Ack (method 80) or requeue (90) deliveries of `channel`; a closed channel means they
-        are void already (the broker redelivers them), so that is not an error. Returns the
-        task doing it on the slow path (None when queued on the fast path)."""
-        if channel.is_closed:
-            return None
-        if self.fast and channel.connection is self.channel.connection:
-            number = channel.number
-            flag = method == _REJECT_METHOD  # requeue; an ack is never `multiple`
-            self._chunks.extend(settle_frame(method, number, tag, flag) for tag in delivery_tags)
-            self._schedule_flush()
-            return None
-        coro = _settle_slowly(channel, list(delivery_tags), method == _ACK_METHOD)
-        task = _keep(self._slow_settles, coro)
-        task.add_done_callback(_log_settle_failure)
-        return task
+        return self.settler.settle(channel, delivery_tags, method)
 
     async def flush(self) -> None:
         """Wait until everything queued so far is handed to the connection's writer."""
-        if self._slow_settles:
-            await asyncio.wait(set(self._slow_settles))
-        if self._flush_scheduled:
-            self._flush()
-        if self._backlog_task is not None:
-            await asyncio.shield(self._backlog_task)
+        await self.settler.flush()
         queue = getattr(self.channel.connection, "write_queue", None)
         if isinstance(queue, asyncio.Queue) and not self.channel.connection.is_closed:
             # Bounded: a writer that died with its connection never empties the queue.
@@ -254,37 +345,6 @@ class Pipe:
                     await queue.join()
 
     # --- internals -------------------------------------------------------------------------
-
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        if not self._flush_scheduled:
-            return
-        self._flush_scheduled = False
-        if not self._chunks:
-            return
-        frame = ChannelFrame(payload=b"".join(self._chunks), should_close=False)
-        self._chunks.clear()
-        if self._backlog_task is None:
-            try:
-                self.channel.connection.write_queue.put_nowait(frame)
-                return
-            except asyncio.QueueFull:
-                pass
-        # The writer is behind: keep order by queueing behind what already waits.
-        self._backlog.append(frame)
-        if self._backlog_task is None:
-            self._backlog_task = asyncio.ensure_future(self._drain_backlog())
-
-    async def _drain_backlog(self) -> None:
-        try:
-            while self._backlog:
-                await self.channel.connection.write_queue.put(self._backlog.popleft())
-        finally:
-            self._backlog_task = None
 
     def _arm_watchdog(self) -> None:
         delay = max(0.05, min(1.0, self.confirm_timeout / 2))
@@ -321,7 +381,8 @@ class Pipe:
             _, _, future = self._deadlines.popleft()
             if not future.done():
                 future.set_exception(reason)
-        self._chunks.clear()
+        if self._batch is not None:
+            self._batch.clear()
 
 
 def confirm_error(done: Confirmation, exchange: str, routing_key: str) -> OjsError | None:
@@ -357,13 +418,15 @@ def _task_error(done: asyncio.Future[None]) -> OjsError | None:
     return BackendUnavailable(f"the publish failed: {exc!r}")
 
 
-async def _settle_slowly(channel: AbstractChannel, tags: list[int], ack: bool) -> None:
+async def _settle_slowly(
+    channel: AbstractChannel, tags: list[int], method: int, requeue: bool
+) -> None:
     """The public aiormq path, for channels the fast path does not cover."""
     for tag in tags:
-        if ack:
+        if method == ACK_METHOD:
             await channel.basic_ack(tag, wait=False)
         else:
-            await channel.basic_reject(tag, requeue=True)
+            await channel.basic_reject(tag, requeue=requeue)
 
 
 def _log_settle_failure(done: asyncio.Future[None]) -> None:
@@ -374,3 +437,48 @@ def _log_settle_failure(done: asyncio.Future[None]) -> None:
 def _forget(channel: aiormq.Channel, message_id: str, tag: int) -> None:
     if channel.message_id_delivery_tag.get(message_id) == tag:
         del channel.message_id_delivery_tag[message_id]
+
+
+async def publish_slowly(
+    channel: AbstractChannel,
+    body: bytes,
+    *,
+    exchange: str,
+    routing_key: str,
+    properties: Basic.Properties,
+    confirm_timeout: float,
+) -> None:
+    """The pipe's path without aiormq internals: publish with mandatory=True and wait for
+    the confirm; raise Unroutable when the broker returns the message, PublishRejected on a
+    nack, BackendUnavailable when the link fails.
+
+    `wait=False` lets the next publish go before this frame is flushed: the channel lock is
+    otherwise held across a write, which serialises pipelined publishes.
+    """
+    concrete = cast(aiormq.Channel, channel)  # the abstract class lacks `wait`
+    try:
+        confirmation = await concrete.basic_publish(
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=properties,
+            mandatory=True,
+            timeout=confirm_timeout,
+            wait=False,
+        )
+    except aiormq.exceptions.DeliveryError as exc:  # returned (unroutable) or nacked
+        raise confirmation_error(exc, exchange, routing_key) from None
+    except aiormq.exceptions.ChannelNotFoundEntity as exc:
+        raise BackendUnavailable(
+            f"exchange {exchange!r} does not exist ({exc}); is a daemon running with this "
+            "--prefix?",
+            details={"exchange": exchange},
+        ) from None
+    except TimeoutError:
+        raise BackendUnavailable(
+            f"the broker did not confirm within {confirm_timeout:g}s"
+        ) from None
+    except PUBLISH_ERRORS as exc:
+        raise BackendUnavailable(f"publishing failed: {exc!r}") from None
+    if not isinstance(confirmation, Basic.Ack):
+        raise PublishRejected(f"the broker did not confirm the message ({confirmation!r})")

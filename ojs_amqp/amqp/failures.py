@@ -1,0 +1,22 @@
+"""What talking to the broker can fail with, as the exception tuples the edges catch."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiormq
+
+#: The link is gone or never came up: worth reconnecting (with backoff) and retrying.
+CONNECTION_ERRORS = (
+    aiormq.exceptions.AMQPConnectionError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
+#: What a publish can fail with besides the broker's own answers (return, nack).
+PUBLISH_ERRORS = (
+    *CONNECTION_ERRORS,
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    RuntimeError,
+)
