@@ -9,8 +9,6 @@ import signal
 import ssl
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from ojs_amqp.amqp.broker import Broker
 from ojs_amqp.amqp.topology import Topology
 from ojs_amqp.clock import now_ms
@@ -18,7 +16,8 @@ from ojs_amqp.engine.cron import CronScheduler
 from ojs_amqp.engine.event_publisher import EventPublisher
 from ojs_amqp.engine.events import EventLog
 from ojs_amqp.engine.jobs import JobEngine
-from ojs_amqp.http.app import create_app
+from ojs_amqp.http.app import HttpApi
+from ojs_amqp.http.server import HttpServer
 from ojs_amqp.logs import redact
 from ojs_amqp.metrics import Metrics
 from ojs_amqp.native.edge import NativeEdge
@@ -39,7 +38,7 @@ class Runtime:
     cron: CronScheduler
     native: NativeEdge
     events: EventPublisher | None = None
-    runner: web.AppRunner | None = None
+    http: HttpServer | None = None
     https: ssl.SSLContext | None = None
 
     @classmethod
@@ -70,13 +69,13 @@ class Runtime:
         if self.settings.events_exchange:
             self.events = EventPublisher(self.engine.events, self.broker)
             self.events.start()
-        app = create_app(self.engine, self.cron, self.settings)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(
-            self.runner, self.settings.http_host, self.settings.http_port, ssl_context=self.https
+        api = HttpApi(self.engine, self.cron, self.settings)
+        self.http = HttpServer(
+            api.handle, max_body_bytes=self.settings.max_body_bytes, error_response=api.refused
         )
-        await site.start()
+        await self.http.start(
+            self.settings.http_host.strip("[]"), self.settings.http_port, self.https
+        )
         log.info(
             "ojs-amqp listening on %s://%s, broker %s (RabbitMQ %s), store %s%s",
             self.settings.http_scheme,
@@ -88,8 +87,8 @@ class Runtime:
         )
 
     async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
+        if self.http is not None:
+            await self.http.close()
         if self.events is not None:
             await self.events.close()
         await self.cron.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable
 
 UUIDV7_PATTERN = re.compile(
     r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
@@ -12,11 +13,16 @@ UUIDV7_PATTERN = re.compile(
 
 
 class UUIDv7Generator:
-    """Monotonic within a process: ids made in the same millisecond still sort in order."""
+    """Monotonic within a process: ids made in the same millisecond still sort in order.
 
-    def __init__(self) -> None:
+    Random bits come from the OS (`os.urandom`, a syscall each) unless `entropy` says
+    otherwise: ids that only need to be unique, not unguessable (request ids, event ids),
+    use a seeded `random.Random` instead."""
+
+    def __init__(self, entropy: Callable[[int], bytes] = os.urandom) -> None:
         self._last_ms = -1
         self._counter = 0
+        self._entropy = entropy
 
     def new(self, now_ms: int) -> str:
         if now_ms <= self._last_ms:
@@ -25,9 +31,9 @@ class UUIDv7Generator:
             if self._counter > 0xFFF:  # 12-bit counter exhausted: borrow the next millisecond
                 now_ms += 1
                 self._counter = 0
-            rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+            rand_b = int.from_bytes(self._entropy(8), "big") & ((1 << 62) - 1)
         else:
-            entropy = int.from_bytes(os.urandom(10), "big")  # one syscall for both fields
+            entropy = int.from_bytes(self._entropy(10), "big")  # one call for both fields
             self._counter = (entropy >> 64) & 0x3FF
             rand_b = entropy & ((1 << 62) - 1)
         self._last_ms = now_ms

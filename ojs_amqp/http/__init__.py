@@ -1,1 +1,1 @@
-"""The OJS HTTP binding: the only package that imports aiohttp."""
+"""The OJS HTTP binding: a small HTTP/1.1 server (server.py), routing, and the endpoints."""

@@ -11,10 +11,6 @@ constant time; they are never logged.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
-from typing import Any
-
-from aiohttp import web
 
 from ojs_amqp.errors import Forbidden, Unauthenticated
 from ojs_amqp.settings import Token
@@ -63,24 +59,19 @@ def _scope_of(tokens: tuple[Token, ...], presented: str) -> str | None:
     return found
 
 
-def make_auth_middleware(tokens: tuple[Token, ...]) -> Callable[..., Any]:
-    @web.middleware
-    async def auth(request: web.Request, handler: Callable[..., Any]) -> Any:
-        if request.path in PUBLIC_PATHS:
-            return await handler(request)
-        header = request.headers.get("Authorization", "")
-        kind, _, presented = header.partition(" ")
-        if kind.lower() != "bearer" or not presented.strip():
-            raise Unauthenticated("this endpoint needs 'Authorization: Bearer <token>'")
-        scope = _scope_of(tokens, presented.strip())
-        if scope is None:
-            raise Unauthenticated("the bearer token is not valid")
-        allowed = required_scopes(request.method, request.path)
-        if scope not in allowed:
-            raise Forbidden(
-                f"a {scope} token cannot {request.method} {request.path}; "
-                f"needs one of: {', '.join(sorted(allowed))}"
-            )
-        return await handler(request)
-
-    return auth
+def authorize(tokens: tuple[Token, ...], method: str, path: str, header: str) -> None:
+    """Raise Unauthenticated / Forbidden unless the Authorization header's token may call
+    (method, path)."""
+    if path in PUBLIC_PATHS:
+        return
+    kind, _, presented = header.partition(" ")
+    if kind.lower() != "bearer" or not presented.strip():
+        raise Unauthenticated("this endpoint needs 'Authorization: Bearer <token>'")
+    scope = _scope_of(tokens, presented.strip())
+    if scope is None:
+        raise Unauthenticated("the bearer token is not valid")
+    allowed = required_scopes(method, path)
+    if scope not in allowed:
+        raise Forbidden(
+            f"a {scope} token cannot {method} {path}; needs one of: {', '.join(sorted(allowed))}"
+        )

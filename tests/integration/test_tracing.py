@@ -13,8 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import ClientSession
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -23,7 +22,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from ojs_amqp.clock import now_ms
 from ojs_amqp.engine.cron import CronScheduler
 from ojs_amqp.engine.jobs import JobEngine
-from ojs_amqp.http.app import create_app
+from ojs_amqp.http.app import HttpApi
+from ojs_amqp.http.server import HttpServer
 from ojs_amqp.runtime import Runtime
 from ojs_amqp.settings import Settings
 from ojs_amqp.tracing import JobTracing
@@ -105,17 +105,22 @@ async def test_the_trace_context_rides_the_broker_copy_in_binding_headers(daemon
 @contextlib.asynccontextmanager
 async def _traced_http(
     engine: JobEngine,
-) -> AsyncIterator[tuple[TestClient[web.Request, web.Application], InMemorySpanExporter]]:
-    """The engine with tracing on an in-memory exporter, behind the real HTTP app."""
+) -> AsyncIterator[tuple[ClientSession, InMemorySpanExporter]]:
+    """The engine with tracing on an in-memory exporter, behind the real HTTP server."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     engine.tracing = JobTracing(provider.get_tracer("test"))
-    app = create_app(engine, CronScheduler(engine, clock=now_ms), engine.settings)
+    api = HttpApi(engine, CronScheduler(engine, clock=now_ms), engine.settings)
+    server = HttpServer(
+        api.handle, max_body_bytes=engine.settings.max_body_bytes, error_response=api.refused
+    )
+    await server.start("127.0.0.1", 0)
     try:
-        async with TestClient(TestServer(app)) as client:
+        async with ClientSession(base_url=f"http://127.0.0.1:{server.port}") as client:
             yield client, exporter
     finally:
+        await server.close()
         engine.tracing = None
         provider.shutdown()
 

@@ -1,0 +1,63 @@
+"""Method + path -> handler, with `{name}` path parameters; 404 and 405 as OJS errors."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from ojs_amqp.errors import MethodNotAllowed, NotFound
+
+H = TypeVar("H", bound=Callable[..., Awaitable[object]])
+_PARAM = re.compile(r"\{([a-z_]+)\}")
+
+
+class Router(Generic[H]):
+    """Static paths are one dict lookup; paths with parameters are tried in order."""
+
+    def __init__(self) -> None:
+        self._static: dict[str, dict[str, H]] = {}
+        self._patterns: list[tuple[re.Pattern[str], dict[str, H]]] = []
+
+    def add(self, method: str, path: str, handler: H) -> None:
+        methods = self._methods_of(path)
+        methods[method] = handler
+        if method == "GET":
+            methods.setdefault("HEAD", handler)
+
+    def _methods_of(self, path: str) -> dict[str, H]:
+        if "{" not in path:
+            return self._static.setdefault(path, {})
+        parts = _PARAM.split(path)  # literal, name, literal, name, ..., literal
+        regex = "".join(
+            f"(?P<{part}>[^/]+)" if i % 2 else re.escape(part) for i, part in enumerate(parts)
+        )
+        pattern = re.compile(f"^{regex}$")
+        for known, methods in self._patterns:
+            if known.pattern == pattern.pattern:
+                return methods
+        fresh: dict[str, H] = {}
+        self._patterns.append((pattern, fresh))
+        return fresh
+
+    def resolve(self, method: str, path: str) -> tuple[H, dict[str, str]]:
+        """The handler and path parameters; NotFound or MethodNotAllowed (with Allow)."""
+        params: dict[str, str] = {}
+        methods = self._static.get(path)
+        if methods is None:
+            for pattern, candidates in self._patterns:
+                match = pattern.match(path)
+                if match is not None:
+                    methods, params = candidates, match.groupdict()
+                    break
+        if methods is None:
+            raise NotFound(f"no such endpoint: {path}", details={"path": path})
+        handler = methods.get(method)
+        if handler is None:
+            allowed = ", ".join(sorted(methods))
+            raise MethodNotAllowed(
+                f"{method} is not allowed on {path}; use {allowed}",
+                details={"path": path, "allowed": sorted(methods)},
+                headers={"Allow": allowed},
+            )
+        return handler, params

@@ -1,0 +1,457 @@
+"""A small HTTP/1.1 server on httptools (llhttp, the parser Node.js uses): the HTTP edge.
+
+Why not aiohttp's server: the HTTP binding is CPU-bound in one process, and aiohttp spends
+~40 µs of CPU on a bare request on the reference machine and ~100 µs on one of ours (request
+and multidict objects, the middleware chain, response preparation); this one spends ~6 µs
+(docs/performance.md). It does what the binding needs and no more: keep-alive, pipelined
+requests answered in order, `Expect: 100-continue`, chunked request bodies, size limits (413
+before the body is read), HEAD, streamed responses (Server-Sent Events) with write flow
+control, an idle timeout, TLS, and a close that lets requests in progress finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import cast
+from urllib.parse import parse_qs, unquote
+
+import httptools
+
+log = logging.getLogger("ojs_amqp.http")
+
+MAX_URL_BYTES = 8 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+#: Requests a client may pipeline ahead of the one being answered before we stop reading.
+MAX_PIPELINED = 32
+KEEPALIVE_TIMEOUT_S = 75.0
+
+
+class Request:
+    """One parsed request. Header names are lower case; a repeated header's values are
+    joined by ", " (RFC 9110 §5.3). `params` holds the path parameters the router matched."""
+
+    __slots__ = ("_query", "body", "headers", "method", "params", "path", "query_string")
+
+    def __init__(
+        self, method: str, path: str, query_string: str, headers: dict[str, str], body: bytes
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query_string = query_string
+        self.headers = headers
+        self.body = body
+        self.params: dict[str, str] = {}
+        self._query: dict[str, list[str]] | None = None
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        if self._query is None:
+            self._query = parse_qs(self.query_string, keep_blank_values=True)
+        return self._query
+
+    def query_value(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else default
+
+
+class Response:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(
+        self, body: bytes, status: int = 200, headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        self.body = body
+        self.status = status
+        self.headers = headers if headers is not None else []
+
+
+class Stream:
+    """A response whose body is produced over time (sent chunked); the server stops the
+    producer when the client goes away or the server closes."""
+
+    __slots__ = ("chunks", "headers", "status")
+
+    def __init__(
+        self, chunks: AsyncIterator[bytes], headers: list[tuple[str, str]], status: int = 200
+    ) -> None:
+        self.chunks = chunks
+        self.headers = headers
+        self.status = status
+
+
+Handler = Callable[[Request], Awaitable[Response | Stream]]
+#: The response for a request the server refuses itself (malformed, too large): status and
+#: message in, the app's error response out.
+ErrorResponder = Callable[[int, str], Response]
+
+_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+
+
+def _status_line(status: int) -> bytes:
+    return _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
+
+
+def _header_block(headers: list[tuple[str, str]]) -> bytes:
+    parts = []
+    for name, value in headers:
+        if "\r" in value or "\n" in value:  # never let a value split the header block
+            value = value.replace("\r", " ").replace("\n", " ")
+        parts.append(f"{name}: {value}\r\n")
+    return "".join(parts).encode("latin-1", "replace")
+
+
+class _Clock:
+    """The Date header, formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._line = b""
+
+    def date_line(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._line = b"Date: %s\r\n" % formatdate(now, usegmt=True).encode()
+        return self._line
+
+
+class _Incoming:
+    """A request being received."""
+
+    __slots__ = ("body", "body_size", "header_bytes", "headers", "refused", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.header_bytes = 0
+        self.body: list[bytes] = []
+        self.body_size = 0
+        #: (status, message) once the server has decided to refuse it (too large, ...).
+        self.refused: tuple[int, str] | None = None
+
+
+#: A queued answer: the request (or the refusal when None) and whether to keep alive.
+_Queued = tuple[Request | None, tuple[int, str], bool]
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._loop = server.loop
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._incoming = _Incoming()
+        self._queue: deque[_Queued] = deque()
+        self._busy: asyncio.Task[None] | None = None
+        #: The answer in progress is a stream: cancelled when the client goes away.
+        self.streaming = False
+        self._closing = False
+        self._refused = False
+        self._reading = True
+        self._writable: asyncio.Event | None = None
+        self.last_active = self._loop.time()
+
+    @property
+    def idle(self) -> bool:
+        return self._busy is None and not self._queue
+
+    # --- transport events ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        self._closing = True
+        self._queue.clear()
+        if self.streaming and self._busy is not None:
+            self._busy.cancel()
+        if self._writable is not None:
+            self._writable.set()  # a stream waiting for the socket to drain sees the close
+
+    def pause_writing(self) -> None:
+        self._writable = asyncio.Event()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None:
+            self._writable.set()
+            self._writable = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing or self._refused:
+            return
+        self.last_active = self._loop.time()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # What follows the request is another protocol: answer it, then close.
+            self._refused = True
+            self._pause_reading()
+            if self._queue:
+                request, refusal, _ = self._queue.pop()
+                self._queue.append((request, refusal, False))
+            elif self._busy is None:
+                self.close()
+        except httptools.HttpParserError as exc:
+            self._refuse(400, f"malformed HTTP request: {exc}")
+
+    # --- parser callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._incoming = _Incoming()
+
+    def on_url(self, url: bytes) -> None:
+        incoming = self._incoming
+        incoming.url += url
+        if len(incoming.url) > MAX_URL_BYTES and incoming.refused is None:
+            incoming.refused = (414, f"the request URL exceeds {MAX_URL_BYTES} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        incoming = self._incoming
+        incoming.header_bytes += len(name) + len(value)
+        if incoming.header_bytes > MAX_HEADER_BYTES:
+            if incoming.refused is None:
+                incoming.refused = (431, f"the request headers exceed {MAX_HEADER_BYTES} bytes")
+            return
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        previous = incoming.headers.get(key)
+        incoming.headers[key] = text if previous is None else f"{previous}, {text}"
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return  # a request pipelined behind one already refused: never answered
+        incoming = self._incoming
+        limit = self._server.max_body_bytes
+        declared = incoming.headers.get("content-length", "")
+        if incoming.refused is None and declared.isdigit() and int(declared) > limit:
+            incoming.refused = (413, f"request body exceeds the limit of {limit} bytes")
+        if incoming.refused is not None:
+            self._refuse(*incoming.refused)  # the body is never going to be read
+        elif incoming.headers.get("expect", "").lower() == "100-continue" and self.idle:
+            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        incoming = self._incoming
+        if self._refused:
+            return
+        incoming.body_size += len(body)
+        if incoming.body_size > self._server.max_body_bytes:
+            limit = self._server.max_body_bytes
+            self._refuse(413, f"request body exceeds the limit of {limit} bytes")
+            return
+        incoming.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        incoming = self._incoming
+        try:
+            url = httptools.parse_url(incoming.url)
+        except httptools.HttpParserInvalidURLError:
+            self._refuse(400, "the request URL cannot be parsed")
+            return
+        path = (url.path or b"/").decode("latin-1")
+        if "%" in path:
+            path = unquote(path)
+        query = url.query.decode("latin-1") if url.query else ""
+        chunks = incoming.body
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        method = self._parser.get_method().decode("latin-1")
+        request = Request(method, path, query, incoming.headers, body)
+        keep_alive = self._parser.should_keep_alive() and not self._server.closing
+        self._enqueue((request, (0, ""), keep_alive))
+
+    # --- answering -------------------------------------------------------------------------
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer `status` after what is queued, read nothing more, then close."""
+        self._refused = True
+        self._pause_reading()
+        self._enqueue((None, (status, message), False))
+
+    def _enqueue(self, queued: _Queued) -> None:
+        self._queue.append(queued)
+        if len(self._queue) > MAX_PIPELINED:
+            self._pause_reading()
+        if self._busy is None:
+            self._busy = self._loop.create_task(self._answer_queue())
+
+    async def _answer_queue(self) -> None:
+        try:
+            while self._queue and not self._closing:
+                request, (status, message), keep_alive = self._queue.popleft()
+                if request is None:
+                    self._send(self._server.error_response(status, message), False, False)
+                elif not await self._answer(request, keep_alive):
+                    keep_alive = False
+                if not keep_alive:
+                    self.close()
+                    return
+                if not self._reading and len(self._queue) <= MAX_PIPELINED // 2:
+                    self._resume_reading()
+        finally:
+            self._busy = None
+            self.last_active = self._loop.time()
+            if self._server.closing and not self._queue:
+                self.close()
+
+    async def _answer(self, request: Request, keep_alive: bool) -> bool:
+        """Answer one request; False when the connection must close after it."""
+        try:
+            response = await self._server.handler(request)
+        except Exception:  # the app maps its own errors; this is the last resort
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            response = self._server.error_response(500, "internal error")
+        if isinstance(response, Stream):
+            await self._stream(response, request.method == "HEAD")
+            return False
+        keep_alive = keep_alive and not self._server.closing
+        self._send(response, keep_alive, request.method == "HEAD")
+        return keep_alive
+
+    def _send(self, response: Response, keep_alive: bool, head_only: bool) -> None:
+        body = response.body
+        head = b"".join((
+            _status_line(response.status),
+            self._server.clock.date_line(),
+            _header_block(response.headers),
+            b"Content-Length: %d\r\n" % len(body),
+            b"\r\n" if keep_alive else b"Connection: close\r\n\r\n",
+        ))  # fmt: skip
+        self._write(head if head_only else head + body)
+
+    async def _stream(self, stream: Stream, head_only: bool) -> None:
+        self._write(b"".join((
+            _status_line(stream.status),
+            self._server.clock.date_line(),
+            _header_block(stream.headers),
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        )))  # fmt: skip
+        if head_only:
+            return
+        self.streaming = True
+        chunks = stream.chunks
+        try:
+            async for chunk in chunks:
+                if self._closing:
+                    break
+                if chunk:
+                    self._write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                if self._writable is not None:
+                    await self._writable.wait()
+            self._write(b"0\r\n\r\n")
+        finally:
+            self.streaming = False
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+    # --- connection management -------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is not None and not self._closing:
+            transport.write(data)
+
+    def _pause_reading(self) -> None:
+        if self._reading and self._transport is not None:
+            self._reading = False
+            with contextlib.suppress(RuntimeError):
+                self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if not self._reading and self._transport is not None and not self._closing:
+            self._reading = True
+            with contextlib.suppress(RuntimeError):
+                self._transport.resume_reading()
+
+    def end_stream(self) -> None:
+        if self.streaming and self._busy is not None:
+            self._busy.cancel()
+
+    def close(self) -> None:
+        self._closing = True
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+
+class HttpServer:
+    """Serves `handler` on host:port; `close()` stops listening, ends streams, and lets
+    requests in progress finish (up to `grace_s`)."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_body_bytes: int,
+        error_response: ErrorResponder,
+        keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
+    ) -> None:
+        self.handler = handler
+        self.max_body_bytes = max_body_bytes
+        self.error_response = error_response
+        self.keepalive_timeout_s = keepalive_timeout_s
+        self.clock = _Clock()
+        self.connections: set[_Connection] = set()
+        self.closing = False
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "the server is not started"
+        return self._loop
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "the server is not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._server = await self._loop.create_server(
+            lambda: _Connection(self), host, port, ssl=ssl_context, reuse_address=True
+        )
+        self._sweeper = asyncio.create_task(self._sweep_idle(), name="http-idle")
+
+    async def _sweep_idle(self) -> None:
+        """Close keep-alive connections idle longer than the timeout: one timer for all of
+        them, rather than one re-armed per request."""
+        period = max(0.05, min(1.0, self.keepalive_timeout_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            cutoff = self.loop.time() - self.keepalive_timeout_s
+            for conn in list(self.connections):
+                if conn.idle and conn.last_active < cutoff:
+                    conn.close()
+
+    async def close(self, grace_s: float = 10.0) -> None:
+        self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            self._server.close()
+        deadline = time.monotonic() + grace_s
+        while self.connections and time.monotonic() < deadline:
+            for conn in list(self.connections):
+                conn.end_stream()
+                if conn.idle:
+                    conn.close()
+            await asyncio.sleep(0.01)
+        for conn in list(self.connections):
+            conn.close()
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
