@@ -13,33 +13,34 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aio_pika
 import aiormq
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractConnection,
-    AbstractIncomingMessage,
-)
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from aiormq.abc import DeliveredMessage
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from ojs_amqp.amqp import frames
 from ojs_amqp.amqp.codec import Outgoing
+from ojs_amqp.amqp.failures import CONNECTION_ERRORS, PUBLISH_ERRORS
+from ojs_amqp.amqp.inbound import Inbound
+from ojs_amqp.amqp.pipe import FrameBatch, Pipe, Settler, has_frame_queue
 from ojs_amqp.amqp.topology import QueueSpec, Topology
-from ojs_amqp.errors import BackendUnavailable, OjsError, QueueFull
+from ojs_amqp.errors import (
+    BackendUnavailable,
+    OjsError,
+    PublishRejected,
+    QueueFull,
+    Unroutable,
+)
 from ojs_amqp.tls import is_permanent_tls_failure
 
 log = logging.getLogger("ojs_amqp.broker")
 
-DeliveryHandler = Callable[[AbstractIncomingMessage], Awaitable[None]]
-CONNECTION_ERRORS = (
-    aiormq.exceptions.AMQPConnectionError,
-    ConnectionError,
-    OSError,
-    asyncio.TimeoutError,
-)
+DeliveryHandler = Callable[[Inbound], Awaitable[None]]
 
 
 class TopologyMismatch(OjsError):
@@ -98,17 +99,24 @@ def _worth_retrying(exc: BaseException) -> bool:
     return isinstance(exc, CONNECTION_ERRORS) and not is_permanent_tls_failure(exc)
 
 
+def _link(conn: AbstractConnection) -> aiormq.abc.AbstractConnection:
+    """The aiormq connection under an aio-pika one (hot channels are opened on it)."""
+    if conn.transport is None:
+        raise BackendUnavailable("the broker connection is closed")
+    return conn.transport.connection
+
+
 @dataclass(slots=True)
 class _Consumer:
     queue_name: str
     arguments: dict[str, Any]
     prefetch: int
     handler: DeliveryHandler
-    channel: AbstractChannel | None = None
+    channel: aiormq.abc.AbstractChannel | None = None
     tag: str | None = None
     #: Channels whose consumer the broker cancelled; kept open so the deliveries they hold
     #: (buffered or leased) can still be acked.
-    retired: list[AbstractChannel] = field(default_factory=list)
+    retired: list[aiormq.abc.AbstractChannel] = field(default_factory=list)
     #: The broker cancelled this consumer: its queue may have been deleted with messages in
     #: it. Cleared once `on_consumer_restored` has run after consuming again.
     cancelled_by_broker: bool = False
@@ -139,6 +147,10 @@ class Broker:
         self._pub_conn: AbstractConnection | None = None
         self._con_conn: AbstractConnection | None = None
         self._pub_channel: AbstractChannel | None = None
+        #: Every confirmed publish goes through it; nothing else publishes on _pub_channel.
+        self._pipe: Pipe | None = None
+        #: Acks and rejects of every delivery on the consume connection.
+        self._settler: Settler | None = None
         self._notify_channel: AbstractChannel | None = None
         self._declared: dict[str, tuple[dict[str, Any], str, str]] = {}
         #: queue name -> QueueSpec.kind, for the consumed-deliveries metric
@@ -161,6 +173,7 @@ class Broker:
 
     async def start(self, attempts: int = 5) -> None:
         """Connect (retrying `attempts` times), declare the fixed topology, watch the link."""
+        frames.install()
         retrying = AsyncRetrying(
             stop=stop_after_attempt(attempts),
             wait=_wait,
@@ -205,7 +218,15 @@ class Broker:
 
     async def _set_up(self, pub: AbstractConnection, con: AbstractConnection) -> None:
         self._pub_conn, self._con_conn = pub, con
-        self._pub_channel = await pub.channel(publisher_confirms=True, on_return_raises=True)
+        self._pub_channel = await pub.channel(publisher_confirms=False)  # declarations
+        confirming = await _link(pub).channel(
+            publisher_confirms=True,
+            on_return_raises=True,
+            frame_buffer_size=frames.CONFIRM_FRAME_BUFFER,
+        )
+        self._pipe = Pipe(confirming, confirm_timeout=self._publish_timeout)
+        link = _link(con)
+        self._settler = Settler(link, FrameBatch(link) if has_frame_queue(link) else None)
         # No confirms on this one: notifications must not queue behind job publishes.
         self._notify_channel = await pub.channel(publisher_confirms=False)
         props = getattr(pub.transport.connection, "server_properties", {}) if pub.transport else {}
@@ -307,48 +328,39 @@ class Broker:
     # --- publishing ------------------------------------------------------------------------
 
     def _require_connection(self) -> None:
-        if not self.connected or self._pub_channel is None or self._pub_channel.is_closed:
+        if not self.connected or self._pipe is None or self._pipe.channel.is_closed:
             raise BackendUnavailable("the broker is not connected")
 
     async def publish(self, exchange: str, routing_key: str, message: Outgoing) -> None:
         """Publish with mandatory=True and wait for the broker's confirm.
 
-        Raises BackendUnavailable when the broker refuses (nack), cannot route (return), or is
-        unreachable; the caller must then not ack the current copy. Goes straight to aiormq:
-        aio-pika's Message and Exchange layers cost more than the publish itself.
+        Raises BackendUnavailable when the broker cannot route it (return) or is unreachable,
+        QueueFull when it refuses it (nack: a queue at its length limit); the caller must
+        then not ack the current copy. Goes through the pipe: the publishes of one loop turn
+        leave in one write.
         """
         self._require_connection()
-        assert self._pub_channel is not None
+        assert self._pipe is not None
         started = time.perf_counter()
         try:
-            channel = await self._pub_channel.get_underlay_channel()
-            confirmation = await channel.basic_publish(
-                message.body,
-                exchange=exchange,
-                routing_key=routing_key,
+            await self._pipe.publish(
+                message.body, exchange=exchange, routing_key=routing_key,
                 properties=message.properties,
-                mandatory=True,
-                timeout=self._publish_timeout,
-            )
-        except aiormq.exceptions.PublishError as exc:  # Basic.Return: no queue matched
+            )  # fmt: skip
+        except Unroutable as exc:  # Basic.Return: no queue matched
             self._observer.returned()
             raise BackendUnavailable(f"the message could not be routed ({exc})") from None
-        except aiormq.exceptions.DeliveryError:  # Basic.Nack: x-overflow=reject-publish
+        except PublishRejected:  # Basic.Nack: x-overflow=reject-publish
             self._observer.returned()
             raise QueueFull(
                 f"the broker refused the message: queue {routing_key!r} is at its length "
                 "limit (or unavailable)",
                 details={"queue": routing_key},
             ) from None
-        except (
-            *CONNECTION_ERRORS,
-            aiormq.exceptions.ChannelInvalidStateError,
-            RuntimeError,
-        ) as exc:
+        except BackendUnavailable:
+            raise
+        except PUBLISH_ERRORS as exc:
             raise BackendUnavailable(f"publishing failed: {exc!r}") from None
-        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
-            self._observer.returned()
-            raise BackendUnavailable(f"the broker did not confirm the message ({confirmation!r})")
         kind = self._exchange_kinds.get(exchange, "other")
         self._observer.published(kind, time.perf_counter() - started)
 
@@ -379,28 +391,35 @@ class Broker:
 
     async def _start_consumer(self, consumer: _Consumer) -> None:
         assert self._con_conn is not None
-        channel = await self._con_conn.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=consumer.prefetch)
-        queue = await channel.get_queue(consumer.queue_name, ensure=False)
+        # aiormq directly: a frame queue sized for the prefetch (amqp/frames.py), and
+        # deliveries as slim Inbound objects (amqp/inbound.py).
+        channel = await _link(self._con_conn).channel(
+            publisher_confirms=False,
+            frame_buffer_size=frames.consumer_frame_buffer(consumer.prefetch),
+        )
+        await channel.basic_qos(prefetch_count=consumer.prefetch)
         consumer.channel = channel
         consumer.retired = [c for c in consumer.retired if not c.is_closed]
-        consumer.tag = await queue.consume(self._counted(consumer), no_ack=False)
-        underlay = await channel.get_underlay_channel()
-        underlay.on_consumer_cancel_callbacks.add(
+        ok = await channel.basic_consume(consumer.queue_name, self._counted(consumer), no_ack=False)
+        consumer.tag = ok.consumer_tag
+        channel.on_consumer_cancel_callbacks.add(
             lambda frame: self._on_consumer_cancelled(consumer, frame.consumer_tag)
         )
         if consumer.cancelled_by_broker:  # consuming again, here or via the reconnect loop
             self._in_background(self._restored(consumer), "consumer-restored")
 
-    def _counted(self, consumer: _Consumer) -> DeliveryHandler:
+    def _counted(
+        self, consumer: _Consumer
+    ) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
         """The consumer's handler, telling the observer of each delivery first (deliveries
         the daemon received, by kind of queue)."""
         kind = _CONSUMED_KINDS.get(self._kinds.get(consumer.queue_name, ""), "other")
-        observer, handler = self._observer, consumer.handler
+        observer, handler, settler = self._observer, consumer.handler, self._settler
+        assert settler is not None
 
-        async def counted(message: AbstractIncomingMessage) -> None:
+        async def counted(delivered: DeliveredMessage) -> None:
             observer.consumed(kind)
-            await handler(message)
+            await handler(Inbound(delivered, settler))
 
         return counted
 
@@ -460,13 +479,19 @@ class Broker:
         """Stop consuming one queue; its unacked deliveries return to it."""
         consumer = self._consumers.pop(queue_name, None)
         if consumer is not None and consumer.channel is not None and not consumer.channel.is_closed:
+            await self._flush_settles()  # acks already made reach the broker before the close
             await consumer.channel.close()
 
     def consuming(self, queue_name: str) -> bool:
         return queue_name in self._consumers
 
+    async def _flush_settles(self) -> None:
+        if self._settler is not None:
+            await self._settler.flush()
+
     async def stop_consumers(self) -> None:
         """Close every consumer channel; their unacked deliveries return to their queues."""
+        await self._flush_settles()
         for consumer in self._consumers.values():
             for channel in (consumer.channel, *consumer.retired):
                 if channel is not None and not channel.is_closed:

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aio_pika.abc import AbstractIncomingMessage
 from pamqp.commands import Basic
 
+from ojs_amqp.amqp.inbound import Inbound
 from ojs_amqp.core.job import Job, to_wire
 from ojs_amqp.core.times import format_ms
 
@@ -77,19 +77,20 @@ def encode(job: Job, *, due_at_ms: int | None = None) -> Outgoing:
     return Outgoing(orjson.dumps(to_wire(job)), properties)
 
 
-def properties_of(message: AbstractIncomingMessage) -> Basic.Properties:
-    """The properties of a delivered message, to publish it again unchanged."""
+def properties_of(message: Inbound) -> Basic.Properties:
+    """The properties of a delivered message, to publish it again unchanged (persistent)."""
+    p = message.properties
     return Basic.Properties(
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        headers=dict(message.headers or {}),
+        content_type=p.content_type,
+        content_encoding=p.content_encoding,
+        headers=dict(p.headers or {}),
         delivery_mode=2,
-        priority=message.priority,
-        correlation_id=message.correlation_id,
-        message_id=message.message_id,
-        timestamp=message.timestamp,
-        message_type=message.type,
-        app_id=message.app_id,
+        priority=p.priority,
+        correlation_id=p.correlation_id,
+        message_id=p.message_id,
+        timestamp=p.timestamp,
+        message_type=p.message_type,
+        app_id=p.app_id,
     )
 
 

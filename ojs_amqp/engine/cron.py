@@ -18,10 +18,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage
 from pamqp.commands import Basic
 
 from ojs_amqp.amqp.codec import Outgoing
+from ojs_amqp.amqp.inbound import Inbound
 from ojs_amqp.amqp.topology import LEADER_ROUTING_KEY
 from ojs_amqp.core.cron import parse_schedule
 from ojs_amqp.core.ids import derived_uuidv7
@@ -88,10 +88,10 @@ class CronScheduler:
         t = self.broker.topology
         await self.broker.consume(t.leader_queue, t.leader_queue_arguments(), 10, self._on_token)
 
-    async def _on_token(self, message: AbstractIncomingMessage) -> None:
+    async def _on_token(self, message: Inbound) -> None:
         self._last_token = time.monotonic()
         with contextlib.suppress(Exception):
-            await message.ack()
+            message.ack()
 
     async def _send_token(self) -> None:
         if not self.broker.connected:

@@ -7,14 +7,16 @@ its visibility timeout. Nothing here is durable: if the daemon dies, the broker 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import heapq
 import itertools
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aio_pika.abc import AbstractIncomingMessage
-
+from ojs_amqp.amqp.inbound import Inbound
 from ojs_amqp.core.job import Job
 
 
@@ -24,7 +26,7 @@ class Delivery:
 
     job: Job
     queue: str
-    message: AbstractIncomingMessage
+    message: Inbound
 
     @property
     def job_id(self) -> str:
@@ -121,6 +123,47 @@ class ReadyBuffers:
         return entries
 
 
+class Arrivals:
+    """FETCHes waiting for a delivery, per queue. An arrival wakes one of them, the longest
+    waiting, rather than every waiter (which would each look, and all but one go back to
+    sleep)."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
+
+    async def wait(self, queues: list[str], deadline: float) -> None:
+        """Until a delivery arrives on one of `queues` or the monotonic `deadline` passes."""
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+        for queue in queues:
+            self._waiting.setdefault(queue, deque()).append(woken)
+        timer = loop.call_later(max(0.0, deadline - time.monotonic()), _wake, woken)
+        try:
+            await woken
+        finally:
+            timer.cancel()
+            for queue in queues:
+                waiting = self._waiting.get(queue)
+                if waiting is not None:
+                    with contextlib.suppress(ValueError):
+                        waiting.remove(woken)
+                    if not waiting:
+                        del self._waiting[queue]
+
+    def arrived(self, queue: str) -> None:
+        waiting = self._waiting.get(queue)
+        while waiting:
+            woken = waiting.popleft()
+            if not woken.done():
+                woken.set_result(None)
+                return
+
+
+def _wake(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)
+
+
 @dataclass(slots=True)
 class Lease:
     """An active job held by a worker. `job` is current: every move of an active job goes
@@ -128,7 +171,7 @@ class Lease:
 
     job: Job
     worker_id: str | None
-    message: AbstractIncomingMessage | None
+    message: Inbound | None
     visibility_ms: int
     visibility_deadline: float
     execution_deadline: float | None

@@ -17,12 +17,12 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
-from aio_pika.abc import AbstractIncomingMessage
 from pamqp.commands import Basic
 
 from ojs_amqp.amqp import codec, protocol
 from ojs_amqp.amqp.broker import Broker
 from ojs_amqp.amqp.control import ControlMessage
+from ojs_amqp.amqp.inbound import Inbound
 from ojs_amqp.amqp.topology import DUE_ROUTING_KEY, ladder_level_for, ladder_routing_key
 from ojs_amqp.clock import now_ms
 from ojs_amqp.core import lifecycle
@@ -32,7 +32,7 @@ from ojs_amqp.core.job import SYSTEM_FIELDS, Job, JobState
 from ojs_amqp.core.retry import FailureReport
 from ojs_amqp.core.times import parse_rfc3339_ms
 from ojs_amqp.engine.backpressure import DepthCache
-from ojs_amqp.engine.dispatch import Delivery, Lease, ReadyBuffers
+from ojs_amqp.engine.dispatch import Arrivals, Delivery, Lease, ReadyBuffers
 from ojs_amqp.engine.events import EventLog
 from ojs_amqp.errors import (
     BackendUnavailable,
@@ -87,7 +87,7 @@ class JobEngine:
         self._depths = DepthCache(store)
         self._buffers = ReadyBuffers()
         self._leases: dict[str, Lease] = {}
-        self._arrival = asyncio.Event()
+        self._arrivals = Arrivals()
         self._queues_ready: set[str] = set()
         #: Job queues the daemon consumes for HTTP workers, and when one was last fetched
         #: from. Consuming only while HTTP workers ask leaves the queue to native workers.
@@ -110,16 +110,11 @@ class JobEngine:
         broker.on_reconnected.append(self._after_reconnect)
         broker.on_consumer_restored.append(self._republish_lost)
 
-    async def settle(self, message: AbstractIncomingMessage | None) -> None:
+    def settle(self, message: Inbound | None) -> None:
         """Ack a delivery; if its channel is gone the broker redelivers it, and the stale-copy
         check on delivery drops it then."""
-        if message is None:
-            return
-        try:
-            await message.ack()
-        except Exception as exc:  # the delivery is void; the broker will redeliver it
-            log.debug("ack failed (%r); the broker will redeliver", exc)
-        else:
+        if message is not None and not message.settled:
+            message.ack()
             self.metrics.acked()
 
     # --- start / stop ----------------------------------------------------------------------
@@ -183,7 +178,7 @@ class JobEngine:
         t = self.broker.topology
         await self.broker.ensure_job_queue(queue)
 
-        async def on_dead(message: AbstractIncomingMessage) -> None:
+        async def on_dead(message: Inbound) -> None:
             await self._on_dead_letter(message)
 
         await self.broker.consume(
@@ -201,7 +196,7 @@ class JobEngine:
         if self.broker.consuming(t.job_queue(queue)):
             return
 
-        async def on_job(message: AbstractIncomingMessage) -> None:
+        async def on_job(message: Inbound) -> None:
             await self._on_job_delivery(queue, message)
 
         waiting = await self.broker.ready_count(t.job_queue(queue))
@@ -215,7 +210,7 @@ class JobEngine:
         first FETCH hands out the highest priority waiting, not whatever landed first."""
         deadline = time.monotonic() + GATEWAY_FILL_S
         while self._buffers.sizes().get(queue, 0) < expected and time.monotonic() < deadline:
-            await self._wait_arrival(min(deadline, time.monotonic() + 0.01))
+            await self._arrivals.wait([queue], min(deadline, time.monotonic() + 0.01))
 
     async def _close_idle_gateways(self) -> None:
         """Stop consuming queues no HTTP worker fetched from lately and none holds a lease
@@ -254,9 +249,7 @@ class JobEngine:
         message = codec.encode(job, due_at_ms=due_at_ms)
         await self.broker.publish(self.broker.topology.delay_exchange, key, message)
 
-    async def _advance(
-        self, new: Job, current: AbstractIncomingMessage | None, expect_copy: int
-    ) -> bool:
+    async def _advance(self, new: Job, current: Inbound | None, expect_copy: int) -> bool:
         """The one move rule: publish the next copy, record it, then ack the current copy.
 
         Between the publish and the record, the new copy can already be delivered back to
@@ -272,7 +265,7 @@ class JobEngine:
             for redo in self._deferred.pop(new.id, []):
                 self._spawn(redo)
         if written:
-            await self.settle(current)
+            self.settle(current)
         return written
 
     def _wait_for_record(self, ref: codec.CopyRef, redo: Coroutine[Any, Any, None]) -> bool:
@@ -370,10 +363,10 @@ class JobEngine:
         lease = self._leases.pop(job_id, None)
         if lease is not None:
             self._stop_lease_timer(lease)
-            await self.settle(lease.message)
+            self.settle(lease.message)
         buffered = self._buffers.remove(job_id)
         if buffered is not None:
-            await self.settle(buffered.message)
+            self.settle(buffered.message)
         elif lease is None and job.state in (JobState.AVAILABLE, JobState.ACTIVE):
             await self._tell_native_workers(new)
         if self.tracing is not None:
@@ -398,7 +391,7 @@ class JobEngine:
 
     # --- deliveries ------------------------------------------------------------------------
 
-    async def _on_job_delivery(self, queue: str, message: AbstractIncomingMessage) -> None:
+    async def _on_job_delivery(self, queue: str, message: Inbound) -> None:
         ref = codec.read_ref(message.headers, message.message_id)
         if self._wait_for_record(ref, self._on_job_delivery(queue, message)):
             return
@@ -414,23 +407,23 @@ class JobEngine:
             if job is None:
                 return
         elif ref.copy is not None and ref.copy != job.copy:
-            await self.settle(message)  # a stale duplicate of an older state
+            self.settle(message)  # a stale duplicate of an older state
             return
         if job.state is JobState.ACTIVE:
             await self._recover_active(job, message)
             return
         if job.state is not JobState.AVAILABLE:
-            await self.settle(message)
+            self.settle(message)
             return
         if queue not in self._gateways:
             return  # arrived while the gateway closed: its channel is gone, the broker has it
         duplicate = self._buffers.remove(job.id)
         if duplicate is not None:  # two copies of one job: keep the newest, release the other
-            await self.settle(duplicate.message)
+            self.settle(duplicate.message)
         self._buffers.add(Delivery(job, queue, message))
-        self._arrival.set()
+        self._arrivals.arrived(queue)
 
-    async def _recover_active(self, job: Job, message: AbstractIncomingMessage) -> None:
+    async def _recover_active(self, job: Job, message: Inbound) -> None:
         lease = self._leases.get(job.id)
         if lease is not None:
             # Redelivered after a reconnect: the worker still holds it. Re-arm: a deadline
@@ -444,13 +437,13 @@ class JobEngine:
         if await self._advance(new, message, job.copy) and self.tracing is not None:
             self.tracing.finished(job, new, "lease_expired")
 
-    async def _adopt(self, queue: str, message: AbstractIncomingMessage) -> Job | None:
+    async def _adopt(self, queue: str, message: Inbound) -> Job | None:
         """A job another AMQP client published by binding PUSH: into the store it goes."""
         try:
             return await self._adopt_envelope(orjson.loads(message.body), message.message_id, queue)
         except (orjson.JSONDecodeError, OjsError) as exc:
             log.warning("rejecting an invalid message on queue %s: %s", queue, exc)
-            await message.reject(requeue=False)
+            message.reject(requeue=False)
             return None
 
     async def _adopt_envelope(self, body: Any, job_id: str | None, queue: str | None) -> Job:
@@ -491,7 +484,7 @@ class JobEngine:
         self.metrics.enqueued(adopted)
         self.events.emit("job.enqueued", adopted, adopted.enqueued_at_ms or self._now())
 
-    async def _on_dead_letter(self, message: AbstractIncomingMessage) -> None:
+    async def _on_dead_letter(self, message: Inbound) -> None:
         """Archive what reached ojs.queue.dlx.{q}.
 
         Our own discards carry the *next* copy number and are recorded by the move that
@@ -510,7 +503,7 @@ class JobEngine:
                 await self._worker_rejected(job, ref.copy)
         except (OjsError, orjson.JSONDecodeError) as exc:
             log.warning("could not archive a dead letter: %s", exc)
-        await self.settle(message)
+        self.settle(message)
 
     async def _worker_rejected(self, job: Job, copy: int | None) -> None:
         if copy is not None and copy != job.copy:
@@ -673,17 +666,21 @@ class JobEngine:
     ) -> list[Job]:
         if not queues:
             raise InvalidRequest("queues must list at least one queue")
+        now_mono = time.monotonic()
         for queue in queues:
+            if queue in self._gateways:  # consumed already: the usual case
+                self._gateways[queue] = now_mono
+                continue
             validate_queue(queue)
             await self._ensure_queue(queue)
             await self._open_gateway(queue)
         count = max(1, min(count, FETCH_MAX_COUNT))
-        deadline = time.monotonic() + self.settings.fetch_wait_ms / 1000
+        deadline = now_mono + self.settings.fetch_wait_ms / 1000
         jobs: list[Job] = []
         while True:
             settle_until = time.monotonic() + 0.25
             while self._buffers.awaiting(queues) and time.monotonic() < settle_until:
-                await self._wait_arrival(settle_until)
+                await self._arrivals.wait(queues, settle_until)
             for queue in queues:
                 while len(jobs) < count:
                     delivery = self._buffers.pop(queue)
@@ -694,12 +691,7 @@ class JobEngine:
                         jobs.append(job)
             if jobs or time.monotonic() >= deadline:
                 return jobs
-            await self._wait_arrival(deadline)
-
-    async def _wait_arrival(self, deadline: float) -> None:
-        self._arrival.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._arrival.wait(), max(0.0, deadline - time.monotonic()))
+            await self._arrivals.wait(queues, deadline)
 
     async def _lease(
         self, d: Delivery, worker_id: str | None, visibility_ms: int | None
@@ -710,11 +702,11 @@ class JobEngine:
         now = self._now()
         if job.expires_at_ms is not None and job.expires_at_ms <= now:
             await self._expire(job)
-            await self.settle(d.message)
+            self.settle(d.message)
             return None
         new = lifecycle.fetch(job, now, worker_id)
         if not await self.store.update(new, expect_copy=job.copy):
-            await self.settle(d.message)
+            self.settle(d.message)
             return None
         vis = (
             job.visibility_timeout_ms
@@ -800,7 +792,7 @@ class JobEngine:
             raise Conflict(f"job {job_id} changed concurrently; GET it to see its state")
         self._drop_lease(job_id)
         if lease is not None:
-            await self.settle(lease.message)
+            self.settle(lease.message)
         duration = now - (job.started_at_ms or now)
         self.metrics.completed(new, duration / 1000)
         self.events.emit("job.completed", new, now, duration_ms=duration)
@@ -880,7 +872,7 @@ class JobEngine:
 
     # --- timers ----------------------------------------------------------------------------
 
-    async def _on_due(self, message: AbstractIncomingMessage) -> None:
+    async def _on_due(self, message: Inbound) -> None:
         ref = codec.read_ref(message.headers, message.message_id)
         if self._wait_for_record(ref, self._on_due(message)):
             return
@@ -892,22 +884,18 @@ class JobEngine:
             repark = codec.Outgoing(message.body, codec.properties_of(message))
             key = ladder_routing_key(level)
             await self.broker.publish(self.broker.topology.delay_exchange, key, repark)
-            await self.settle(message)
+            self.settle(message)
             return
         self._hold(id(message), message, ref, due_at - now)
 
-    def _hold(
-        self, key_id: int, message: AbstractIncomingMessage, ref: codec.CopyRef, delay_ms: int
-    ) -> None:
+    def _hold(self, key_id: int, message: Inbound, ref: codec.CopyRef, delay_ms: int) -> None:
         """Keep a due message unacked and fire it after `delay_ms`."""
         loop = asyncio.get_running_loop()
         self._held[key_id] = loop.call_later(
             max(0, delay_ms) / 1000, lambda: self._spawn(self._fire(key_id, message, ref))
         )
 
-    async def _fire(
-        self, key_id: int, message: AbstractIncomingMessage, ref: codec.CopyRef
-    ) -> None:
+    async def _fire(self, key_id: int, message: Inbound, ref: codec.CopyRef) -> None:
         self._held.pop(key_id, None)
         remaining = (ref.due_at_ms or 0) - self._now()
         if remaining > 0:  # timers may fire a fraction of a millisecond early: never run early
@@ -919,12 +907,12 @@ class JobEngine:
             or job.copy != ref.copy
             or job.state not in (JobState.SCHEDULED, JobState.RETRYABLE)
         ):
-            await self.settle(message)
+            self.settle(message)
             return
         now = self._now()
         if job.expires_at_ms is not None and job.expires_at_ms <= now:
             await self._expire(job)
-            await self.settle(message)
+            self.settle(message)
             return
         new = lifecycle.timer_due(job, now)
         try:
@@ -952,7 +940,7 @@ class JobEngine:
         if await self.store.update(new, expect_copy=job.copy):
             buffered = self._buffers.remove(job.id)
             if buffered is not None:
-                await self.settle(buffered.message)
+                self.settle(buffered.message)
             self.metrics.discarded(new)
             self.events.emit("job.expired", new, now)
             self.events.emit("job.discarded", new, now, reason="expired")

@@ -14,12 +14,12 @@ import logging
 from typing import Any
 
 import orjson
-from aio_pika.abc import AbstractIncomingMessage
 from pamqp.commands import Basic
 
 from ojs_amqp.amqp import codec, protocol
 from ojs_amqp.amqp.broker import Broker
 from ojs_amqp.amqp.control import ControlMessage, parse_control
+from ojs_amqp.amqp.inbound import Inbound
 from ojs_amqp.core.job import Job, to_wire
 from ojs_amqp.core.retry import FailureReport
 from ojs_amqp.engine.jobs import JobEngine
@@ -65,7 +65,7 @@ class NativeEdge:
     async def _watch_control_queue(self, queue: str) -> None:
         t = self.broker.topology
 
-        async def on_control(message: AbstractIncomingMessage) -> None:
+        async def on_control(message: Inbound) -> None:
             await self._on_control(message, queue)
 
         await self.broker.consume(
@@ -74,10 +74,10 @@ class NativeEdge:
 
     # --- control messages ------------------------------------------------------------------
 
-    async def _on_global_control(self, message: AbstractIncomingMessage) -> None:
+    async def _on_global_control(self, message: Inbound) -> None:
         await self._on_control(message, None)
 
-    async def _on_control(self, message: AbstractIncomingMessage, queue: str | None) -> None:
+    async def _on_control(self, message: Inbound, queue: str | None) -> None:
         try:
             control = parse_control(message.type, message.body)
             if control.kind == protocol.BATCH:
@@ -92,7 +92,7 @@ class NativeEdge:
             if control.kind == protocol.HEARTBEAT and not message.reply_to:
                 # A beat for a job not adopted yet (binding PUSH, no envelope): nothing to
                 # extend, nothing wrong with the message.
-                await self._ack(message)
+                self.engine.settle(message)
             else:
                 await self._refuse(message, exc, "control")
             return
@@ -101,7 +101,7 @@ class NativeEdge:
             return
         if answer is not None:
             await self._reply(message, answer)
-        await self._ack(message)
+        self.engine.settle(message)
 
     async def _apply(self, control: ControlMessage, queue: str | None) -> Job | list[str] | None:
         """Act on a control message: the job as it now stands, the queues announced, or None
@@ -120,9 +120,7 @@ class NativeEdge:
             return await self.engine.cancel(control.job_id)
         return await self.engine.get(control.job_id)
 
-    async def _on_batch(
-        self, message: AbstractIncomingMessage, batch: ControlMessage, queue: str | None
-    ) -> None:
+    async def _on_batch(self, message: Inbound, batch: ControlMessage, queue: str | None) -> None:
         """Apply every report of a batch together (their store writes share one commit). A
         report that cannot be applied is refused on its own; if the broker is away, the whole
         batch is handed back, and the reports already applied are stale, hence harmless, the
@@ -156,7 +154,7 @@ class NativeEdge:
                 answers.append(await self._answer(item, outcome))
         if message.reply_to:
             await self._reply(message, {"results": answers})
-        await self._ack(message)
+        self.engine.settle(message)
 
     async def _answer(
         self, control: ControlMessage, outcome: Job | list[str] | None
@@ -169,7 +167,7 @@ class NativeEdge:
 
     # --- submissions and binding retries ---------------------------------------------------
 
-    async def _on_submit(self, message: AbstractIncomingMessage) -> None:
+    async def _on_submit(self, message: Inbound) -> None:
         try:
             body = _json(message.body)
             if isinstance(body, dict) and message.routing_key and not _names_queue(body):
@@ -198,9 +196,9 @@ class NativeEdge:
             return
         if message.reply_to:
             await self._reply(message, {"job": to_wire(job)})
-        await self._ack(message)
+        self.engine.settle(message)
 
-    async def _on_binding_retry(self, message: AbstractIncomingMessage) -> None:
+    async def _on_binding_retry(self, message: Inbound) -> None:
         queue, _, delay = (message.routing_key or "").rpartition(".")
         headers = message.headers or {}
         report = FailureReport(
@@ -221,11 +219,11 @@ class NativeEdge:
         except OjsError as exc:
             await self._refuse(message, exc, "retry")
             return
-        await self._ack(message)
+        self.engine.settle(message)
 
     # --- answers ---------------------------------------------------------------------------
 
-    async def _reply(self, message: AbstractIncomingMessage, payload: dict[str, Any]) -> None:
+    async def _reply(self, message: Inbound, payload: dict[str, Any]) -> None:
         props = Basic.Properties(
             content_type=codec.CONTENT_TYPE,
             correlation_id=message.correlation_id,
@@ -240,23 +238,21 @@ class NativeEdge:
         except BackendUnavailable as exc:  # the caller times out and asks again
             log.warning("could not answer %s: %s", reply_to, exc)
 
-    async def _refuse(self, message: AbstractIncomingMessage, exc: OjsError, source: str) -> None:
+    async def _refuse(self, message: Inbound, exc: OjsError, source: str) -> None:
         """Answer the error if asked; otherwise keep the message, with the reason, in
         ojs.rejected. Then ack: it is never dropped, never redelivered in a loop."""
         if message.reply_to:
             await self._reply(message, {"error": exc.to_wire()})
-            await self._ack(message)
+            self.engine.settle(message)
             return
         try:
             await self._to_rejected(message, message.body, exc, source)
         except BackendUnavailable as publish_error:
             await self._hand_back(message, publish_error)
             return
-        await self._ack(message)
+        self.engine.settle(message)
 
-    async def _to_rejected(
-        self, message: AbstractIncomingMessage, body: bytes, exc: OjsError, source: str
-    ) -> None:
+    async def _to_rejected(self, message: Inbound, body: bytes, exc: OjsError, source: str) -> None:
         """Publish `body` to ojs.rejected with the message's properties and the reason."""
         props = codec.properties_of(message)
         props.headers = {
@@ -271,18 +267,12 @@ class NativeEdge:
         )
         self.metrics.rejected(source)
 
-    async def _hand_back(self, message: AbstractIncomingMessage, exc: OjsError) -> None:
+    async def _hand_back(self, message: Inbound, exc: OjsError) -> None:
         """We could not act on the message now (broker away, queue full): return it to its
         queue to try again after a pause."""
         log.warning("returning a message to try again later: %s", exc.message)
         await asyncio.sleep(REQUEUE_PAUSE_S)
-        try:
-            await message.nack(requeue=True)
-        except Exception as nack_error:  # channel gone: the broker redelivers anyway
-            log.debug("nack failed (%r)", nack_error)
-
-    async def _ack(self, message: AbstractIncomingMessage) -> None:
-        await self.engine.settle(message)
+        message.reject(requeue=True)  # a closed channel: the broker redelivers it anyway
 
 
 def _json(body: bytes) -> Any:
