@@ -8,6 +8,8 @@ rather than on every move.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ojs_amqp.core.job import Job
@@ -23,6 +25,10 @@ _CONFIRM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        #: (collector, label values) -> child, for the per-job counters and histograms:
+        #: `labels()` validates and takes a lock on every call (~2 µs, several per job).
+        #: Never used for the gauges cleared at scrape time.
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._enqueued = Counter("ojs_job_enqueued", "Jobs accepted", _JOB, registry=r)
         self._completed = Counter("ojs_job_completed", "Jobs completed", _JOB, registry=r)
         self._failed = Counter("ojs_job_failed", "Failed attempts", _JOB, registry=r)
@@ -95,19 +101,26 @@ class Metrics:
             registry=r,
         )  # fmt: skip
 
+    def _child(self, collector: Any, *values: str) -> Any:
+        key = (collector, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = collector.labels(*values)
+        return child
+
     # jobs
     def enqueued(self, job: Job) -> None:
-        self._enqueued.labels(job.queue, job.type).inc()
+        self._child(self._enqueued, job.queue, job.type).inc()
 
     def started(self, job: Job, queue_seconds: float) -> None:
-        self._queue_time.labels(job.queue, job.type).observe(max(0.0, queue_seconds))
+        self._child(self._queue_time, job.queue, job.type).observe(max(0.0, queue_seconds))
 
     def completed(self, job: Job, seconds: float) -> None:
-        self._completed.labels(job.queue, job.type).inc()
-        self._duration.labels(job.queue, job.type).observe(max(0.0, seconds))
+        self._child(self._completed, job.queue, job.type).inc()
+        self._child(self._duration, job.queue, job.type).observe(max(0.0, seconds))
 
     def failed(self, job: Job) -> None:
-        self._failed.labels(job.queue, job.type).inc()
+        self._child(self._failed, job.queue, job.type).inc()
 
     def discarded(self, job: Job) -> None:
         self._discarded.labels(job.queue, job.type, str(job.dead_letter).lower()).inc()
@@ -120,11 +133,11 @@ class Metrics:
 
     # broker (called through the broker's observer hooks)
     def published(self, exchange_kind: str, confirm_seconds: float) -> None:
-        self._published.labels(exchange_kind).inc()
+        self._child(self._published, exchange_kind).inc()
         self._confirm_latency.observe(confirm_seconds)
 
     def consumed(self, queue_kind: str) -> None:
-        self._consumed.labels(queue_kind).inc()
+        self._child(self._consumed, queue_kind).inc()
 
     def acked(self) -> None:
         self._acked.inc()
@@ -135,7 +148,7 @@ class Metrics:
     def report(self, kind: str, outcome: str) -> None:
         """`outcome` is applied or stale (a duplicate execution, or a report on a finished
         or cancelled job)."""
-        self._reports.labels(kind, outcome).inc()
+        self._child(self._reports, kind, outcome).inc()
 
     def rejected(self, source: str) -> None:
         self._rejected.labels(source).inc()

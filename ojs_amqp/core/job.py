@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 from ojs_amqp.core.retry import RetryPolicy
@@ -103,6 +104,20 @@ class Job:
         return self.retry.max_attempts
 
 
+_FIELDS = tuple(f.name for f in fields(Job))
+
+
+def evolve(job: Job, **changes: Any) -> Job:
+    """A copy of `job` with `changes`: dataclasses.replace without its per-call field
+    introspection (4 µs against 2, twice per job on every fetch and ack)."""
+    new = object.__new__(Job)
+    for name in _FIELDS:
+        setattr(new, name, getattr(job, name))
+    for name, value in changes.items():
+        setattr(new, name, value)  # an unknown name raises AttributeError (slots)
+    return new
+
+
 _TIMES = (
     "created_at", "enqueued_at", "scheduled_at", "expires_at", "activated_at", "started_at",
     "completed_at", "cancelled_at", "discarded_at", "next_attempt_at",
@@ -114,41 +129,69 @@ _PLAIN = (
 )  # fmt: skip
 
 
-def to_wire(job: Job) -> dict[str, Any]:
-    """The OJS envelope: absent values are omitted, unknown client fields round-trip."""
-    out: dict[str, Any] = {"specversion": "1.0", "state": job.state.value}
-    for name in _PLAIN:
+_TIME_FIELDS = tuple((name, name + "_ms") for name in _TIMES)
+_WIRE_HEAD = ("id", "type", "queue", "args", "meta", "priority")
+_WIRE_TIMEOUTS = ("timeout_ms", "visibility_timeout_ms")
+_WIRE_OPTIONS = ("tags", "unique", "schema")
+_WIRE_OUTCOME = ("retry_delay_ms", "worker_id", "error", "errors")
+
+
+@lru_cache(maxsize=1024)
+def _retry_wire(policy: RetryPolicy) -> dict[str, Any]:
+    return policy.to_wire()  # policies are frozen, and a handful are shared by every job
+
+
+def _put_present(out: dict[str, Any], job: Job, names: tuple[str, ...]) -> None:
+    for name in names:
         value = getattr(job, name)
         if value is not None:
             out[name] = value
-    for name in _TIMES:
-        value = getattr(job, name + "_ms")
-        if value is not None:
-            out[name] = job.client_times.get(name) or format_ms(value)
+
+
+def to_wire(job: Job) -> dict[str, Any]:
+    """The OJS envelope: absent values are omitted, unknown client fields round-trip.
+
+    Keys are written in _WIRE_ORDER as it goes (this runs for every job on every response
+    and every broker copy)."""
+    out: dict[str, Any] = {"specversion": "1.0"}
+    _put_present(out, job, _WIRE_HEAD)
+    out["state"] = job.state.value
+    out["attempt"] = job.attempt
     out["max_attempts"] = job.retry.max_attempts
-    out["retry"] = job.retry.to_wire()
-    if job.error is None:
-        out.pop("error", None)
+    _put_present(out, job, _WIRE_TIMEOUTS)
+    out["retry"] = dict(_retry_wire(job.retry))
+    _put_present(out, job, _WIRE_OPTIONS)
+    client_times = job.client_times
+    for name, attr in _TIME_FIELDS:
+        value = getattr(job, attr)
+        if value is not None:
+            out[name] = (client_times.get(name) if client_times else None) or format_ms(value)
+    _put_present(out, job, _WIRE_OUTCOME)
     if job.result is not MISSING:
         out["result"] = job.result
     if job.dead_letter:
         out["dead_letter"] = True
-    ordered = {k: out[k] for k in _WIRE_ORDER if k in out}
     for key, value in job.extra.items():
-        ordered.setdefault(key, value)
-    return ordered
+        if key not in out:
+            out[key] = value
+    return out
 
 
 _RETRY_FIELDS = tuple(f.name for f in fields(RetryPolicy))
 
 
+@lru_cache(maxsize=1024)
+def _retry_record(policy: RetryPolicy) -> dict[str, Any]:
+    return {name: getattr(policy, name) for name in _RETRY_FIELDS}
+
+
 def to_record(job: Job) -> dict[str, Any]:
     """Lossless storage form (raw milliseconds, policy fields, copy number)."""
     record: dict[str, Any] = {name: getattr(job, name) for name in _PLAIN}
-    for name in _TIMES:
-        record[name + "_ms"] = getattr(job, name + "_ms")
+    for _, attr in _TIME_FIELDS:
+        record[attr] = getattr(job, attr)
     record["state"] = job.state.value
-    record["retry"] = {name: getattr(job.retry, name) for name in _RETRY_FIELDS}
+    record["retry"] = dict(_retry_record(job.retry))
     record["copy"] = job.copy
     record["dead_letter"] = job.dead_letter
     record["extra"] = job.extra
@@ -159,19 +202,26 @@ def to_record(job: Job) -> dict[str, Any]:
     return record
 
 
+_STATES = {state.value: state for state in JobState}
+
+
 def from_record(record: dict[str, Any]) -> Job:
-    retry = dict(record["retry"])
-    retry["non_retryable_errors"] = tuple(retry.get("non_retryable_errors", ()))
-    kwargs: dict[str, Any] = {name: record.get(name) for name in _PLAIN}
-    for name in _TIMES:
-        kwargs[name + "_ms"] = record.get(name + "_ms")
-    return Job(
-        **kwargs,
-        state=JobState(record["state"]),
-        retry=RetryPolicy(**retry),
-        copy=record.get("copy", 1),
-        dead_letter=bool(record.get("dead_letter")),
-        extra=record.get("extra") or {},
-        client_times=record.get("client_times") or {},
-        result=record.get("result", MISSING),
-    )
+    """The Job a record stores; built field by field rather than through __init__'s keyword
+    handling (half the cost: it runs on every store read)."""
+    retry = record["retry"]
+    if "non_retryable_errors" in retry:
+        retry = {**retry, "non_retryable_errors": tuple(retry["non_retryable_errors"])}
+    job = object.__new__(Job)
+    get = record.get
+    for name in _PLAIN:
+        setattr(job, name, get(name))
+    for _, attr in _TIME_FIELDS:
+        setattr(job, attr, get(attr))
+    job.state = _STATES[record["state"]]
+    job.retry = RetryPolicy(**retry)
+    job.copy = get("copy", 1)
+    job.dead_letter = bool(get("dead_letter"))
+    job.extra = get("extra") or {}
+    job.client_times = get("client_times") or {}
+    job.result = get("result", MISSING)
+    return job

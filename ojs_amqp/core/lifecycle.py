@@ -7,11 +7,10 @@ engine can publish the next copy first and only then record it (DESIGN §3).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from enum import StrEnum
 from typing import Any
 
-from ojs_amqp.core.job import MISSING, Job, JobState
+from ojs_amqp.core.job import MISSING, Job, JobState, evolve
 from ojs_amqp.core.retry import Discard, FailureReport, Retry, decide_failure
 from ojs_amqp.core.times import format_ms
 from ojs_amqp.errors import InvalidTransition
@@ -64,14 +63,14 @@ def check(job: Job, move: Move) -> frozenset[JobState]:
 
 def fetch(job: Job, now_ms: int, worker_id: str | None) -> Job:
     check(job, Move.FETCH)
-    return replace(
+    return evolve(
         job, state=S.ACTIVE, attempt=job.attempt + 1, started_at_ms=now_ms, worker_id=worker_id
     )
 
 
 def ack(job: Job, now_ms: int, result: Any = MISSING) -> Job:
     check(job, Move.ACK)
-    return replace(job, state=S.COMPLETED, completed_at_ms=now_ms, result=result, error=None)
+    return evolve(job, state=S.COMPLETED, completed_at_ms=now_ms, result=result, error=None)
 
 
 def _error_entry(job: Job, report: FailureReport, now_ms: int) -> dict[str, Any]:
@@ -118,7 +117,7 @@ def _after_failure(job: Job, now_ms: int, report: FailureReport, decision: Retry
         "error": entry, "errors": errors, "copy": job.copy + 1, "worker_id": None,
     }  # fmt: skip
     if isinstance(decision, Retry):
-        return replace(
+        return evolve(
             job,
             state=S.RETRYABLE,
             next_attempt_at_ms=now_ms + decision.delay_ms,
@@ -130,7 +129,7 @@ def _after_failure(job: Job, now_ms: int, report: FailureReport, decision: Retry
 
 def _discarded(job: Job, now_ms: int, *, dead_letter: bool, **changes: Any) -> Job:
     # completed_at is set on discard too: the suite reads it as "finished at".
-    return replace(
+    return evolve(
         job,
         state=S.DISCARDED,
         discarded_at_ms=now_ms,
@@ -155,7 +154,7 @@ def lease_expired(job: Job, now_ms: int, kind: str, rng: Callable[[], float]) ->
         code="visibility_timeout", type="visibility_timeout", message="lease expired before ack"
     )
     entry = _error_entry(job, report, now_ms)
-    return replace(
+    return evolve(
         job,
         state=S.AVAILABLE,
         enqueued_at_ms=now_ms,
@@ -169,7 +168,7 @@ def lease_expired(job: Job, now_ms: int, kind: str, rng: Callable[[], float]) ->
 def requeue(job: Job, now_ms: int) -> Job:
     """Worker hands the job back (nack with requeue): no attempt is spent."""
     check(job, Move.REQUEUE)
-    return replace(
+    return evolve(
         job, state=S.AVAILABLE, attempt=max(0, job.attempt - 1), enqueued_at_ms=now_ms,
         worker_id=None, copy=job.copy + 1,
     )  # fmt: skip
@@ -177,12 +176,12 @@ def requeue(job: Job, now_ms: int) -> Job:
 
 def cancel(job: Job, now_ms: int) -> Job:
     check(job, Move.CANCEL)
-    return replace(job, state=S.CANCELLED, cancelled_at_ms=now_ms, copy=job.copy + 1)
+    return evolve(job, state=S.CANCELLED, cancelled_at_ms=now_ms, copy=job.copy + 1)
 
 
 def activate(job: Job, now_ms: int) -> Job:
     check(job, Move.ACTIVATE)
-    return replace(
+    return evolve(
         job, state=S.AVAILABLE, activated_at_ms=now_ms, enqueued_at_ms=now_ms, copy=job.copy + 1
     )
 
@@ -190,7 +189,7 @@ def activate(job: Job, now_ms: int) -> Job:
 def timer_due(job: Job, now_ms: int) -> Job:
     """A scheduled or retryable job's time has come."""
     check(job, Move.TIMER_DUE)
-    return replace(job, state=S.AVAILABLE, enqueued_at_ms=now_ms, copy=job.copy + 1)
+    return evolve(job, state=S.AVAILABLE, enqueued_at_ms=now_ms, copy=job.copy + 1)
 
 
 def expire(job: Job, now_ms: int) -> Job:
@@ -199,7 +198,7 @@ def expire(job: Job, now_ms: int) -> Job:
              "attempt": job.attempt, "occurred_at": format_ms(now_ms)}  # fmt: skip
     # An expired job never ran, so it has no completed_at (the suite checks its absence).
     expired = _discarded(job, now_ms, dead_letter=False, error=entry, copy=job.copy + 1)
-    return replace(expired, completed_at_ms=None)
+    return evolve(expired, completed_at_ms=None)
 
 
 def worker_discard(job: Job, now_ms: int, reason: str) -> Job:
@@ -217,7 +216,7 @@ def worker_discard(job: Job, now_ms: int, reason: str) -> Job:
 def retry_dead_letter(job: Job, now_ms: int) -> Job:
     """Manual retry from the dead-letter list: a fresh start, history kept."""
     check(job, Move.RETRY_DEAD_LETTER)
-    return replace(
+    return evolve(
         job, state=S.AVAILABLE, attempt=0, enqueued_at_ms=now_ms, dead_letter=False,
         discarded_at_ms=None, completed_at_ms=None, started_at_ms=None, error=None,
         next_attempt_at_ms=None, copy=job.copy + 1,

@@ -87,7 +87,10 @@ class SqliteJobStore:
     def __init__(self, path: str) -> None:
         self._path = path
         self._db: sqlite3.Connection | None = None
-        self._batch: asyncio.Future[None] | None = None
+        #: Writers waiting for the open group-commit transaction; None when none is open.
+        #: One future per writer, so a cancelled writer cancels only its own wait.
+        self._batch: list[asyncio.Future[None]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -115,6 +118,7 @@ class SqliteJobStore:
             db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
             db.execute("COMMIT")
         self._db = db
+        self._loop = asyncio.get_running_loop()
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
         """Run a write inside the current group-commit transaction."""
@@ -122,27 +126,35 @@ class SqliteJobStore:
         if not db.in_transaction:
             db.execute("BEGIN")
         if self._batch is None:
-            loop = asyncio.get_running_loop()
-            self._batch = loop.create_future()
-            loop.call_soon(self._commit)
+            self._batch = []
+            assert self._loop is not None
+            self._loop.call_soon(self._commit)
         return db.execute(sql, params)
 
     def _commit(self) -> None:
-        batch, self._batch = self._batch, None
+        waiters, self._batch = self._batch or [], None
+        failure: sqlite3.Error | None = None
         try:
             if self._db is not None and self._db.in_transaction:
                 self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            if batch is not None and not batch.done():
-                batch.set_exception(exc)
-            return
-        if batch is not None and not batch.done():
-            batch.set_result(None)
+            failure = exc
+        for waiter in waiters:
+            if waiter.done():
+                continue
+            if failure is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(failure)
 
     async def _committed(self) -> None:
-        batch = self._batch
-        if batch is not None:
-            await asyncio.shield(batch)
+        """Wait for the commit of the transaction this task's write joined."""
+        if self._batch is None:
+            return
+        assert self._loop is not None
+        waiter = self._loop.create_future()
+        self._batch.append(waiter)
+        await waiter
 
     async def close(self) -> None:
         if self._batch is not None:
