@@ -1,9 +1,9 @@
 """A small HTTP/1.1 server on httptools (llhttp, the parser Node.js uses): the HTTP edge.
 
 Why not aiohttp's server: the HTTP binding is CPU-bound in one process, and aiohttp spends
-~40 µs of CPU on a bare request on the reference machine and ~100 µs on one of ours (request
-and multidict objects, the middleware chain, response preparation); this one spends ~6 µs
-(docs/performance.md). It does what the binding needs and no more: keep-alive, pipelined
+~40 µs of CPU on a request to a trivial handler on the reference machine and ~100 µs on one
+of ours (request and multidict objects, the middleware chain, response preparation); this one
+spends ~12 µs (ADR 0002). It does what the binding needs and no more: keep-alive, pipelined
 requests answered in order, `Expect: 100-continue`, chunked request bodies, size limits (413
 before the body is read), HEAD, streamed responses (Server-Sent Events) with write flow
 control, an idle timeout, TLS, and a close that lets requests in progress finish.
