@@ -147,7 +147,8 @@ class Broker:
         self._pub_conn: AbstractConnection | None = None
         self._con_conn: AbstractConnection | None = None
         self._pub_channel: AbstractChannel | None = None
-        #: Every confirmed publish goes through it; nothing else publishes on _pub_channel.
+        #: Every confirmed publish goes through it, on a channel of its own (_pub_channel
+        #: only declares).
         self._pipe: Pipe | None = None
         #: Acks and rejects of every delivery on the consume connection.
         self._settler: Settler | None = None

@@ -1,7 +1,9 @@
+import asyncio
+import time
 from typing import Any
 
 from ojs_amqp.core.job import Job, JobState
-from ojs_amqp.engine.dispatch import Delivery, ReadyBuffers
+from ojs_amqp.engine.dispatch import Arrivals, Delivery, ReadyBuffers
 from ojs_amqp.engine.events import EventFilter, EventLog
 
 
@@ -96,3 +98,41 @@ async def test_a_slow_subscriber_is_told_about_the_events_it_lost() -> None:
     assert sub.feed.get_nowait() is None  # the gap marker, then live events again
     assert sub.feed.get_nowait().type == "job.completed"  # type: ignore[union-attr]
     assert sub.feed.empty()
+
+
+async def test_an_arrival_wakes_the_longest_waiting_fetch_of_its_queue_and_no_other() -> None:
+    arrivals = Arrivals()
+    order: list[str] = []
+
+    async def fetcher(name: str, queues: list[str]) -> None:
+        await arrivals.wait(queues, time.monotonic() + 5)
+        order.append(name)
+
+    tasks = [asyncio.create_task(fetcher(n, q)) for n, q in
+             [("first", ["q"]), ("second", ["q"]), ("elsewhere", ["other"])]]  # fmt: skip
+    await asyncio.sleep(0)
+    arrivals.arrived("q")
+    await asyncio.sleep(0.01)
+    assert order == ["first"]
+    arrivals.arrived("q")
+    await asyncio.sleep(0.01)
+    assert order == ["first", "second"]
+    arrivals.arrived("q")  # nobody waits on q any more: nothing happens
+    await asyncio.sleep(0.01)
+    assert order == ["first", "second"] and not tasks[2].done()
+    tasks[2].cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert not arrivals._waiting  # every wait cleaned up after itself
+
+
+async def test_a_fetch_waiting_on_two_queues_is_woken_once_and_a_deadline_ends_a_wait() -> None:
+    arrivals = Arrivals()
+    started = time.monotonic()
+    await arrivals.wait(["a", "b"], started + 0.05)  # nothing arrives: the deadline ends it
+    assert time.monotonic() - started >= 0.045
+    both = asyncio.create_task(arrivals.wait(["a", "b"], time.monotonic() + 5))
+    await asyncio.sleep(0)
+    arrivals.arrived("b")
+    await asyncio.wait_for(both, 1)
+    arrivals.arrived("a")  # the woken fetch is gone from a's waiters too
+    assert not arrivals._waiting
