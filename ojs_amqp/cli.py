@@ -36,6 +36,8 @@ _OPTIONS: tuple[tuple[str, str, object, type, str], ...] = (
      "how long an empty FETCH waits for a job"),
     ("--gateway-idle-ms", "OJS_GATEWAY_IDLE_MS", _DEFAULTS.gateway_idle_ms, int,
      "stop consuming a job queue for HTTP workers this long after its last FETCH"),
+    ("--delivery-hold-ms", "OJS_DELIVERY_HOLD_MS", _DEFAULTS.delivery_hold_ms, int,
+     "longest a job-queue delivery stays unacked; below the broker's consumer_timeout"),
     ("--visibility-timeout-ms", "OJS_VISIBILITY_TIMEOUT_MS",
      _DEFAULTS.default_visibility_timeout_ms, int, "lease length when a job sets none"),
     ("--connect-attempts", "OJS_CONNECT_ATTEMPTS", _DEFAULTS.connect_attempts, int,
@@ -160,6 +162,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if not host or not port.isdigit():
         raise SystemExit(f"ojs-amqp: --http must be HOST:PORT, got {args.http!r}")
     tokens = _tokens(args)
+    if args.delivery_hold_ms < 1000:
+        raise SystemExit("ojs-amqp: --delivery-hold-ms must be at least 1000")
     if args.log_format not in ("text", "json"):
         raise SystemExit(f"ojs-amqp: --log-format must be text or json, got {args.log_format!r}")
     return Settings(
@@ -175,6 +179,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         prefetch=args.prefetch,
         fetch_wait_ms=args.fetch_wait_ms,
         gateway_idle_ms=args.gateway_idle_ms,
+        delivery_hold_ms=args.delivery_hold_ms,
         max_depth=parse_max_depth(args.max_depth),
         default_visibility_timeout_ms=args.visibility_timeout_ms,
         connect_attempts=args.connect_attempts,

@@ -33,6 +33,11 @@ class Settings:
     #: The daemon consumes a job queue for HTTP workers only from the first FETCH on, and
     #: stops this long after the last one, leaving the queue to native AMQP workers.
     gateway_idle_ms: int = 30_000
+    #: The longest the daemon keeps a delivery of a job queue unacked: buffered jobs older
+    #: than this go back to their queue (and come straight back), and a lease held longer
+    #: moves to a timer on the delay ladder, so the broker's `consumer_timeout` (30 min on
+    #: RabbitMQ 3.10) never closes a gateway channel. Keep it below that timeout.
+    delivery_hold_ms: int = 600_000
     #: How long an empty FETCH waits for a job before answering `{"jobs": []}`.
     fetch_wait_ms: int = 1000
     #: Lease length when neither the job nor the fetch sets one. The HTTP binding's example

@@ -168,6 +168,9 @@ class Broker:
         #: Called with the queue name once a consumer the broker cancelled (Basic.Cancel,
         #: e.g. the queue was deleted) consumes again: the messages it had are gone.
         self.on_consumer_restored: list[Callable[[str], Awaitable[None]]] = []
+        #: Called with the queue name when the broker closes a consumer's channel while the
+        #: connection lives on: every delivery that channel held is void (back in its queue).
+        self.on_consumer_lost: list[Callable[[str], None]] = []
         self.server_version = "unknown"
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -406,6 +409,9 @@ class Broker:
         channel.on_consumer_cancel_callbacks.add(
             lambda frame: self._on_consumer_cancelled(consumer, frame.consumer_tag)
         )
+        channel.closing.add_done_callback(
+            lambda closing: self._on_channel_closed(consumer, channel, closing)
+        )
         if consumer.cancelled_by_broker:  # consuming again, here or via the reconnect loop
             self._in_background(self._restored(consumer), "consumer-restored")
 
@@ -439,6 +445,31 @@ class Broker:
         consumer.cancelled_by_broker = True
         self._in_background(self._consume_again(consumer), "consume-again")
 
+    def _on_channel_closed(
+        self, consumer: _Consumer, channel: aiormq.abc.AbstractChannel, closing: asyncio.Future[Any]
+    ) -> None:
+        """The broker closed a consumer's channel, the connection lives on: typically a
+        delivery held unacked past the broker's `consumer_timeout`. Every delivery of that
+        channel is back in its queue; tell the engine, and consume again rather than sit on
+        a dead consumer (a closed connection is the reconnect loop's)."""
+        reason = None if closing.cancelled() else closing.exception()
+        if (
+            self._closing
+            or self._consumers.get(consumer.queue_name) is not consumer
+            or consumer.channel is not channel
+            or not isinstance(reason, aiormq.exceptions.ChannelClosed)
+            or channel.connection.is_closed
+        ):
+            return
+        log.warning(
+            "the broker closed the channel consuming %s (%s); its unacked deliveries are back "
+            "in the queue; consuming again", consumer.queue_name, reason,
+        )  # fmt: skip
+        consumer.channel, consumer.tag = None, None
+        for hook in self.on_consumer_lost:
+            hook(consumer.queue_name)
+        self._in_background(self._consume_again(consumer), "consume-again")
+
     def _in_background(self, coro: Awaitable[None], name: str) -> None:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
@@ -446,21 +477,28 @@ class Broker:
         task.add_done_callback(self._restoring.discard)
 
     async def _consume_again(self, consumer: _Consumer) -> None:
+        """Declare the queue again if it is ours and consume it, retrying with backoff while
+        the connection lives (once it is gone the reconnect loop restores the consumer)."""
         name = consumer.queue_name
-        if self._closing or self._consumers.get(name) is not consumer or not self.connected:
-            return  # stopped meanwhile, or the reconnect loop restores it
-        declared = self._declared.get(name)
-        try:
-            if declared is not None:
-                try:
-                    await self._declare_queue(name, *declared)
-                except TopologyMismatch as exc:  # re-created by someone else: consume anyway
-                    log.error("%s", exc.message)
-            await self._start_consumer(consumer)
-        except Exception as exc:  # the connection went too: the reconnect loop restores it
-            log.warning("could not consume queue %s again (%r); retried on reconnect", name, exc)
+        attempt = 0
+        while not self._closing and self._consumers.get(name) is consumer and self.connected:
+            attempt += 1
+            declared = self._declared.get(name)
+            try:
+                if declared is not None:
+                    try:
+                        await self._declare_queue(name, *declared)
+                    except TopologyMismatch as exc:  # re-created by someone else: consume anyway
+                        log.error("%s", exc.message)
+                await self._start_consumer(consumer)
+            except Exception as exc:
+                delay = backoff_seconds(attempt)
+                log.warning("could not consume queue %s again (%r); next try in %.1fs",
+                            name, exc, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                continue
+            log.info("consuming queue %s again", name)
             return
-        log.info("consuming queue %s again", name)
 
     async def _restored(self, consumer: _Consumer) -> None:
         """Tell the engine a cancelled consumer consumes again, so it can republish what the
@@ -493,12 +531,13 @@ class Broker:
     async def stop_consumers(self) -> None:
         """Close every consumer channel; their unacked deliveries return to their queues."""
         await self._flush_settles()
-        for consumer in self._consumers.values():
+        consumers = list(self._consumers.values())
+        self._consumers.clear()  # first: these closes are ours, not the broker's
+        for consumer in consumers:
             for channel in (consumer.channel, *consumer.retired):
                 if channel is not None and not channel.is_closed:
                     await channel.close()
             consumer.channel, consumer.retired = None, []
-        self._consumers.clear()
 
     # --- maintenance (test mode, tools) ----------------------------------------------------
 

@@ -27,6 +27,10 @@ class Delivery:
     job: Job
     queue: str
     message: Inbound
+    #: When it arrived (monotonic): the broker's consumer_timeout counts from there.
+    since: float = field(default_factory=time.monotonic)
+    #: Its place in line among the queue's jobs of equal priority (set by ReadyBuffers).
+    place: int = 0
 
     @property
     def job_id(self) -> str:
@@ -37,6 +41,9 @@ class ReadyBuffers:
     #: Expected jobs remembered per queue; beyond this the oldest are forgotten (they are
     #: then read from the store on delivery, which is only slower).
     EXPECT_LIMIT = 10_000
+    #: Places in line remembered for jobs handed back to the broker to refresh their
+    #: delivery; beyond this the oldest are forgotten (those jobs queue up again at the end).
+    PLACES_LIMIT = 100_000
 
     def __init__(self) -> None:
         self._heaps: dict[str, list[tuple[int, int, str]]] = {}
@@ -48,14 +55,31 @@ class ReadyBuffers:
         #: order hold right after a push; the delivery handler takes the job from here
         #: instead of reading the store.
         self._expected: dict[str, dict[str, tuple[float, Job]]] = {}
+        #: job id -> place in line, for jobs taken out by `take_older_than`.
+        self._places: dict[str, int] = {}
 
     def add(self, delivery: Delivery) -> None:
         old = self._entries.get(delivery.job_id)
         self._entries[delivery.job_id] = delivery
         if old is None:
+            place = self._places.pop(delivery.job_id, None)
+            delivery.place = next(self._seq) if place is None else place
             heap = self._heaps.setdefault(delivery.queue, [])
-            heapq.heappush(heap, (-delivery.job.priority, next(self._seq), delivery.job_id))
+            heapq.heappush(heap, (-delivery.job.priority, delivery.place, delivery.job_id))
             self._sizes[delivery.queue] = self._sizes.get(delivery.queue, 0) + 1
+        else:
+            delivery.place = old.place
+
+    def take_older_than(self, cutoff: float) -> list[Delivery]:
+        """Take out the deliveries that arrived before `cutoff` (monotonic), to hand them
+        back to the broker; delivered again, they keep their place in line."""
+        old = [d for d in self._entries.values() if d.since < cutoff]
+        for delivery in old:
+            self._forget(delivery)
+            self._places[delivery.job_id] = delivery.place
+        while len(self._places) > self.PLACES_LIMIT:
+            del self._places[next(iter(self._places))]
+        return old
 
     def pop(self, queue: str) -> Delivery | None:
         heap = self._heaps.get(queue)
@@ -120,6 +144,7 @@ class ReadyBuffers:
         self._entries.clear()
         self._sizes.clear()
         self._expected.clear()
+        self._places.clear()
         return entries
 
 
@@ -176,6 +201,9 @@ class Lease:
     visibility_deadline: float
     execution_deadline: float | None
     timer: Callable[[], None] | None = field(default=None)
+    #: Since when `message` has been held unacked (monotonic); None once it is acked and a
+    #: lease timer on the delay ladder stands in for it (the engine's `_hand_over`).
+    held_since: float | None = field(default_factory=time.monotonic)
 
     @property
     def job_id(self) -> str:
@@ -188,3 +216,13 @@ class Lease:
         ):
             return self.execution_deadline, "timeout"
         return self.visibility_deadline, "visibility"
+
+    def next_event(self, hold_s: float) -> tuple[float, str]:
+        """The next deadline, or "handover" when the delivery would be held longer than
+        `hold_s` before it."""
+        deadline, kind = self.next_deadline()
+        if self.message is not None and self.held_since is not None:
+            handover = self.held_since + hold_s
+            if handover < deadline:
+                return handover, "handover"
+        return deadline, kind

@@ -109,6 +109,7 @@ class JobEngine:
         broker.on_connection_lost.append(self._forget_deliveries)
         broker.on_reconnected.append(self._after_reconnect)
         broker.on_consumer_restored.append(self._republish_lost)
+        broker.on_consumer_lost.append(self._forget_channel_deliveries)
 
     def settle(self, message: Inbound | None) -> None:
         """Ack a delivery; if its channel is gone the broker redelivers it, and the stale-copy
@@ -130,6 +131,9 @@ class JobEngine:
             asyncio.create_task(self._every(60.0, self._prune), name="retention"),
             asyncio.create_task(self._every(0.05, self._flush_published), name="outbox-flush"),
             asyncio.create_task(self._every(5.0, self._close_idle_gateways), name="gateways"),
+            asyncio.create_task(
+                self._every(self._hold_check_s, self._refresh_held_deliveries), name="holds"
+            ),
         ]
 
     async def close(self) -> None:
@@ -212,11 +216,23 @@ class JobEngine:
         while self._buffers.sizes().get(queue, 0) < expected and time.monotonic() < deadline:
             await self._arrivals.wait([queue], min(deadline, time.monotonic() + 0.01))
 
+    @property
+    def _hold_check_s(self) -> float:
+        return min(60.0, max(0.2, self.settings.delivery_hold_ms / 4000))
+
+    async def _refresh_held_deliveries(self) -> None:
+        """Buffered deliveries older than `delivery_hold_ms` go back to their queue (and come
+        straight back, keeping their place in line) before the broker's consumer_timeout
+        closes the channel over them."""
+        cutoff = time.monotonic() - self.settings.delivery_hold_ms / 1000
+        for delivery in self._buffers.take_older_than(cutoff):
+            delivery.message.reject(requeue=True)
+
     async def _close_idle_gateways(self) -> None:
         """Stop consuming queues no HTTP worker fetched from lately and none holds a lease
         on; their buffered jobs go back to the queue, to whichever worker comes."""
         cutoff = time.monotonic() - self.settings.gateway_idle_ms / 1000
-        leased = {lease.job.queue for lease in self._leases.values()}
+        leased = {lease.job.queue for lease in self._leases.values() if lease.message}
         for queue, last_fetch in list(self._gateways.items()):
             if last_fetch < cutoff and queue not in leased:
                 del self._gateways[queue]
@@ -428,7 +444,7 @@ class JobEngine:
         if lease is not None:
             # Redelivered after a reconnect: the worker still holds it. Re-arm: a deadline
             # that passed while the broker was away fires now.
-            lease.message = message
+            lease.message, lease.held_since = message, time.monotonic()
             self._arm(lease)
             return
         # The daemon restarted while a worker held the job: the lease is gone, so the job
@@ -526,6 +542,22 @@ class JobEngine:
         for lease in self._leases.values():
             lease.message = None
         self._cancel_timers(leases=False)
+
+    def _forget_channel_deliveries(self, queue_name: str) -> None:
+        """The broker closed one consumer's channel: what it delivered is void and will be
+        delivered again. Buffered jobs of that queue are dropped (their redelivery buffers
+        them again), held timers are let go (they are held again); a lease keeps its job and
+        takes the redelivered message when it comes (`_recover_active`)."""
+        t = self.broker.topology
+        if queue_name == t.due_queue:
+            self._cancel_timers(leases=False)
+            return
+        queue = next((q for q in self._gateways if t.job_queue(q) == queue_name), None)
+        if queue is not None:
+            self._buffers.drop_queue(queue)
+            for lease in self._leases.values():
+                if lease.job.queue == queue:
+                    lease.message, lease.held_since = None, None
 
     async def _republish_lost(self, queue_name: str) -> None:
         """The broker cancelled our consumer of a job queue (it was deleted) and it exists
@@ -726,13 +758,43 @@ class JobEngine:
 
     def _arm(self, lease: Lease) -> None:
         self._stop_lease_timer(lease)
-        deadline, kind = lease.next_deadline()
+        when, kind = lease.next_event(self.settings.delivery_hold_ms / 1000)
+        step = self._hand_over if kind == "handover" else self._lease_expired
         loop = asyncio.get_running_loop()
         handle = loop.call_later(
-            max(0.0, deadline - time.monotonic()),
-            lambda: self._spawn(self._lease_expired(lease.job_id, kind)),
+            max(0.0, when - time.monotonic()), lambda: self._spawn(step(lease.job_id, kind))
         )
         lease.timer = handle.cancel
+
+    async def _hand_over(self, job_id: str, _: str = "handover") -> None:
+        """A lease held for `delivery_hold_ms`: before the broker's consumer_timeout closes
+        the gateway channel over it, a lease timer goes on the delay ladder (the job's
+        current copy, due at the lease deadline) and the delivery is acked. The job stays
+        active under its worker; the timer is what returns it to its queue if this daemon
+        is gone when the deadline comes (`_fire`). Nothing changes state, so nothing is
+        recorded: publish, then ack."""
+        lease = self._leases.get(job_id)
+        if lease is None:
+            return
+        message = lease.message
+        if message is None:  # its delivery went with a lost channel: only the deadline left
+            self._arm(lease)
+            return
+        try:
+            await self._park(lease.job, self._lease_deadline_ms(lease))
+        except OjsError as exc:  # broker away: keep holding it; tried again shortly
+            log.warning("lease of job %s could not be handed over (%s)", job_id, exc.message)
+            self._retry_expiry(lease, "handover")
+            return
+        if self._leases.get(job_id) is lease and lease.message is message:
+            self.settle(message)
+            lease.message, lease.held_since = None, None
+            self._arm(lease)
+
+    def _lease_deadline_ms(self, lease: Lease) -> int:
+        """The lease's next deadline on the wall clock (for a timer on the ladder)."""
+        deadline, _ = lease.next_deadline()
+        return self._now() + max(0, round((deadline - time.monotonic()) * 1000))
 
     @staticmethod
     def _stop_lease_timer(lease: Lease) -> None:
@@ -764,8 +826,9 @@ class JobEngine:
 
     def _retry_expiry(self, lease: Lease, kind: str) -> None:
         self._stop_lease_timer(lease)
+        step = self._hand_over if kind == "handover" else self._lease_expired
         handle = asyncio.get_running_loop().call_later(
-            LEASE_RETRY_S, lambda: self._spawn(self._lease_expired(lease.job_id, kind))
+            LEASE_RETRY_S, lambda: self._spawn(step(lease.job_id, kind))
         )
         lease.timer = handle.cancel
 
@@ -902,6 +965,9 @@ class JobEngine:
             self._hold(key_id, message, ref, remaining)
             return
         job = await self.store.get(ref.job_id) if ref.job_id else None
+        if job is not None and job.copy == ref.copy and job.state is JobState.ACTIVE:
+            await self._lease_timer_due(key_id, job, message, ref)
+            return
         if (
             job is None
             or job.copy != ref.copy
@@ -923,6 +989,29 @@ class JobEngine:
             return
         if fired:
             self.metrics.timer_fired(job.queue, (self._now() - (ref.due_at_ms or now)) / 1000)
+
+    async def _lease_timer_due(
+        self, key_id: int, job: Job, message: Inbound, ref: codec.CopyRef
+    ) -> None:
+        """The ladder timer of a handed-over lease. While this daemon holds the lease its own
+        timer decides (heartbeats may have moved the deadline): the ladder timer moves on to
+        the current deadline. A lease this daemon does not hold was lost with a daemon that
+        died: the job returns to its queue, as after a visibility timeout."""
+        lease = self._leases.get(job.id)
+        try:
+            if lease is not None:
+                if lease.message is None:  # still the only thing that outlives this daemon
+                    await self._park(lease.job, self._lease_deadline_ms(lease) + TIMER_RETRY_MS)
+                self.settle(message)
+                return
+            new = lifecycle.lease_expired(job, self._now(), "visibility", self._rng)
+            if await self._advance(new, message, job.copy):
+                self.metrics.lease_expired(job, "visibility")
+                if self.tracing is not None:
+                    self.tracing.finished(job, new, "lease_expired")
+        except OjsError as exc:  # broker away: keep holding the timer, try again shortly
+            log.warning("lease timer of job %s could not fire (%s); retrying", job.id, exc.message)
+            self._hold(key_id, message, ref, TIMER_RETRY_MS)
 
     def _cancel_timers(self, leases: bool = True) -> None:
         for handle in self._held.values():

@@ -421,18 +421,26 @@ class Worker:
     async def _serve(self, session: _Session) -> bool:
         """Until stop (drain, close: False) or the connection is lost (True)."""
         stop = asyncio.ensure_future(self._stop.wait())
-        watched = [stop, session.connection.closing, session.pipe.channel.closing]
+        channels = (session.pipe.channel, session.consumer)
+        watched = [stop, session.connection.closing, *(c.closing for c in channels)]
         try:
             await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
         self.consuming.clear()
-        healthy = not (session.connection.is_closed or session.pipe.channel.is_closed)
+        healthy = not (session.connection.is_closed or any(c.is_closed for c in channels))
         if self._stop.is_set() and healthy:
             await self._drain(session)
             return False
-        # Lost the connection, or the channel reports go through (nothing can be finished
-        # without it): start over on a new connection.
+        if session.consumer.is_closed and not session.connection.is_closed:
+            log.warning(
+                "the broker closed the consumer channel (%s); running jobs are given up (their "
+                "deliveries are back in their queues); starting over",
+                _closing_reason(session.consumer),
+            )  # fmt: skip
+        # Lost the connection, the channel reports go through (nothing can be finished
+        # without it), or the consumer's channel (a job held past the broker's
+        # consumer_timeout, typically): start over on a new connection.
         self._abandon(session)
         with contextlib.suppress(*PUBLISH_ERRORS):
             await session.connection.close()
@@ -766,6 +774,13 @@ class Worker:
             log.warning("heartbeat for job %s failed: %s", ctx.id, exc.message)
         else:
             running.introduced = True
+
+
+def _closing_reason(channel: AbstractChannel) -> str:
+    closing = channel.closing
+    if not closing.done() or closing.cancelled() or closing.exception() is None:
+        return "closed"
+    return str(closing.exception())
 
 
 async def _settle(call: Any) -> None:

@@ -3,7 +3,7 @@ import time
 from typing import Any
 
 from ojs_amqp.core.job import Job, JobState
-from ojs_amqp.engine.dispatch import Arrivals, Delivery, ReadyBuffers
+from ojs_amqp.engine.dispatch import Arrivals, Delivery, Lease, ReadyBuffers
 from ojs_amqp.engine.events import EventFilter, EventLog
 
 
@@ -136,3 +136,27 @@ async def test_a_fetch_waiting_on_two_queues_is_woken_once_and_a_deadline_ends_a
     await asyncio.wait_for(both, 1)
     arrivals.arrived("a")  # the woken fetch is gone from a's waiters too
     assert not arrivals._waiting
+
+
+def test_deliveries_handed_back_for_age_keep_their_place_in_line_when_they_return() -> None:
+    buffers = ReadyBuffers()
+    old, young = _delivery("old"), _delivery("young")
+    old.since = time.monotonic() - 100
+    buffers.add(old)
+    buffers.add(young)
+    assert [d.job_id for d in buffers.take_older_than(time.monotonic() - 50)] == ["old"]
+    assert buffers.sizes() == {"q": 1}
+    buffers.add(_delivery("old"))  # delivered again by the broker, after "young"
+    assert [buffers.pop("q").job_id for _ in range(2)] == ["old", "young"]  # type: ignore[union-attr]
+
+
+def test_a_lease_is_handed_over_before_its_delivery_is_held_too_long() -> None:
+    job = _delivery("a").job
+    now = time.monotonic()
+    lease = Lease(job, "w", object(), 30_000, now + 30, now + 1800)  # type: ignore[arg-type]
+    lease.held_since = now
+    assert lease.next_event(hold_s=600) == (now + 30, "visibility")  # the deadline comes first
+    lease.visibility_deadline = now + 3600  # extended by heartbeats
+    assert lease.next_event(hold_s=600) == (now + 600, "handover")
+    lease.message, lease.held_since = None, None  # handed over: only deadlines are left
+    assert lease.next_event(hold_s=600) == (now + 1800, "timeout")
