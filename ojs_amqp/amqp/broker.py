@@ -146,9 +146,7 @@ class Broker:
         }
         self._pub_conn: AbstractConnection | None = None
         self._con_conn: AbstractConnection | None = None
-        self._pub_channel: AbstractChannel | None = None
-        #: Every confirmed publish goes through it, on a channel of its own (_pub_channel
-        #: only declares).
+        #: Every confirmed publish goes through it, on a channel of its own.
         self._pipe: Pipe | None = None
         #: Acks and rejects of every delivery on the consume connection.
         self._settler: Settler | None = None
@@ -222,13 +220,7 @@ class Broker:
 
     async def _set_up(self, pub: AbstractConnection, con: AbstractConnection) -> None:
         self._pub_conn, self._con_conn = pub, con
-        self._pub_channel = await pub.channel(publisher_confirms=False)  # declarations
-        confirming = await _link(pub).channel(
-            publisher_confirms=True,
-            on_return_raises=True,
-            frame_buffer_size=frames.CONFIRM_FRAME_BUFFER,
-        )
-        self._pipe = Pipe(confirming, confirm_timeout=self._publish_timeout)
+        await self._open_pipe()
         link = _link(con)
         self._settler = Settler(link, FrameBatch(link) if has_frame_queue(link) else None)
         # No confirms on this one: notifications must not queue behind job publishes.
@@ -236,12 +228,7 @@ class Broker:
         props = getattr(pub.transport.connection, "server_properties", {}) if pub.transport else {}
         version = props.get("version", b"unknown")
         self.server_version = version.decode() if isinstance(version, bytes) else str(version)
-        await self._declare_fixed()
-        for queue_name, (arguments, exchange, key) in list(self._declared.items()):
-            try:
-                await self._declare_queue(queue_name, arguments, exchange, key)
-            except TopologyMismatch as exc:  # recreated by someone else while we were away
-                log.error("%s", exc.message)
+        await self._declare_all()
         # Connected from here on: a restored consumer's first deliveries may move jobs at
         # once (publish the next copy), and must not be refused as "not connected".
         self.connected = True
@@ -284,13 +271,77 @@ class Broker:
 
     # --- declarations ----------------------------------------------------------------------
 
+    async def _declare_all(self) -> None:
+        """The fixed topology, then every queue declared so far with its binding (after a
+        reconnect, or after someone deleted an exchange and its bindings with it)."""
+        await self._declare_fixed()
+        for queue_name, (arguments, exchange, key) in list(self._declared.items()):
+            try:
+                await self._declare_queue(queue_name, arguments, exchange, key)
+            except TopologyMismatch as exc:  # recreated by someone else while we were away
+                log.error("%s", exc.message)
+
     async def _declare_fixed(self) -> None:
-        assert self._pub_channel is not None
-        for exchange in self.topology.exchanges():
-            kind = aio_pika.ExchangeType(exchange.type)
-            await self._pub_channel.declare_exchange(exchange.name, kind, durable=True)
+        assert self._pub_conn is not None
+        channel = await self._pub_conn.channel(publisher_confirms=False)
+        try:
+            for exchange in self.topology.exchanges():
+                kind = aio_pika.ExchangeType(exchange.type)
+                await channel.declare_exchange(exchange.name, kind, durable=True)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
         for spec in self.topology.fixed_queues():
             await self._declare(spec)
+
+    async def _open_pipe(self) -> None:
+        assert self._pub_conn is not None
+        confirming = await _link(self._pub_conn).channel(
+            publisher_confirms=True,
+            on_return_raises=True,
+            frame_buffer_size=frames.CONFIRM_FRAME_BUFFER,
+        )
+        self._pipe = Pipe(confirming, confirm_timeout=self._publish_timeout)
+        confirming.closing.add_done_callback(
+            lambda closing: self._on_publishing_closed(confirming, closing)
+        )
+
+    def _on_publishing_closed(
+        self, channel: aiormq.abc.AbstractChannel, closing: asyncio.Future[Any]
+    ) -> None:
+        """The broker closed the publishing channel, the connection lives on: a publish to an
+        exchange someone deleted, typically. Open it again and declare the topology again
+        (the exchange and its bindings) rather than refuse every publish until a restart."""
+        reason = None if closing.cancelled() else closing.exception()
+        if (
+            self._closing
+            or self._pipe is None
+            or self._pipe.channel is not channel
+            or not isinstance(reason, aiormq.exceptions.ChannelClosed)
+            or channel.connection.is_closed
+        ):
+            return
+        log.warning(
+            "the broker closed the publishing channel (%s); opening it again and declaring "
+            "the topology again", reason,
+        )  # fmt: skip
+        self._in_background(self._reopen_pipe(), "reopen-publishing")
+
+    async def _reopen_pipe(self) -> None:
+        attempt = 0
+        while not self._closing and self.connected:
+            attempt += 1
+            try:
+                if self._pipe is None or self._pipe.channel.is_closed:
+                    await self._open_pipe()
+                await self._declare_all()
+            except Exception as exc:
+                delay = backoff_seconds(attempt)
+                log.warning("could not publish again yet (%r); next try in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            log.info("publishing again")
+            return
 
     async def _declare(self, spec: QueueSpec) -> None:
         self._kinds[spec.name] = spec.kind

@@ -3,6 +3,9 @@
 - A job queue is deleted while the daemon consumes it: the broker sends Basic.Cancel; the
   daemon says so in its log, declares the queue again, consumes again, and republishes from
   its store every job that was waiting in the lost queue, so none is stranded.
+- The exchange job copies are published to is deleted: the next publish closes the daemon's
+  publishing channel; the daemon opens it again, declares its topology again (the exchange,
+  and every queue's binding to it), and the workload finishes whole.
 - A queue the daemon needs exists with other arguments (declared by someone else before the
   daemon first uses it, or while it runs): the declare fails with 406 PRECONDITION_FAILED;
   the daemon answers the requests that need that queue with a clear error and keeps serving
@@ -128,3 +131,34 @@ def test_precondition_failed_on_one_queue_leaves_the_others_working(
     daemon.start()
     status, body = _push(api, "after")
     assert status == 201, body
+
+
+async def _delete_exchange(amqp_url: str, name: str) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.exchange_delete(name)
+
+
+def test_job_exchange_deleted_under_the_publisher(
+    rabbit_node: RabbitNode, make_node_daemon: Callable[..., Daemon]
+) -> None:
+    # Given a workload going through the daemon
+    rng = seeded("exchange deleted")
+    daemon = make_node_daemon()
+    run = workload(daemon.url, CI, rng, push_interval_s=0.004).start()
+    started = time.monotonic()
+    run.wait_for("40% of the pushes", lambda: run.pushed() >= CI.jobs * 0.4)
+
+    # When an operator deletes the exchange every job copy is published to (its bindings to
+    # the job queues go with it)
+    asyncio.run(_delete_exchange(rabbit_node.amqp_url, Topology(daemon.prefix).direct_exchange))
+
+    # Then the next publish closes the daemon's publishing channel; the daemon says so,
+    # opens it again, declares the exchange and binds every queue again, and the workload
+    # finishes whole (pushes refused meanwhile got 503 and were retried by the clients)
+    _wait_for_log(daemon, "the broker closed the publishing channel")
+    _wait_for_log(daemon, "publishing again")
+    ledger = run.finish(CI.deadline_s, STALL_S)
+    print(ledger.line("exchange deleted [ci]", time.monotonic() - started))
+    ledger.check()
