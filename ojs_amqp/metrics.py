@@ -92,6 +92,10 @@ class Metrics:
             buckets=_CONFIRM_BUCKETS, registry=r,
         )  # fmt: skip
 
+        self._dead_letters_pruned = Counter(
+            "ojs_dead_letter_pruned", "Dead letters removed by retention (age or count)",
+            registry=r,
+        )  # fmt: skip
         self._reports = Counter(
             "ojs_amqp_worker_reports", "Native worker reports and binding retries",
             ("type", "outcome"), registry=r,
@@ -124,6 +128,9 @@ class Metrics:
 
     def discarded(self, job: Job) -> None:
         self._discarded.labels(job.queue, job.type, str(job.dead_letter).lower()).inc()
+
+    def dead_letters_pruned(self, count: int) -> None:
+        self._dead_letters_pruned.inc(count)
 
     def lease_expired(self, job: Job, kind: str) -> None:
         self._lease_expired.labels(job.queue, kind).inc()

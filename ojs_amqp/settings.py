@@ -48,6 +48,10 @@ class Settings:
     default_timeout_ms: int = 1_800_000
     retention_completed_ms: int = 7 * 86_400_000
     retention_discarded_ms: int = 30 * 86_400_000
+    #: Dead letters are kept until retried or deleted, at most this long and at most this
+    #: many per queue (the dead-letter extension's MUST: P180D, 10,000).
+    dead_letter_max_age_ms: int = 180 * 86_400_000
+    dead_letter_max_per_queue: int = 10_000
     #: Publish every OJS event to the topic exchange ojs.exchange.events (one extra,
     #: unconfirmed publish per event; off by default for throughput).
     events_exchange: bool = False

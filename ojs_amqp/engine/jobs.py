@@ -1045,6 +1045,12 @@ class JobEngine:
         )
         if removed:
             log.info("retention removed %d finished jobs", removed)
+        pruned = await self.store.prune_dead_letters(
+            now - self.settings.dead_letter_max_age_ms, self.settings.dead_letter_max_per_queue
+        )
+        if pruned:
+            log.info("dead-letter retention removed %d dead letters", pruned)
+            self.metrics.dead_letters_pruned(pruned)
 
     # --- dead letters, queues, reset -------------------------------------------------------
 

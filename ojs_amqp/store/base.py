@@ -55,6 +55,10 @@ class JobStore(Protocol):
     async def prune_finished(self, completed_before_ms: int, discarded_before_ms: int) -> int:
         """Delete finished jobs past their retention; dead letters are kept."""
 
+    async def prune_dead_letters(self, before_ms: int, keep_per_queue: int) -> int:
+        """Delete dead letters older than `before_ms`, and beyond the newest `keep_per_queue`
+        of each queue."""
+
     async def open_jobs(self, queue: str) -> int:
         """Jobs of `queue` not yet in a terminal state (backpressure's max_depth)."""
         ...

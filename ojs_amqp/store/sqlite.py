@@ -245,6 +245,23 @@ class SqliteJobStore:
         await self._committed()
         return cur.rowcount
 
+    async def prune_dead_letters(self, before_ms: int, keep_per_queue: int) -> int:
+        removed = self._write(
+            "DELETE FROM jobs WHERE dead_letter = 1 AND finished_at_ms < ?", (before_ms,)
+        ).rowcount
+        crowded = self.db.execute(
+            "SELECT queue FROM jobs WHERE dead_letter = 1 GROUP BY queue HAVING COUNT(*) > ?",
+            (keep_per_queue,),
+        ).fetchall()
+        for (queue,) in crowded:
+            removed += self._write(
+                "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE dead_letter = 1 AND "
+                "queue = ? ORDER BY finished_at_ms DESC, id DESC LIMIT -1 OFFSET ?)",
+                (queue, keep_per_queue),
+            ).rowcount
+        await self._committed()
+        return removed
+
     async def count_by_state(self) -> dict[tuple[str, str], int]:
         rows = self.db.execute("SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state")
         return {(q, s): n for q, s, n in rows}

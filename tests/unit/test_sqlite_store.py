@@ -112,3 +112,22 @@ async def test_open_jobs_and_available_list_only_what_is_still_waiting_in_a_queu
         await store.insert(job, published=True)
     assert await store.open_jobs(waiting.queue) == 2
     assert [j.id for j in await store.available(waiting.queue)] == [waiting.id]
+
+
+async def test_dead_letter_retention_removes_the_old_and_all_but_the_newest_of_each_queue(
+    store: SqliteJobStore,
+) -> None:
+    def dead(n: int, at: int, queue: str = "q") -> Job:
+        return _job(n, queue=queue, state=JobState.DISCARDED, dead_letter=True,
+                    discarded_at_ms=at, completed_at_ms=at)  # fmt: skip
+
+    for n, at in [(1, 10), (2, 200), (3, 300), (4, 400)]:
+        await store.insert(dead(n, at), published=True)
+    await store.insert(dead(5, 500, queue="other"), published=True)
+    await store.insert(_job(6, state=JobState.COMPLETED, completed_at_ms=10), published=True)
+
+    # older than 100: job 1; beyond the newest 2 of queue q: job 2; queue other is small
+    assert await store.prune_dead_letters(100, keep_per_queue=2) == 2
+    jobs, total = await store.dead_letters(None, 10, 0)
+    assert [j.id for j in jobs] == [dead(5, 0).id, dead(4, 0).id, dead(3, 0).id] and total == 3
+    assert await store.get(_job(6).id) is not None  # not a dead letter: prune_finished's
