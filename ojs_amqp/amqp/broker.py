@@ -568,26 +568,28 @@ class Broker:
     async def stop_consumer(self, queue_name: str) -> None:
         """Stop consuming one queue; its unacked deliveries return to it."""
         consumer = self._consumers.pop(queue_name, None)
-        if consumer is not None and consumer.channel is not None and not consumer.channel.is_closed:
-            await self._flush_settles()  # acks already made reach the broker before the close
-            await consumer.channel.close()
+        if consumer is not None and consumer.channel is not None:
+            await self._close_consumer_channel(consumer.channel)
 
     def consuming(self, queue_name: str) -> bool:
         return queue_name in self._consumers
 
-    async def _flush_settles(self) -> None:
+    async def _close_consumer_channel(self, channel: aiormq.abc.AbstractChannel) -> None:
+        """Acks already made go out ahead of the close; none is written after it."""
+        if channel.is_closed:
+            return
         if self._settler is not None:
-            await self._settler.flush()
+            await self._settler.stop(channel)
+        await channel.close()
 
     async def stop_consumers(self) -> None:
         """Close every consumer channel; their unacked deliveries return to their queues."""
-        await self._flush_settles()
         consumers = list(self._consumers.values())
         self._consumers.clear()  # first: these closes are ours, not the broker's
         for consumer in consumers:
             for channel in (consumer.channel, *consumer.retired):
-                if channel is not None and not channel.is_closed:
-                    await channel.close()
+                if channel is not None:
+                    await self._close_consumer_channel(channel)
             consumer.channel, consumer.retired = None, []
 
     # --- maintenance (test mode, tools) ----------------------------------------------------

@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import logging
 import struct
+import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, cast
@@ -160,6 +161,16 @@ class Settler:
         self._batch = batch
         #: Slow-path settles, referenced until they end (flush() waits for them).
         self._slow: set[asyncio.Task[None]] = set()
+        #: Channels about to be closed by us: nothing more is written for them.
+        self._stopped: weakref.WeakSet[AbstractChannel] = weakref.WeakSet()
+
+    async def stop(self, channel: AbstractChannel) -> None:
+        """Call before closing `channel`: what was queued for it is handed to the writer
+        now, ahead of the Channel.Close, and later settles for it are dropped (its deliveries
+        go back to their queues with the close). A frame that followed the close would make
+        the broker close the whole connection (504 CHANNEL_ERROR)."""
+        self._stopped.add(channel)
+        await self.flush()
 
     def settle(
         self, channel: AbstractChannel, delivery_tags: Iterable[int], method: int
@@ -167,7 +178,7 @@ class Settler:
         """Ack (method 80) or requeue (90) deliveries of `channel`; a closed channel means they
         are void already (the broker redelivers them), so that is not an error. Returns the
         task doing it on the slow path (None when queued on the fast path)."""
-        if channel.is_closed:
+        if channel.is_closed or channel in self._stopped:
             return None
         batch = self._batch
         if batch is not None and channel.connection is self._connection:
@@ -183,7 +194,7 @@ class Settler:
 
     def discard(self, channel: AbstractChannel, delivery_tag: int) -> None:
         """Basic.Reject(requeue=false): the broker dead-letters the message or drops it."""
-        if channel.is_closed:
+        if channel.is_closed or channel in self._stopped:
             return
         if self._batch is not None and channel.connection is self._connection:
             self._batch.add(settle_frame(REJECT_METHOD, channel.number, delivery_tag, False))
