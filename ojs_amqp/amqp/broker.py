@@ -328,20 +328,31 @@ class Broker:
         self._in_background(self._reopen_pipe(), "reopen-publishing")
 
     async def _reopen_pipe(self) -> None:
+        async def step() -> None:
+            if self._pipe is None or self._pipe.channel.is_closed:
+                await self._open_pipe()
+            await self._declare_all()
+
+        if await self._retrying("publish again", step, lambda: True):
+            log.info("publishing again")
+
+    async def _retrying(
+        self, what: str, step: Callable[[], Awaitable[None]], wanted: Callable[[], bool]
+    ) -> bool:
+        """Run `step` until it succeeds, with backoff, while the connection lives and
+        `wanted()` holds (once the connection is gone the reconnect loop restores it all)."""
         attempt = 0
-        while not self._closing and self.connected:
+        while not self._closing and self.connected and wanted():
             attempt += 1
             try:
-                if self._pipe is None or self._pipe.channel.is_closed:
-                    await self._open_pipe()
-                await self._declare_all()
+                await step()
             except Exception as exc:
                 delay = backoff_seconds(attempt)
-                log.warning("could not publish again yet (%r); next try in %.1fs", exc, delay)
+                log.warning("could not %s (%r); next try in %.1fs", what, exc, delay)
                 await asyncio.sleep(delay)
                 continue
-            log.info("publishing again")
-            return
+            return True
+        return False
 
     async def _declare(self, spec: QueueSpec) -> None:
         self._kinds[spec.name] = spec.kind
@@ -528,28 +539,23 @@ class Broker:
         task.add_done_callback(self._restoring.discard)
 
     async def _consume_again(self, consumer: _Consumer) -> None:
-        """Declare the queue again if it is ours and consume it, retrying with backoff while
-        the connection lives (once it is gone the reconnect loop restores the consumer)."""
+        """Declare the queue again if it is ours and consume it (retried with backoff)."""
         name = consumer.queue_name
-        attempt = 0
-        while not self._closing and self._consumers.get(name) is consumer and self.connected:
-            attempt += 1
+
+        async def step() -> None:
             declared = self._declared.get(name)
-            try:
-                if declared is not None:
-                    try:
-                        await self._declare_queue(name, *declared)
-                    except TopologyMismatch as exc:  # re-created by someone else: consume anyway
-                        log.error("%s", exc.message)
-                await self._start_consumer(consumer)
-            except Exception as exc:
-                delay = backoff_seconds(attempt)
-                log.warning("could not consume queue %s again (%r); next try in %.1fs",
-                            name, exc, delay)  # fmt: skip
-                await asyncio.sleep(delay)
-                continue
+            if declared is not None:
+                try:
+                    await self._declare_queue(name, *declared)
+                except TopologyMismatch as exc:  # re-created by someone else: consume anyway
+                    log.error("%s", exc.message)
+            await self._start_consumer(consumer)
+
+        def wanted() -> bool:
+            return self._consumers.get(name) is consumer
+
+        if await self._retrying(f"consume queue {name} again", step, wanted):
             log.info("consuming queue %s again", name)
-            return
 
     async def _restored(self, consumer: _Consumer) -> None:
         """Tell the engine a cancelled consumer consumes again, so it can republish what the
