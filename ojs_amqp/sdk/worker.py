@@ -9,8 +9,8 @@ queue bound to ojs.exchange.workers (`cancel.{q}`) brings cancellations.
 
 Talks to aiormq directly (no aio-pika objects per message) and keeps its own reconnect loop
 with the project's backoff. ojs_amqp.amqp.Broker is not reused: it declares the daemon's
-fixed topology (the delay ladder), opens two connections, and wraps every delivery in an
-aio-pika message; a worker needs none of that.
+fixed topology (the delay ladder) and opens two connections; a worker needs neither. The
+pipe, frame reader and frame-queue sizes of ojs_amqp/amqp/ are shared.
 """
 
 from __future__ import annotations
