@@ -40,6 +40,11 @@ _OPTIONS: tuple[tuple[str, str, object, type, str], ...] = (
      "longest a job-queue delivery stays unacked; below the broker's consumer_timeout"),
     ("--visibility-timeout-ms", "OJS_VISIBILITY_TIMEOUT_MS",
      _DEFAULTS.default_visibility_timeout_ms, int, "lease length when a job sets none"),
+    ("--http-request-timeout-ms", "OJS_HTTP_REQUEST_TIMEOUT_MS",
+     _DEFAULTS.http_request_timeout_ms, int,
+     "a request must arrive whole within this long of its first byte (else 408)"),
+    ("--http-max-connections", "OJS_HTTP_MAX_CONNECTIONS", _DEFAULTS.http_max_connections, int,
+     "most HTTP connections open at once; more are answered 503 and closed"),
     ("--connect-attempts", "OJS_CONNECT_ATTEMPTS", _DEFAULTS.connect_attempts, int,
      "broker connection attempts at start before giving up"),
     ("--log-level", "OJS_LOG_LEVEL", _DEFAULTS.log_level, str,
@@ -164,6 +169,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
     tokens = _tokens(args)
     if args.delivery_hold_ms < 1000:
         raise SystemExit("ojs-amqp: --delivery-hold-ms must be at least 1000")
+    if args.http_request_timeout_ms < 100 or args.http_max_connections < 1:
+        raise SystemExit(
+            "ojs-amqp: --http-request-timeout-ms must be at least 100 and "
+            "--http-max-connections at least 1"
+        )
     if args.log_format not in ("text", "json"):
         raise SystemExit(f"ojs-amqp: --log-format must be text or json, got {args.log_format!r}")
     return Settings(
@@ -182,6 +192,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         delivery_hold_ms=args.delivery_hold_ms,
         max_depth=parse_max_depth(args.max_depth),
         default_visibility_timeout_ms=args.visibility_timeout_ms,
+        http_request_timeout_ms=args.http_request_timeout_ms,
+        http_max_connections=args.http_max_connections,
         connect_attempts=args.connect_attempts,
         log_level=args.log_level,
         log_format=args.log_format,

@@ -10,12 +10,14 @@
     ├── MethodNotAllowed      405 method_not_allowed
     ├── Conflict              409 conflict          (invalid state transition, not the owner)
     │   └── Duplicate         409 duplicate         (a job with this id exists)
+    ├── RequestTimeout        408 timeout           (the request arrived too slowly)
     ├── PayloadTooLarge       413 payload_too_large
     ├── QueueFull             429 queue_full        (backpressure: max_depth or x-max-length)
     ├── Unsupported           422 unsupported
     └── BackendUnavailable    503 backend_error     (the broker or store is gone; retryable)
         ├── Unroutable                              (a mandatory publish came back)
-        └── PublishRejected                         (the broker nacked a publish)
+        ├── PublishRejected                         (the broker nacked a publish)
+        └── TooManyConnections                      (the HTTP connection cap is reached)
 
 The core raises these with no knowledge of HTTP; `http/responses.py` is the one place that turns
 them into responses.
@@ -113,6 +115,13 @@ class Duplicate(Conflict):
     hint = "A job with this id already exists; use a new id or omit it."
 
 
+class RequestTimeout(OjsError):
+    code = "timeout"
+    http_status = 408
+    retryable = True
+    hint = "Send the whole request at once; the daemon waits a bounded time for it."
+
+
 class PayloadTooLarge(OjsError):
     code = "payload_too_large"
     http_status = 413
@@ -155,6 +164,12 @@ class PublishRejected(BackendUnavailable):
     fault): the message was not stored."""
 
     hint = "The queue may be full; retry later with backoff."
+
+
+class TooManyConnections(BackendUnavailable):
+    """The daemon holds as many HTTP connections as it may (--http-max-connections)."""
+
+    hint = "Reuse keep-alive connections, or retry with backoff."
 
 
 class InvalidTransition(Conflict):

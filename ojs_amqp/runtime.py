@@ -71,7 +71,11 @@ class Runtime:
             self.events.start()
         api = HttpApi(self.engine, self.cron, self.settings)
         self.http = HttpServer(
-            api.handle, max_body_bytes=self.settings.max_body_bytes, error_response=api.refused
+            api.handle,
+            max_body_bytes=self.settings.max_body_bytes,
+            error_response=api.refused,
+            request_timeout_s=self.settings.http_request_timeout_ms / 1000,
+            max_connections=self.settings.http_max_connections,
         )
         await self.http.start(
             self.settings.http_host.strip("[]"), self.settings.http_port, self.https

@@ -57,6 +57,11 @@ class Settings:
     events_exchange: bool = False
     connect_attempts: int = 5
     max_body_bytes: int = 10 * 1024 * 1024
+    #: A request must arrive whole within this long of its first byte (else 408), and at
+    #: most this many HTTP connections are open at once (more are answered 503 and closed):
+    #: clients that trickle requests or hoard sockets cannot starve the daemon of either.
+    http_request_timeout_ms: int = 30_000
+    http_max_connections: int = 4096
     #: Bearer tokens (scope + secret); empty = no authentication (loopback only, unless
     #: allow_unauthenticated).
     auth_tokens: tuple[Token, ...] = ()

@@ -6,7 +6,14 @@ from typing import Any
 
 import orjson
 
-from ojs_amqp.errors import InvalidPayload, InvalidRequest, OjsError, PayloadTooLarge
+from ojs_amqp.errors import (
+    InvalidPayload,
+    InvalidRequest,
+    OjsError,
+    PayloadTooLarge,
+    RequestTimeout,
+    TooManyConnections,
+)
 from ojs_amqp.http.server import Request, Response
 
 CONTENT_TYPE = "application/openjobspec+json"
@@ -43,6 +50,10 @@ def refusal(status: int, message: str, max_body_bytes: int) -> OjsError:
         return PayloadTooLarge(message, details={"limit_bytes": max_body_bytes})
     if status == 400:
         return InvalidPayload(message)
+    if status == 408:
+        return RequestTimeout(message)
+    if status == 503:
+        return TooManyConnections(message)
     return InvalidRequest(message)
 
 

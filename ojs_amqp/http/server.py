@@ -6,7 +6,8 @@ of ours (request and multidict objects, the middleware chain, response preparati
 spends ~12 µs (ADR 0002). It does what the binding needs and no more: keep-alive, pipelined
 requests answered in order, `Expect: 100-continue`, chunked request bodies, size limits (413
 before the body is read), HEAD, streamed responses (Server-Sent Events) with write flow
-control, an idle timeout, TLS, and a close that lets requests in progress finish.
+control, an idle timeout, a deadline for receiving a request (slow clients get 408), a cap on
+open connections, TLS, and a close that lets requests in progress finish.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ MAX_HEADER_BYTES = 64 * 1024
 #: Requests a client may pipeline ahead of the one being answered before we stop reading.
 MAX_PIPELINED = 32
 KEEPALIVE_TIMEOUT_S = 75.0
+#: A request's headers and body must arrive within this long of its first byte.
+REQUEST_TIMEOUT_S = 30.0
+MAX_CONNECTIONS = 4096
+#: How long a refused request's sender may go on sending (dropped) before the close.
+LINGER_S = 2.0
 
 
 class Request:
@@ -158,6 +164,9 @@ class _Connection(asyncio.Protocol):
         self._reading = True
         self._writable: asyncio.Event | None = None
         self.last_active = self._loop.time()
+        #: When the request being received began (None between requests): a client that
+        #: trickles one in byte by byte must not hold the connection open for ever.
+        self.receiving_since: float | None = None
 
     @property
     def idle(self) -> bool:
@@ -167,7 +176,14 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self._server.connections.add(self)
+        server = self._server
+        if len(server.connections) >= server.max_connections:
+            # Answer before closing, so a client sees why rather than a bare reset.
+            self._refused = True
+            self._send(server.error_response(503, "too many open connections"), False, False)
+            self._close_after_refusal()
+            return
+        server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
@@ -208,6 +224,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._incoming = _Incoming()
+        self.receiving_since = self._loop.time()
 
     def on_url(self, url: bytes) -> None:
         incoming = self._incoming
@@ -252,6 +269,7 @@ class _Connection(asyncio.Protocol):
         incoming.body.append(body)
 
     def on_message_complete(self) -> None:
+        self.receiving_since = None
         if self._refused:
             return
         incoming = self._incoming
@@ -272,6 +290,17 @@ class _Connection(asyncio.Protocol):
         self._enqueue((request, (0, ""), keep_alive))
 
     # --- answering -------------------------------------------------------------------------
+
+    def refuse_slow_request(self, now: float, timeout_s: float) -> None:
+        """408 for a request still arriving `timeout_s` after it began. Time spent with
+        reading paused (the client pipelined ahead of us) is ours, not the client's."""
+        since = self.receiving_since
+        if since is None or self._refused or self._closing:
+            return
+        if not self._reading:
+            self.receiving_since = now
+        elif now - since > timeout_s:
+            self._refuse(408, f"the request did not arrive within {timeout_s:g} s")
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer `status` after what is queued, read nothing more, then close."""
@@ -295,7 +324,10 @@ class _Connection(asyncio.Protocol):
                 elif not await self._answer(request, keep_alive):
                     keep_alive = False
                 if not keep_alive:
-                    self.close()
+                    if request is None:
+                        self._close_after_refusal()
+                    else:
+                        self.close()
                     return
                 if not self._reading and len(self._queue) <= MAX_PIPELINED // 2:
                     self._resume_reading()
@@ -380,6 +412,18 @@ class _Connection(asyncio.Protocol):
         if self.streaming and self._busy is not None:
             self._busy.cancel()
 
+    def _close_after_refusal(self) -> None:
+        """Close gently after refusing a request the client may still be sending: a socket
+        closed with unread data answers with a reset, which can destroy the refusal before
+        the client reads it. So half-close, read and drop what still comes, then close."""
+        transport = self._transport
+        if transport is None or transport.is_closing() or not transport.can_write_eof():
+            self.close()
+            return
+        transport.write_eof()  # when the client closes too, the transport closes (eof_received)
+        self._resume_reading()  # data_received drops everything once refused
+        self._loop.call_later(LINGER_S, self.close)
+
     def close(self) -> None:
         self._closing = True
         if self._transport is not None and not self._transport.is_closing():
@@ -397,11 +441,15 @@ class HttpServer:
         max_body_bytes: int,
         error_response: ErrorResponder,
         keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.handler = handler
         self.max_body_bytes = max_body_bytes
         self.error_response = error_response
         self.keepalive_timeout_s = keepalive_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.max_connections = max_connections
         self.clock = _Clock()
         self.connections: set[_Connection] = set()
         self.closing = False
@@ -427,14 +475,18 @@ class HttpServer:
         self._sweeper = asyncio.create_task(self._sweep_idle(), name="http-idle")
 
     async def _sweep_idle(self) -> None:
-        """Close keep-alive connections idle longer than the timeout: one timer for all of
-        them, rather than one re-armed per request."""
-        period = max(0.05, min(1.0, self.keepalive_timeout_s / 4))
+        """Close keep-alive connections idle longer than the timeout and refuse requests
+        that take too long to arrive: one timer for all of them, rather than one re-armed
+        per request."""
+        shortest = min(self.keepalive_timeout_s, self.request_timeout_s)
+        period = max(0.05, min(1.0, shortest / 4))
         while True:
             await asyncio.sleep(period)
-            cutoff = self.loop.time() - self.keepalive_timeout_s
+            now = self.loop.time()
+            cutoff = now - self.keepalive_timeout_s
             for conn in list(self.connections):
-                if conn.idle and conn.last_active < cutoff:
+                conn.refuse_slow_request(now, self.request_timeout_s)
+                if conn.idle and conn.receiving_since is None and conn.last_active < cutoff:
                     conn.close()
 
     async def close(self, grace_s: float = 10.0) -> None:

@@ -308,6 +308,58 @@ async def test_idle_keep_alive_connections_are_closed_after_the_timeout() -> Non
         await _close(writer)
 
 
+async def test_a_request_trickled_in_slower_than_the_deadline_gets_408_and_a_close() -> None:
+    async with serving(request_timeout_s=0.3, keepalive_timeout_s=60) as (app, server):
+        reader, writer = await _connect(server)
+
+        async def trickle() -> None:  # one byte every 50 ms: never idle, never complete
+            for byte in _post("/x", b"abc")[:-1]:
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.05)
+
+        trickling = asyncio.create_task(trickle())
+        status, headers, answer = await _response(reader)
+        trickling.cancel()
+        assert status == 408 and headers["connection"] == "close"
+        assert b"did not arrive within 0.3 s" in answer
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert app.seen == []
+        await _close(writer)
+
+
+async def test_a_slow_handler_is_not_taken_for_a_slow_request() -> None:
+    async with serving(request_timeout_s=0.1) as (app, server):
+        reader, writer = await _connect(server)
+        writer.write(_post("/wait", b""))
+        await asyncio.wait_for(app.waiting.wait(), 5)
+        await asyncio.sleep(0.4)  # several sweeps while the handler holds the request
+        app.release.set()
+        status, _, answer = await _response(reader)
+        assert (status, answer) == (200, b"POST /wait ")
+        await _close(writer)
+
+
+async def test_connections_beyond_the_cap_are_answered_503_and_closed() -> None:
+    async with serving(max_connections=2) as (_, server):
+        kept = [await _connect(server) for _ in range(2)]
+        for reader, writer in kept:  # both are served
+            writer.write(_post("/x", b""))
+            assert (await _response(reader))[0] == 200
+        reader, writer = await _connect(server)
+        status, headers, answer = await _response(reader)
+        assert status == 503 and headers["connection"] == "close"
+        assert b"too many open connections" in answer
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        await _close(writer)
+        await _close(kept[0][1])
+        await asyncio.sleep(0.05)  # the server sees the close and has room again
+        reader, writer = await _connect(server)
+        writer.write(_post("/x", b""))
+        assert (await _response(reader))[0] == 200
+        for _, w in (*kept[1:], (reader, writer)):
+            await _close(w)
+
+
 def test_the_router_matches_static_paths_and_parameters_and_says_what_is_allowed() -> None:
     router: Router[Any] = Router()
     router.add("GET", "/jobs/{id}", "get")
