@@ -61,9 +61,19 @@ def create_tracing() -> JobTracing | None:
     except ImportError:
         return None
 
+    seen = False
+    next_look = 0.0
+
     def configured() -> bool:
-        """Whether a tracer provider was set; until then every span would be a no-op."""
-        return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+        """Whether a tracer provider was set; until then every span would be a no-op.
+        Asking OpenTelemetry reads the environment, a cost on every job, so a provider once
+        set is remembered (it cannot be unset) and its absence is looked at again once a
+        second."""
+        nonlocal seen, next_look
+        if not seen and time.monotonic() >= next_look:
+            seen = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+            next_look = time.monotonic() + 1.0
+        return seen
 
     return JobTracing(trace.get_tracer("ojs_amqp", __version__), live=configured)
 
