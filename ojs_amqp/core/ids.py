@@ -12,17 +12,21 @@ UUIDV7_PATTERN = re.compile(
 )
 
 
+def _os_random_bits(bits: int) -> int:
+    return int.from_bytes(os.urandom((bits + 7) // 8), "big") >> (-bits % 8)
+
+
 class UUIDv7Generator:
     """Monotonic within a process: ids made in the same millisecond still sort in order.
 
-    Random bits come from the OS (`os.urandom`, a syscall each) unless `entropy` says
+    Random bits come from the OS (`os.urandom`, a syscall each) unless `random_bits` says
     otherwise: ids that only need to be unique, not unguessable (request ids, event ids),
-    use a seeded `random.Random` instead."""
+    use a seeded `random.Random().getrandbits` instead."""
 
-    def __init__(self, entropy: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(self, random_bits: Callable[[int], int] = _os_random_bits) -> None:
         self._last_ms = -1
         self._counter = 0
-        self._entropy = entropy
+        self._random_bits = random_bits
 
     def new(self, now_ms: int) -> str:
         if now_ms <= self._last_ms:
@@ -31,17 +35,15 @@ class UUIDv7Generator:
             if self._counter > 0xFFF:  # 12-bit counter exhausted: borrow the next millisecond
                 now_ms += 1
                 self._counter = 0
-            rand_b = int.from_bytes(self._entropy(8), "big") & ((1 << 62) - 1)
+            rand_b = self._random_bits(62)
         else:
-            entropy = int.from_bytes(self._entropy(10), "big")  # one call for both fields
-            self._counter = (entropy >> 64) & 0x3FF
+            entropy = self._random_bits(72)  # one call for both fields
+            self._counter = (entropy >> 62) & 0x3FF
             rand_b = entropy & ((1 << 62) - 1)
         self._last_ms = now_ms
-        value = (now_ms & ((1 << 48) - 1)) << 80
-        value |= 0x7 << 76
-        value |= self._counter << 64
-        value |= 0b10 << 62
-        value |= rand_b
+        value = (
+            (now_ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | self._counter << 64 | 0b10 << 62 | rand_b
+        )
         h = f"{value:032x}"
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 

@@ -97,7 +97,7 @@ class EventLog:
     def __init__(self, capacity: int = 10_000, source: str = "ojs://ojs-amqp") -> None:
         self._events: deque[Event] = deque(maxlen=capacity)
         self._seq = 0
-        self._ids = UUIDv7Generator(random.Random().randbytes)  # unique, not secret
+        self._ids = UUIDv7Generator(random.Random().getrandbits)  # unique, not secret
         self._source = source
         self._subscribers: set[Subscription] = set()
         #: Called with every event (the events exchange publisher); must not block.

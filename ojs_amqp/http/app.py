@@ -23,7 +23,13 @@ from ojs_amqp.engine.jobs import JobEngine
 from ojs_amqp.errors import BackendUnavailable, InvalidRequest, NotFound, OjsError
 from ojs_amqp.http import schemas
 from ojs_amqp.http.auth import authorize
-from ojs_amqp.http.responses import error_response, json_response, read_object, refusal
+from ojs_amqp.http.responses import (
+    error_response,
+    fetched_response,
+    json_response,
+    read_object,
+    refusal,
+)
 from ojs_amqp.http.routing import Router
 from ojs_amqp.http.server import Request, Response, Stream
 from ojs_amqp.settings import Settings
@@ -43,7 +49,7 @@ class HttpApi:
         self.cron = cron
         self.settings = settings
         self._started = time.monotonic()
-        self._ids = UUIDv7Generator(random.Random().randbytes)  # unique, not secret
+        self._ids = UUIDv7Generator(random.Random().getrandbits)  # unique, not secret
         self.router: Router[Route] = Router()
         for method, path, handler in self._routes():
             self.router.add(method, path, handler)
@@ -212,11 +218,7 @@ class HttpApi:
         jobs = await self.engine.fetch(
             body.queues, body.count, body.worker_id, body.visibility_timeout_ms
         )
-        wire = [to_wire(j) for j in jobs]
-        payload: dict[str, Any] = {"jobs": wire}
-        if wire:
-            payload["job"] = wire[0]
-        return json_response(payload)
+        return fetched_response([to_wire(j) for j in jobs])
 
     async def ack(self, request: Request) -> Response:
         body = schemas.parse(schemas.AckIn, read_object(request))

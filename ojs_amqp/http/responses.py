@@ -30,6 +30,16 @@ def json_response(
     return Response(orjson.dumps(payload), status, [_JSON_HEADER, *(headers or ())])
 
 
+def fetched_response(jobs: list[dict[str, Any]]) -> Response:
+    """`{"jobs": [...], "job": <the first>}`, each job serialised once: the first is in the
+    answer twice (the OpenAPI document's `job`), and a FETCH answer is mostly its jobs."""
+    if not jobs:
+        return Response(b'{"jobs":[]}', 200, [_JSON_HEADER])
+    encoded = [orjson.dumps(job) for job in jobs]
+    body = b"".join((b'{"jobs":[', b",".join(encoded), b'],"job":', encoded[0], b"}"))
+    return Response(body, 200, [_JSON_HEADER])
+
+
 def error_body(exc: OjsError, request_id: str) -> dict[str, Any]:
     error = exc.to_wire()
     error["docs_url"] = f"{DOCS_URL}#{exc.code}"
