@@ -42,6 +42,13 @@ log = logging.getLogger("ojs_amqp.broker")
 
 DeliveryHandler = Callable[[Inbound], Awaitable[None]]
 
+#: RabbitMQ 3.10 can answer Declare-Ok for a quorum queue a few milliseconds before the queue
+#: has elected its leader (new queues, and every queue after a broker restart), and it nacks
+#: publishes in that gap. A publish nacked this soon after the daemon declared a queue is
+#: tried again after each of these delays before the nack counts as a refusal.
+FRESH_QUEUE_S = 5.0
+FRESH_QUEUE_RETRY_DELAYS_S = (0.02, 0.05, 0.1, 0.2, 0.4)
+
 
 class TopologyMismatch(OjsError):
     """A queue exists with other arguments (406 PRECONDITION_FAILED); we never redeclare it."""
@@ -152,6 +159,8 @@ class Broker:
         self._settler: Settler | None = None
         self._notify_channel: AbstractChannel | None = None
         self._declared: dict[str, tuple[dict[str, Any], str, str]] = {}
+        #: Until when a nack may come from a queue still electing its leader (FRESH_QUEUE_S).
+        self._declared_recently_until = 0.0
         #: queue name -> QueueSpec.kind, for the consumed-deliveries metric
         self._kinds: dict[str, str] = {}
         self._consumers: dict[str, _Consumer] = {}
@@ -371,6 +380,7 @@ class Broker:
             if exchange:
                 await queue.bind(exchange, routing_key)
             self._declared[name] = (arguments, exchange, routing_key)
+            self._declared_recently_until = time.monotonic() + FRESH_QUEUE_S
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             mismatch = TopologyMismatch(
                 f"queue {name} already exists with different arguments ({exc}); "
@@ -405,28 +415,35 @@ class Broker:
         then not ack the current copy. Goes through the pipe: the publishes of one loop turn
         leave in one write.
         """
-        self._require_connection()
-        assert self._pipe is not None
         started = time.perf_counter()
-        try:
-            await self._pipe.publish(
-                message.body, exchange=exchange, routing_key=routing_key,
-                properties=message.properties,
-            )  # fmt: skip
-        except Unroutable as exc:  # Basic.Return: no queue matched
-            self._observer.returned()
-            raise BackendUnavailable(f"the message could not be routed ({exc})") from None
-        except PublishRejected:  # Basic.Nack: x-overflow=reject-publish
-            self._observer.returned()
-            raise QueueFull(
-                f"the broker refused the message: queue {routing_key!r} is at its length "
-                "limit (or unavailable)",
-                details={"queue": routing_key},
-            ) from None
-        except BackendUnavailable:
-            raise
-        except PUBLISH_ERRORS as exc:
-            raise BackendUnavailable(f"publishing failed: {exc!r}") from None
+        retry_delays = iter(FRESH_QUEUE_RETRY_DELAYS_S)
+        while True:
+            self._require_connection()
+            assert self._pipe is not None
+            try:
+                await self._pipe.publish(
+                    message.body, exchange=exchange, routing_key=routing_key,
+                    properties=message.properties,
+                )  # fmt: skip
+                break
+            except Unroutable as exc:  # Basic.Return: no queue matched
+                self._observer.returned()
+                raise BackendUnavailable(f"the message could not be routed ({exc})") from None
+            except PublishRejected:  # Basic.Nack: x-overflow=reject-publish, or no leader yet
+                delay = next(retry_delays, None)
+                if delay is not None and self._declared_recently_until > time.monotonic():
+                    await asyncio.sleep(delay)
+                    continue
+                self._observer.returned()
+                raise QueueFull(
+                    f"the broker refused the message: queue {routing_key!r} is at its length "
+                    "limit (or unavailable)",
+                    details={"queue": routing_key},
+                ) from None
+            except BackendUnavailable:
+                raise
+            except PUBLISH_ERRORS as exc:
+                raise BackendUnavailable(f"publishing failed: {exc!r}") from None
         kind = self._exchange_kinds.get(exchange, "other")
         self._observer.published(kind, time.perf_counter() - started)
 

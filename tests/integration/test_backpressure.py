@@ -3,6 +3,7 @@ silently dropped, by the daemon's max_depth and by a broker length limit."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import subprocess
 import time
@@ -12,10 +13,11 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import pika
 import pytest
 
 from ojs_amqp.core.ids import UUIDv7Generator
-from tests.daemon import Daemon, request, shared_daemon
+from tests.daemon import AMQP_URL, Daemon, request, shared_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -97,5 +99,37 @@ def test_a_broker_length_limit_refuses_the_push_and_the_job_is_not_kept(bounded:
         assert outcomes[-1] == 429 and len(outcomes) <= 2, outcomes
         assert body["error"]["code"] == "queue_full" and headers["Retry-After"] == "1"
         assert request("GET", f"{bounded.url}/ojs/v1/jobs/{job_id}")[0] == 404
+    finally:
+        _ctl("clear_policy", policy)
+
+
+def test_a_nack_soon_after_the_queue_was_declared_is_tried_again_before_it_counts(
+    bounded: Daemon,
+) -> None:
+    """RabbitMQ 3.10 may nack publishes to a quorum queue that has not elected its leader
+    yet, just after Declare-Ok; such a nack is not a full queue. Here a length limit stands in
+    for the not-yet-elected leader and is lifted (the queue purged) while the push waits."""
+    # Given a brand-new queue that refuses publishes once it holds two messages
+    queue = f"new{uuid.uuid4().hex[:6]}"
+    name = f"{bounded.prefix}.ojs.queue.{queue}"
+    policy = f"{bounded.prefix}-new"
+    _ctl("set_policy", "--apply-to", "queues", policy, f"^{name}$", '{"max-length": 1}')
+    try:
+        assert _push(bounded, queue)[0] == 201  # declares it
+        assert _push(bounded, queue)[0] == 201  # a quorum queue lets one past the limit
+        # When the next push is nacked and the queue has room again 150 ms later
+        connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        try:
+            started = time.monotonic()
+            pusher = concurrent.futures.ThreadPoolExecutor(1).submit(_push, bounded, queue)
+            time.sleep(0.15)
+            connection.channel().queue_purge(name)
+            status, _, body = pusher.result(timeout=10)
+            waited = time.monotonic() - started
+        finally:
+            connection.close()
+        # Then the daemon published again and the push was accepted, late but not refused
+        assert status == 201, body
+        assert waited >= 0.15
     finally:
         _ctl("clear_policy", policy)
