@@ -1,5 +1,6 @@
 """Operator subcommands of `ojs-amqp`: queues, jobs, dead letters, push, health, cron and the
-RabbitMQ topology. All but `topology` talk to a running daemon's HTTP API; see docs/cli.md.
+RabbitMQ topology, and what `ojs.rejected` holds. All but `topology` and `rejected` talk to a
+running daemon's HTTP API; see docs/cli.md.
 
 `cli.py` calls `add_commands(sub)` to register them and `run(args)` to execute one.
 """
@@ -65,16 +66,11 @@ def _group(
 def _topology_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     """--prefix/--queue/--json on `topology` and again on `topology declare`; on the latter
     they default to nothing so that `topology --prefix p declare` keeps `p`."""
-    prefix = os.environ.get("OJS_PREFIX", Settings().prefix) or ""
 
     def default(value: object) -> object:
         return argparse.SUPPRESS if suppress else value
 
-    parser.add_argument(
-        "--prefix",
-        default=default(prefix),
-        help=f"prefix of every RabbitMQ name (env OJS_PREFIX, default {prefix!r})",
-    )
+    _prefix_option(parser, suppress)
     parser.add_argument(
         "--queue",
         action="append",
@@ -143,15 +139,42 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     declare = _leaf(actions, "declare", commands.topology_declare,
                     "declare the exchanges and queues on the broker (idempotent)", [])  # fmt: skip
     _topology_options(declare, suppress=True)
-    amqp_url = os.environ.get("OJS_AMQP_URL", Settings().amqp_url)
-    declare.add_argument(
-        "--amqp-url", default=amqp_url, help="RabbitMQ URL (env OJS_AMQP_URL, default the daemon's)"
-    )
+    _broker_url_option(declare)
     declare.add_argument(
         "--connect-attempts",
         type=int,
         default=1,
         help="broker connection attempts before giving up (default 1)",
+    )
+
+    refused = _group(sub, "rejected", "list or purge what the daemon moved to ojs.rejected "
+                     "(read from the broker, not the daemon)")  # fmt: skip
+    shown = _leaf(refused, "list", commands.rejected_list,
+                  "show the oldest messages and why they were refused; they stay in the queue",
+                  [])  # fmt: skip
+    shown.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    emptied = _leaf(refused, "purge", commands.rejected_purge,
+                    "delete every message in ojs.rejected", [])  # fmt: skip
+    emptied.add_argument("--yes", action="store_true", help="really delete them")
+    for leaf in (shown, emptied):
+        _prefix_option(leaf)
+        _broker_url_option(leaf)
+        leaf.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _prefix_option(parser: argparse.ArgumentParser, suppress: bool = False) -> None:
+    prefix = os.environ.get("OJS_PREFIX", Settings().prefix) or ""
+    parser.add_argument(
+        "--prefix",
+        default=argparse.SUPPRESS if suppress else prefix,
+        help=f"prefix of every RabbitMQ name (env OJS_PREFIX, default {prefix!r})",
+    )
+
+
+def _broker_url_option(parser: argparse.ArgumentParser) -> None:
+    amqp_url = os.environ.get("OJS_AMQP_URL", Settings().amqp_url)
+    parser.add_argument(
+        "--amqp-url", default=amqp_url, help="RabbitMQ URL (env OJS_AMQP_URL, default the daemon's)"
     )
 
 

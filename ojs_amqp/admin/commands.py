@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ojs_amqp.admin import format as fmt
+from ojs_amqp.admin import rejected
 from ojs_amqp.admin import topology as topo
 from ojs_amqp.admin.client import (
     BASE,
@@ -173,4 +174,24 @@ def topology_declare(args: argparse.Namespace) -> int:
     n_ex, n_q = len(description["exchanges"]), len(description["queues"])
     human = f"declared {n_ex} exchanges and {n_q} queues on {redact(args.amqp_url)}"
     emit(args, {"declared": True, **description}, human)
+    return 0
+
+
+def rejected_list(args: argparse.Namespace) -> int:
+    if args.limit < 0:
+        raise UsageError("--limit must not be negative")
+    listing = rejected.run(rejected.peek(args.amqp_url, Topology(args.prefix or ""), args.limit))
+    emit(args, listing, rejected.render(listing))
+    return 0
+
+
+def rejected_purge(args: argparse.Namespace) -> int:
+    t = Topology(args.prefix or "")
+    if not args.yes:
+        depth = rejected.run(rejected.peek(args.amqp_url, t, 0))["messages"]
+        raise UsageError(
+            f"would delete {depth} messages from {t.rejected_queue}; pass --yes to do it"
+        )
+    result = rejected.run(rejected.purge(args.amqp_url, t))
+    emit(args, result, f"deleted {result['purged']} messages from {result['queue']}")
     return 0

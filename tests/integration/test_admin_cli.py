@@ -7,9 +7,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from typing import Any
 
+import pika
 import pytest
 
 from ojs_amqp.amqp.topology import LADDER_LEVELS, Topology
@@ -161,6 +163,47 @@ def test_purge_needs_yes_and_then_deletes_every_dead_letter_of_the_queue(daemon:
     assert ok_json("dead-letters", "list", "--queue", queue, url=daemon.url)["jobs"] == []
     left = ok_json("dead-letters", "list", url=daemon.url)["jobs"]
     assert [j["id"] for j in left] == [kept]
+
+
+def test_rejected_list_shows_why_and_leaves_the_messages_then_purge_empties_it(
+    daemon: Daemon,
+) -> None:
+    # Given two messages the native edge could not accept (no reply_to to answer)
+    t = Topology(daemon.prefix)
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        channel = connection.channel()
+        channel.basic_publish(t.submit_exchange, "cli", b"\xff not json", pika.BasicProperties())
+        channel.basic_publish("", t.global_control_queue, b"{}",
+                              pika.BasicProperties(type="ojs.control.nonsense"))  # fmt: skip
+        deadline = time.monotonic() + 15
+        while channel.queue_declare(t.rejected_queue, passive=True).method.message_count < 2:
+            assert time.monotonic() < deadline, "the messages never reached ojs.rejected"
+            time.sleep(0.05)
+    finally:
+        connection.close()
+    broker = ("--prefix", daemon.prefix, "--amqp-url", AMQP_URL)
+    # When an operator lists them, twice
+    first = ok_json("rejected", "list", *broker)
+    second = ok_json("rejected", "list", *broker)
+    # Then each shows where it came from and why, and looking took nothing away
+    assert first["messages"] == second["messages"] == 2
+    by_source = {m["rejected_from"]: m for m in first["shown"]}  # sent to two queues: any order
+    submission, control = by_source["cli"], by_source[t.global_control_queue]
+    assert submission["error_code"] == control["error_code"] == "invalid_request"
+    assert "not valid JSON" in submission["error_message"]
+    assert submission["body"].endswith("not json") and submission["body_bytes"] == 10
+    assert control["type"] == "ojs.control.nonsense"
+    assert "unknown control message type" in control["error_message"]
+    table = cli("rejected", "list", *broker)
+    assert table.returncode == 0 and table.stdout.startswith(f"2 messages in {t.rejected_queue}")
+    # And purging needs --yes, then empties the queue
+    refused = cli("rejected", "purge", *broker)
+    assert refused.returncode == 2 and "would delete 2 messages" in refused.stderr
+    assert ok_json("rejected", "purge", "--yes", *broker)["purged"] == 2
+    assert ok_json("rejected", "list", *broker) == {
+        "queue": t.rejected_queue, "messages": 0, "shown": [],
+    }  # fmt: skip
 
 
 def test_health_and_cron_list(daemon: Daemon) -> None:
