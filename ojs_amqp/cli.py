@@ -11,6 +11,7 @@ from typing import Any
 
 from ojs_amqp import admin
 from ojs_amqp.amqp.failures import CONNECTION_ERRORS
+from ojs_amqp.core.durations import parse_duration_ms
 from ojs_amqp.http.auth import parse_tokens
 from ojs_amqp.logs import configure, redact
 from ojs_amqp.runtime import serve
@@ -45,6 +46,14 @@ _OPTIONS: tuple[tuple[str, str, object, type, str], ...] = (
      "a request must arrive whole within this long of its first byte (else 408)"),
     ("--http-max-connections", "OJS_HTTP_MAX_CONNECTIONS", _DEFAULTS.http_max_connections, int,
      "most HTTP connections open at once; more are answered 503 and closed"),
+    ("--retention-completed", "OJS_RETENTION_COMPLETED", "P7D", str,
+     "keep completed and cancelled jobs this long (ISO 8601 duration or milliseconds)"),
+    ("--retention-discarded", "OJS_RETENTION_DISCARDED", "P30D", str,
+     "keep discarded jobs (not dead letters) this long"),
+    ("--dead-letter-max-age", "OJS_DEAD_LETTER_MAX_AGE", "P180D", str,
+     "keep dead letters at most this long"),
+    ("--dead-letter-max-per-queue", "OJS_DEAD_LETTER_MAX_PER_QUEUE",
+     _DEFAULTS.dead_letter_max_per_queue, int, "keep at most the newest N dead letters a queue"),
     ("--connect-attempts", "OJS_CONNECT_ATTEMPTS", _DEFAULTS.connect_attempts, int,
      "broker connection attempts at start before giving up"),
     ("--log-level", "OJS_LOG_LEVEL", _DEFAULTS.log_level, str,
@@ -169,6 +178,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     tokens = _tokens(args)
     if args.delivery_hold_ms < 1000:
         raise SystemExit("ojs-amqp: --delivery-hold-ms must be at least 1000")
+    if args.dead_letter_max_per_queue < 1:
+        raise SystemExit("ojs-amqp: --dead-letter-max-per-queue must be at least 1")
     if args.http_request_timeout_ms < 100 or args.http_max_connections < 1:
         raise SystemExit(
             "ojs-amqp: --http-request-timeout-ms must be at least 100 and "
@@ -192,6 +203,16 @@ def settings_from(args: argparse.Namespace) -> Settings:
         delivery_hold_ms=args.delivery_hold_ms,
         max_depth=parse_max_depth(args.max_depth),
         default_visibility_timeout_ms=args.visibility_timeout_ms,
+        retention_completed_ms=parse_retention_ms(
+            "--retention-completed", args.retention_completed
+        ),
+        retention_discarded_ms=parse_retention_ms(
+            "--retention-discarded", args.retention_discarded
+        ),
+        dead_letter_max_age_ms=parse_retention_ms(
+            "--dead-letter-max-age", args.dead_letter_max_age
+        ),
+        dead_letter_max_per_queue=args.dead_letter_max_per_queue,
         http_request_timeout_ms=args.http_request_timeout_ms,
         http_max_connections=args.http_max_connections,
         connect_attempts=args.connect_attempts,
@@ -203,6 +224,20 @@ def settings_from(args: argparse.Namespace) -> Settings:
         tls_cert_file=args.tls_cert,
         tls_key_file=args.tls_key,
     )
+
+
+def parse_retention_ms(flag: str, text: str) -> int:
+    """'P7D', 'PT12H', '90m' or plain milliseconds; at least one second."""
+    try:
+        ms = int(text) if text.strip().isdigit() else parse_duration_ms(text)
+    except ValueError:
+        raise SystemExit(
+            f"ojs-amqp: {flag} wants an ISO 8601 duration (P7D, PT12H) or milliseconds, "
+            f"got {text!r}"
+        ) from None
+    if ms < 1000:
+        raise SystemExit(f"ojs-amqp: {flag} must be at least one second, got {text!r}")
+    return ms
 
 
 def parse_max_depth(spec: str) -> tuple[tuple[str, int], ...]:

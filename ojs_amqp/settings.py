@@ -46,6 +46,8 @@ class Settings:
     default_visibility_timeout_ms: int = 300_000
     #: Execution timeout when a job sets none (the spec's SHOULD is 1800 s).
     default_timeout_ms: int = 1_800_000
+    #: Finished jobs are deleted from the store this long after they finished: completed and
+    #: cancelled ones, and discarded ones that are not dead letters.
     retention_completed_ms: int = 7 * 86_400_000
     retention_discarded_ms: int = 30 * 86_400_000
     #: Dead letters are kept until retried or deleted, at most this long and at most this

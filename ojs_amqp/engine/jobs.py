@@ -128,7 +128,7 @@ class JobEngine:
         await self._replay_outbox()
         self._background = [
             asyncio.create_task(self._every(1.0, self._expire_due), name="expiry-sweeper"),
-            asyncio.create_task(self._every(60.0, self._prune), name="retention"),
+            asyncio.create_task(self._every(self._prune_period_s, self._prune), name="retention"),
             asyncio.create_task(self._every(0.05, self._flush_published), name="outbox-flush"),
             asyncio.create_task(self._every(5.0, self._close_idle_gateways), name="gateways"),
             asyncio.create_task(
@@ -215,6 +215,14 @@ class JobEngine:
         deadline = time.monotonic() + GATEWAY_FILL_S
         while self._buffers.sizes().get(queue, 0) < expected and time.monotonic() < deadline:
             await self._arrivals.wait([queue], min(deadline, time.monotonic() + 0.01))
+
+    @property
+    def _prune_period_s(self) -> float:
+        """Retention runs once a minute, or more often when a retention is that short."""
+        s = self.settings
+        shortest_ms = min(s.retention_completed_ms, s.retention_discarded_ms,
+                          s.dead_letter_max_age_ms)  # fmt: skip
+        return max(1.0, min(60.0, shortest_ms / 4000))
 
     @property
     def _hold_check_s(self) -> float:

@@ -23,3 +23,36 @@ def test_http_limits_come_from_flags_or_environment(monkeypatch: pytest.MonkeyPa
 def test_http_limits_that_would_refuse_everything_are_rejected_at_start(flags: list[str]) -> None:
     with pytest.raises(SystemExit, match="--http-request-timeout-ms must be at least 100"):
         settings_from(_parser().parse_args(["serve", *flags]))
+
+
+def test_retention_takes_iso_durations_or_milliseconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = settings_from(_parser().parse_args(["serve"]))
+    assert defaults.retention_completed_ms == 7 * 86_400_000
+    assert defaults.retention_discarded_ms == 30 * 86_400_000
+    assert defaults.dead_letter_max_age_ms == 180 * 86_400_000
+
+    monkeypatch.setenv("OJS_RETENTION_DISCARDED", "PT12H")
+    args = _parser().parse_args(
+        ["serve", "--retention-completed", "P1D", "--dead-letter-max-age", "90000",
+         "--dead-letter-max-per-queue", "50"]
+    )  # fmt: skip
+    settings = settings_from(args)
+    assert settings.retention_completed_ms == 86_400_000
+    assert settings.retention_discarded_ms == 12 * 3_600_000
+    assert settings.dead_letter_max_age_ms == 90_000
+    assert settings.dead_letter_max_per_queue == 50
+
+
+@pytest.mark.parametrize(
+    ("flags", "complaint"),
+    [
+        (["--retention-completed", "a week"], "wants an ISO 8601 duration"),
+        (["--retention-discarded", "PT0.5S"], "at least one second"),
+        (["--dead-letter-max-per-queue", "0"], "at least 1"),
+    ],
+)
+def test_retention_that_makes_no_sense_is_rejected_at_start(
+    flags: list[str], complaint: str
+) -> None:
+    with pytest.raises(SystemExit, match=complaint):
+        settings_from(_parser().parse_args(["serve", *flags]))
