@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 from ojs_amqp.admin import format as fmt
@@ -180,7 +181,7 @@ def topology_declare(args: argparse.Namespace) -> int:
 def rejected_list(args: argparse.Namespace) -> int:
     if args.limit < 0:
         raise UsageError("--limit must not be negative")
-    listing = rejected.run(rejected.peek(args.amqp_url, Topology(args.prefix or ""), args.limit))
+    listing = asyncio.run(rejected.peek(args.amqp_url, Topology(args.prefix or ""), args.limit))
     emit(args, listing, rejected.render(listing))
     return 0
 
@@ -188,10 +189,10 @@ def rejected_list(args: argparse.Namespace) -> int:
 def rejected_purge(args: argparse.Namespace) -> int:
     t = Topology(args.prefix or "")
     if not args.yes:
-        depth = rejected.run(rejected.peek(args.amqp_url, t, 0))["messages"]
+        depth = asyncio.run(rejected.peek(args.amqp_url, t, 0))["messages"]
         raise UsageError(
             f"would delete {depth} messages from {t.rejected_queue}; pass --yes to do it"
         )
-    result = rejected.run(rejected.purge(args.amqp_url, t))
+    result = asyncio.run(rejected.purge(args.amqp_url, t))
     emit(args, result, f"deleted {result['purged']} messages from {result['queue']}")
     return 0

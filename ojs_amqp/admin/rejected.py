@@ -9,8 +9,6 @@ redelivered flag. Purging is the only way this command removes anything.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
 from typing import Any
 
 import aio_pika
@@ -87,10 +85,6 @@ async def purge(url: str, topology: Topology) -> dict[str, Any]:
     finally:
         await connection.close()
     return {"queue": topology.rejected_queue, "purged": result.message_count or 0}
-
-
-def run(coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
-    return asyncio.run(coro)
 
 
 def render(listing: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ojs_amqp.cli import _parser, settings_from
+from ojs_amqp.settings import Settings
 
 
 def test_http_limits_come_from_flags_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,10 +27,11 @@ def test_http_limits_that_would_refuse_everything_are_rejected_at_start(flags: l
 
 
 def test_retention_takes_iso_durations_or_milliseconds(monkeypatch: pytest.MonkeyPatch) -> None:
-    defaults = settings_from(_parser().parse_args(["serve"]))
-    assert defaults.retention_completed_ms == 7 * 86_400_000
-    assert defaults.retention_discarded_ms == 30 * 86_400_000
-    assert defaults.dead_letter_max_age_ms == 180 * 86_400_000
+    # The flags' defaults are written as ISO durations; they must stay the settings' own.
+    defaults, expected = settings_from(_parser().parse_args(["serve"])), Settings()
+    assert defaults.retention_completed_ms == expected.retention_completed_ms == 7 * 86_400_000
+    assert defaults.retention_discarded_ms == expected.retention_discarded_ms == 30 * 86_400_000
+    assert defaults.dead_letter_max_age_ms == expected.dead_letter_max_age_ms == 180 * 86_400_000
 
     monkeypatch.setenv("OJS_RETENTION_DISCARDED", "PT12H")
     args = _parser().parse_args(
