@@ -44,7 +44,9 @@ class JobContext:
         if data is not None:
             report["data"] = data
         parse_update(report)  # refuse what the daemon would refuse, in the handler
-        self.pending_progress = report
+        # Folded into a report not sent yet, as the daemon folds reports: the newest number,
+        # and the newest message and data given.
+        self.pending_progress = {**(self.pending_progress or {}), **report}
 
     @property
     def meta(self) -> dict[str, Any]:
