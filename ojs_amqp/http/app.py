@@ -156,7 +156,14 @@ class HttpApi:
                     "workflows": False,
                     "pause_resume": False,
                 },
-                "extensions": {"official": [], "experimental": []},
+                "extensions": {
+                    "official": [
+                        {"name": "progress", "uri": "urn:ojs:ext:progress"},
+                        {"name": "observability", "uri": "urn:ojs:ext:observability"},
+                        {"name": "graceful-shutdown", "uri": "urn:ojs:ext:graceful-shutdown"},
+                    ],
+                    "experimental": [],
+                },
                 "limits": {"max_body_bytes": self.settings.max_body_bytes},
             }
         )

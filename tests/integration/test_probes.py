@@ -46,6 +46,10 @@ def test_health_reports_each_component_and_the_root_probes_answer(module_daemon:
     status, ready = request("GET", f"{url}/ready")
     assert status == 200 and ready["status"] == "ok" and ready["ready"] is True
     assert (ready["broker"], ready["store"], ready["draining"]) == ("ok", "ok", False)
+    status, manifest = request("GET", f"{url}/ojs/manifest")
+    assert [e["uri"] for e in manifest["extensions"]["official"]] == [
+        "urn:ojs:ext:progress", "urn:ojs:ext:observability", "urn:ojs:ext:graceful-shutdown",
+    ]  # fmt: skip
 
 
 def test_a_draining_worker_gets_no_new_jobs_and_its_health_says_drain(
