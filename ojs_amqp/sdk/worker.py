@@ -360,8 +360,7 @@ class Worker:
             consumer.on_consumer_cancel_callbacks.add(
                 lambda frame: self._broker_cancelled(session, frame)
             )
-            if self.heartbeat_interval > 0:
-                session.spawn(self._heartbeats(session))
+            session.spawn(self._heartbeats(session))  # also sends ctx.progress reports
         except BaseException:
             await connection.close()
             raise
@@ -753,7 +752,9 @@ class Worker:
         """One ticker for all running jobs (cheaper than a timer per job): a job that has run
         `heartbeat_interval` since its start or last beat gets a heartbeat."""
         loop = asyncio.get_running_loop()
-        tick = max(0.01, min(1.0, self.heartbeat_interval / 4))
+        beats = self.heartbeat_interval > 0
+        every = PROGRESS_INTERVAL_S / 2  # a report waits at most this past its second
+        tick = max(0.01, min(every, self.heartbeat_interval / 4)) if beats else every
         while not session.abandoned:
             await asyncio.sleep(tick)
             now = loop.time()
@@ -767,7 +768,7 @@ class Worker:
                     running.next_progress = now + PROGRESS_INTERVAL_S
                     running.next_beat = now + self.heartbeat_interval
                     session.spawn(self._send_heartbeat(session, running, report))
-                elif running.next_beat <= now:
+                elif beats and running.next_beat <= now:
                     running.next_beat = now + self.heartbeat_interval
                     session.spawn(self._send_heartbeat(session, running))
 

@@ -202,3 +202,47 @@ async def test_the_sdk_reports_progress_over_amqp_and_the_daemon_shows_it(
     assert first["state"] == "active"
     assert (first["progress"], first["message"], first["data"]) == (0.5, "half", {"step": 1})
     assert last["state"] == "completed" and last["progress"] == 1.0
+
+
+async def test_a_threaded_handler_reports_progress_in_a_tight_loop_without_heartbeats(
+    module_daemon: Daemon,
+) -> None:
+    queue = _queue()
+    url = module_daemon.url
+
+    def crunch(ctx: JobContext) -> int:  # a plain function: runs in the thread pool
+        for n in range(1, 301):
+            ctx.progress(n / 300, f"row {n}")
+            time.sleep(0.01)
+        return 300
+
+    async with Client(AMQP_URL, prefix=module_daemon.prefix, timeout=5.0) as client:
+        job = await client.push("sdk.crunch", [], queue=queue)
+        worker = Worker(AMQP_URL, prefix=module_daemon.prefix, queues=[queue],
+                        handlers={"sdk.crunch": crunch}, heartbeat_interval=0)  # fmt: skip
+        task = asyncio.create_task(worker.run(handle_signals=False))
+        seen: list[float] = []
+        try:
+            deadline = time.monotonic() + 20
+            body: Any = {}
+            while time.monotonic() < deadline and body.get("state") != "completed":
+                await asyncio.sleep(0.1)
+                status, body = await asyncio.to_thread(
+                    request, "GET", f"{url}/ojs/v1/jobs/{job.id}/progress"
+                )
+                # A binding-PUSH job: unknown to the daemon until its first progress report
+                # (which carries the envelope) adopts it.
+                assert status in (200, 404), body
+                if status == 200 and body["state"] == "active" and body["progress"] is not None:
+                    seen.append(body["progress"])
+        finally:
+            await worker.stop(grace_period=1.0)
+            await task
+    assert body["state"] == "completed" and body["progress"] == 1.0
+    assert seen and 0 < seen[0] < 1 and seen == sorted(seen)
+    _, events = await asyncio.to_thread(
+        request, "GET", f"{url}/ojs/v1/events?types=progress.updated&limit=200"
+    )
+    mine = [e for e in events["events"] if e["data"]["job_id"] == job.id]
+    # 300 reports in about 3 s: a report a second reaches the daemon, not 300.
+    assert 1 <= len(mine) <= 6
