@@ -46,6 +46,8 @@ _OPTIONS: tuple[tuple[str, str, object, type, str], ...] = (
      "a request must arrive whole within this long of its first byte (else 408)"),
     ("--http-max-connections", "OJS_HTTP_MAX_CONNECTIONS", _DEFAULTS.http_max_connections, int,
      "most HTTP connections open at once; more are answered 503 and closed"),
+    ("--shutdown-delay-ms", "OJS_SHUTDOWN_DELAY_MS", _DEFAULTS.shutdown_delay_ms, int,
+     "on SIGTERM, answer /ready with 503 this long before stopping (drain for load balancers)"),
     ("--retention-completed", "OJS_RETENTION_COMPLETED", "P7D", str,
      "keep completed and cancelled jobs this long (ISO 8601 duration or milliseconds)"),
     ("--retention-discarded", "OJS_RETENTION_DISCARDED", "P30D", str,
@@ -185,6 +187,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "ojs-amqp: --http-request-timeout-ms must be at least 100 and "
             "--http-max-connections at least 1"
         )
+    if args.shutdown_delay_ms < 0:
+        raise SystemExit("ojs-amqp: --shutdown-delay-ms must be 0 or more")
     if args.log_format not in ("text", "json"):
         raise SystemExit(f"ojs-amqp: --log-format must be text or json, got {args.log_format!r}")
     return Settings(
@@ -215,6 +219,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         dead_letter_max_per_queue=args.dead_letter_max_per_queue,
         http_request_timeout_ms=args.http_request_timeout_ms,
         http_max_connections=args.http_max_connections,
+        shutdown_delay_ms=args.shutdown_delay_ms,
         connect_attempts=args.connect_attempts,
         log_level=args.log_level,
         log_format=args.log_format,

@@ -55,6 +55,7 @@ class Runtime:
     native: NativeEdge
     events: EventPublisher | None = None
     http: HttpServer | None = None
+    api: HttpApi | None = None
     https: ssl.SSLContext | None = None
 
     @classmethod
@@ -85,7 +86,7 @@ class Runtime:
         if self.settings.events_exchange:
             self.events = EventPublisher(self.engine.events, self.broker)
             self.events.start()
-        api = HttpApi(self.engine, self.cron, self.settings)
+        api = self.api = HttpApi(self.engine, self.cron, self.settings)
         self.http = HttpServer(
             api.handle,
             max_body_bytes=self.settings.max_body_bytes,
@@ -105,6 +106,16 @@ class Runtime:
             self.settings.store_path,
             " [TEST MODE: /ojs/v1/admin/reset is enabled]" if self.settings.test_mode else "",
         )
+
+    async def drain(self) -> None:
+        """SIGTERM's first step: /ready answers 503 from now on; still serving everything
+        else for `shutdown_delay_ms`, so probes notice before the port closes."""
+        if self.api is not None:
+            self.api.draining = True
+        if self.settings.shutdown_delay_ms > 0:
+            log.info("draining: /ready answers 503; stopping in %d ms",
+                     self.settings.shutdown_delay_ms)  # fmt: skip
+            await asyncio.sleep(self.settings.shutdown_delay_ms / 1000)
 
     async def stop(self) -> None:
         if self.http is not None:
@@ -134,6 +145,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, on_signal)
     try:
         await stop.wait()
+        await runtime.drain()
         log.info("shutting down: no new requests; unconfirmed pushes are flushed, leased and "
                  "waiting jobs stay with the broker (a second signal forces)")  # fmt: skip
     finally:

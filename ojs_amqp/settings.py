@@ -64,6 +64,9 @@ class Settings:
     #: clients that trickle requests or hoard sockets cannot starve the daemon of either.
     http_request_timeout_ms: int = 30_000
     http_max_connections: int = 4096
+    #: On SIGTERM, /ready answers 503 for this long before the daemon stops serving, so
+    #: load balancers and Kubernetes take it out of rotation first (0: stop at once).
+    shutdown_delay_ms: int = 0
     #: Bearer tokens (scope + secret); empty = no authentication (loopback only, unless
     #: allow_unauthenticated).
     auth_tokens: tuple[Token, ...] = ()

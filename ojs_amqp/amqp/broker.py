@@ -179,6 +179,8 @@ class Broker:
         #: connection lives on: every delivery that channel held is void (back in its queue).
         self.on_consumer_lost: list[Callable[[str], None]] = []
         self.server_version = "unknown"
+        #: Why the broker link is degraded (a confirm, declare or RPC past its timeout), or None.
+        self.stall: str | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 

@@ -14,13 +14,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ojs_amqp.amqp import protocol
 from ojs_amqp.core.job import MISSING
+from ojs_amqp.core.progress import ProgressUpdate, parse_update
 from ojs_amqp.core.retry import FailureReport
 from ojs_amqp.core.times import parse_rfc3339_ms
 from ojs_amqp.errors import InvalidRequest
 
 _NEEDS_JOB_ID = frozenset(
-    {protocol.CANCEL, protocol.HEARTBEAT, protocol.INFO, protocol.COMPLETED, protocol.FAILED}
-)
+    {
+        protocol.CANCEL, protocol.HEARTBEAT, protocol.INFO, protocol.COMPLETED, protocol.FAILED,
+        protocol.PROGRESS,
+    }
+)  # fmt: skip
 
 
 class _ErrorIn(BaseModel):
@@ -61,6 +65,8 @@ class ControlMessage:
     #: The reports of an `ojs.report.batch`, each parsed on its own: a bad one is refused
     #: alone, without its neighbours.
     reports: list[ControlMessage | InvalidRequest] = field(default_factory=list)
+    #: The report of an `ojs.control.progress`.
+    progress: ProgressUpdate | None = None
 
 
 def parse_control(kind: str | None, body: bytes) -> ControlMessage:
@@ -123,6 +129,7 @@ def _parse(kind: str, data: Any) -> ControlMessage:
         failure=_failure(parsed.error) if kind == protocol.FAILED else None,
         envelope=parsed.job,
         queues=parsed.queues or [],
+        progress=parse_update(data) if kind == protocol.PROGRESS else None,
     )
 
 

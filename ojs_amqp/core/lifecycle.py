@@ -10,6 +10,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
+from ojs_amqp.core import progress
 from ojs_amqp.core.job import MISSING, Job, JobState, evolve
 from ojs_amqp.core.retry import Discard, FailureReport, Retry, decide_failure
 from ojs_amqp.core.times import format_ms
@@ -64,13 +65,17 @@ def check(job: Job, move: Move) -> frozenset[JobState]:
 def fetch(job: Job, now_ms: int, worker_id: str | None) -> Job:
     check(job, Move.FETCH)
     return evolve(
-        job, state=S.ACTIVE, attempt=job.attempt + 1, started_at_ms=now_ms, worker_id=worker_id
-    )
+        job, state=S.ACTIVE, attempt=job.attempt + 1, started_at_ms=now_ms, worker_id=worker_id,
+        progress=None,  # progress belongs to one attempt (ojs-progress §5.3)
+    )  # fmt: skip
 
 
 def ack(job: Job, now_ms: int, result: Any = MISSING) -> Job:
     check(job, Move.ACK)
-    return evolve(job, state=S.COMPLETED, completed_at_ms=now_ms, result=result, error=None)
+    return evolve(
+        job, state=S.COMPLETED, completed_at_ms=now_ms, result=result, error=None,
+        progress=progress.completed(job.progress),
+    )  # fmt: skip
 
 
 def _error_entry(job: Job, report: FailureReport, now_ms: int) -> dict[str, Any]:

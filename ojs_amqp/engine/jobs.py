@@ -25,15 +25,17 @@ from ojs_amqp.amqp.control import ControlMessage
 from ojs_amqp.amqp.inbound import Inbound
 from ojs_amqp.amqp.topology import DUE_ROUTING_KEY, ladder_level_for, ladder_routing_key
 from ojs_amqp.clock import now_ms
-from ojs_amqp.core import lifecycle
+from ojs_amqp.core import lifecycle, progress
 from ojs_amqp.core.envelope import parse_enqueue, validate_queue
 from ojs_amqp.core.ids import UUIDv7Generator, is_uuidv7
-from ojs_amqp.core.job import SYSTEM_FIELDS, Job, JobState
+from ojs_amqp.core.job import SYSTEM_FIELDS, Job, JobState, evolve
+from ojs_amqp.core.progress import ProgressUpdate
 from ojs_amqp.core.retry import FailureReport
 from ojs_amqp.core.times import parse_rfc3339_ms
 from ojs_amqp.engine.backpressure import DepthCache
 from ojs_amqp.engine.dispatch import Arrivals, Delivery, Lease, ReadyBuffers
 from ojs_amqp.engine.events import EventLog
+from ojs_amqp.engine.workers import WorkerRegistry
 from ojs_amqp.errors import (
     BackendUnavailable,
     Conflict,
@@ -58,6 +60,9 @@ GATEWAY_FILL_S = 0.5
 LEASE_RETRY_S = 1.0
 TIMER_RETRY_MS = 1000
 _DIRECTIVES = ("running", "quiet", "terminate")
+#: How often reported progress is written to the store, and the least time between two
+#: progress events of one job (ojs-progress §6.2: the latest value is kept, not each one).
+PROGRESS_FLUSH_S = 1.0
 
 
 class JobEngine:
@@ -95,6 +100,15 @@ class JobEngine:
         self._held: dict[int, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._worker_directives: dict[str, str] = {}
+        #: HTTP workers' announced states (beat, drain), for fetch and worker health.
+        self.workers = WorkerRegistry()
+        #: Progress of active jobs reported since the last store write (job id -> progress,
+        #: core/progress.py): reads see it at once, the store gets the latest once a second.
+        self._progress: dict[str, dict[str, Any]] = {}
+        #: job id -> monotonic time of its last progress event; and the jobs whose latest
+        #: progress is still to be announced (held back by the one-per-second limit).
+        self._progress_announced: dict[str, float] = {}
+        self._progress_unannounced: set[str] = set()
         #: job id -> copy number being published and recorded right now, and deliveries of
         #: that copy that arrived before the record (re-run once it is written).
         self._recording: dict[str, int] = {}
@@ -130,6 +144,9 @@ class JobEngine:
             asyncio.create_task(self._every(1.0, self._expire_due), name="expiry-sweeper"),
             asyncio.create_task(self._every(self._prune_period_s, self._prune), name="retention"),
             asyncio.create_task(self._every(0.05, self._flush_published), name="outbox-flush"),
+            asyncio.create_task(
+                self._every(PROGRESS_FLUSH_S, self._flush_progress), name="progress-flush"
+            ),
             asyncio.create_task(self._every(5.0, self._close_idle_gateways), name="gateways"),
             asyncio.create_task(
                 self._every(self._hold_check_s, self._refresh_held_deliveries), name="holds"
@@ -141,6 +158,7 @@ class JobEngine:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self._flush_published()
+        await self._flush_progress()
         self._cancel_timers()
         if self.tracing is not None:
             self.tracing.close()
@@ -365,7 +383,7 @@ class JobEngine:
             raise NotFound(
                 f"job {job_id} not found", details={"resource_type": "job", "resource_id": job_id}
             )
-        return job
+        return self._with_progress(job)
 
     async def activate(self, job_id: str) -> Job:
         job = await self.get(job_id)
@@ -630,6 +648,7 @@ class JobEngine:
             self._announce_adopted(adopted)
         elif job is None:
             job = await self._known_or_adopted(report.job_id, report.envelope, queue)
+        job = self._with_progress(job)
         now = self._now()
         active = self._native_start(job, report.copy, report.started_at_ms or now, report.worker_id)
         if active is None:
@@ -706,6 +725,9 @@ class JobEngine:
     ) -> list[Job]:
         if not queues:
             raise InvalidRequest("queues must list at least one queue")
+        self.workers.seen(worker_id, self._now())
+        if not self.workers.fetching(worker_id):
+            return []  # quiet or draining: no new jobs (ojs-graceful-shutdown §5.1)
         now_mono = time.monotonic()
         for queue in queues:
             if queue in self._gateways:  # consumed already: the usual case
@@ -816,6 +838,7 @@ class JobEngine:
         if lease is None or job is None or job.state is not JobState.ACTIVE:
             self._leases.pop(job_id, None)
             return
+        job = self._with_progress(job)
         now = self._now()
         new = lifecycle.lease_expired(job, now, kind, self._rng)
         try:
@@ -842,7 +865,7 @@ class JobEngine:
 
     async def _owned_active(self, job_id: str, worker_id: str | None) -> tuple[Job, Lease | None]:
         lease = self._leases.get(job_id)
-        job = lease.job if lease is not None else await self.get(job_id)
+        job = self._with_progress(lease.job) if lease is not None else await self.get(job_id)
         if job.state is not JobState.ACTIVE:
             raise Conflict(
                 f"job {job_id} is {job.state.value}, not active",
@@ -940,6 +963,105 @@ class JobEngine:
         if directive not in _DIRECTIVES:
             raise InvalidRequest(f"directive must be one of {', '.join(_DIRECTIVES)}")
         self._worker_directives[worker_id] = directive
+
+    # --- progress (ojs-progress) and worker beats (ojs-graceful-shutdown) --------------------
+
+    def _with_progress(self, job: Job) -> Job:
+        """The job with its latest reported progress, which may not be in the store yet."""
+        latest = self._progress.get(job.id)
+        if latest is None or job.state is not JobState.ACTIVE or latest["attempt"] != job.attempt:
+            return job
+        return evolve(job, progress=latest)
+
+    async def report_progress(
+        self, job_id: str, update: ProgressUpdate, worker_id: str | None = None
+    ) -> tuple[Job, bool]:
+        """Take a progress report for an active job: (the job as it now reads, applied).
+
+        A report for a job that is not active (finished, cancelled, back in its queue) or is
+        held by another worker changes nothing and is not an error: progress is
+        fire-and-forget (PRG-007). It counts as a heartbeat (PRG-008). It is not written to
+        the store here: `_flush_progress` writes the latest once a second, and every move
+        out of `active` takes it along (`_with_progress`)."""
+        job = await self.get(job_id)
+        if job.state is not JobState.ACTIVE or (
+            worker_id and job.worker_id and worker_id != job.worker_id
+        ):
+            return job, False
+        now = self._now()
+        merged = progress.merge(job.progress, update, job.attempt, now)
+        self._progress[job_id] = merged
+        lease = self._leases.get(job_id)
+        if lease is not None:
+            lease.visibility_deadline = time.monotonic() + lease.visibility_ms / 1000
+            self._arm(lease)
+        job = evolve(job, progress=merged)
+        self._announce_progress(job)
+        return job, True
+
+    async def native_progress(self, report: ControlMessage, queue: str | None) -> Job:
+        """A native worker's `ojs.control.progress`: a heartbeat (the first marks the job
+        active, as `native_heartbeat` does) carrying a progress report."""
+        assert report.job_id is not None and report.progress is not None
+        await self.native_heartbeat(report, queue)
+        job, _ = await self.report_progress(report.job_id, report.progress, report.worker_id)
+        return job
+
+    def _announce_progress(self, job: Job) -> None:
+        """At most one `progress.updated` event per job per PROGRESS_FLUSH_S; a report in
+        between is announced by the next flush (the latest value, not each one)."""
+        last = self._progress_announced.get(job.id)
+        mono = time.monotonic()
+        if last is not None and mono - last < PROGRESS_FLUSH_S:
+            self._progress_unannounced.add(job.id)
+            return
+        self._progress_announced[job.id] = mono
+        self._progress_unannounced.discard(job.id)
+        wire = progress.to_wire(job.progress)
+        self.events.emit(
+            "progress.updated", job, self._now(), progress=wire["progress"],
+            message=wire["message"], data=wire["data"],
+        )  # fmt: skip
+
+    async def _flush_progress(self) -> None:
+        """Write the latest progress of each job reported since the last flush (one store
+        write per job per second, however often its worker reports). A job that left
+        `active` (or started another attempt) meanwhile is skipped: its move took the
+        progress along. The read and the write below run without yielding to another task
+        (SQLite store calls do not suspend before their write), so no move slips between;
+        the value leaves memory only once the store has it."""
+        unannounced, self._progress_unannounced = self._progress_unannounced, set()
+        for job_id, latest in list(self._progress.items()):
+            job = await self.store.get(job_id)
+            current = job is not None and job.state is JobState.ACTIVE
+            if job is not None and current and job.attempt == latest["attempt"]:
+                current = await self.store.update(
+                    evolve(job, progress=latest), expect_copy=job.copy
+                )
+                lease = self._leases.get(job_id)
+                if current and lease is not None and lease.job.attempt == job.attempt:
+                    lease.job = evolve(lease.job, progress=latest)
+            else:
+                current = False
+            if self._progress.get(job_id) is latest:
+                del self._progress[job_id]
+            if not current:
+                self._progress_announced.pop(job_id, None)
+            elif job_id in unannounced and job is not None:
+                self._progress_announced.pop(job_id, None)
+                self._announce_progress(evolve(job, progress=latest))
+        stale = time.monotonic() - 2 * PROGRESS_FLUSH_S
+        for job_id, announced in list(self._progress_announced.items()):
+            if announced < stale:
+                del self._progress_announced[job_id]
+
+    def worker_beat(
+        self, worker_id: str, state: str | None, active_jobs: int | None
+    ) -> tuple[str, str]:
+        """A worker's beat with its state (`drain` when it shuts down): (its state as
+        recorded, the directive for it)."""
+        recorded = self.workers.beat(worker_id, state, active_jobs, self._now())
+        return recorded, self._worker_directives.get(worker_id, "running")
 
     # --- timers ----------------------------------------------------------------------------
 
@@ -1131,6 +1253,10 @@ class JobEngine:
         await self.store.reset()
         self.events.clear()
         self._worker_directives.clear()
+        self.workers.clear()
+        self._progress.clear()
+        self._progress_announced.clear()
+        self._progress_unannounced.clear()
         t = self.broker.topology
         await self.broker.consume(t.due_queue, t.due_queue_arguments(), 2000, self._on_due)
         for hook in self.on_reset:

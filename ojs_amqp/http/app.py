@@ -7,19 +7,21 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
 
 from ojs_amqp import __version__
 from ojs_amqp.clock import now_ms
+from ojs_amqp.core import progress
 from ojs_amqp.core.ids import UUIDv7Generator
-from ojs_amqp.core.job import JobState, to_wire
+from ojs_amqp.core.job import Job, JobState, to_wire
 from ojs_amqp.core.times import format_ms
 from ojs_amqp.engine.cron import CronScheduler, cron_to_wire
 from ojs_amqp.engine.events import EventFilter
 from ojs_amqp.engine.jobs import JobEngine
+from ojs_amqp.engine.workers import WORKER_STATES
 from ojs_amqp.errors import BackendUnavailable, InvalidRequest, NotFound, OjsError
 from ojs_amqp.http import schemas
 from ojs_amqp.http.auth import authorize
@@ -38,6 +40,8 @@ log = logging.getLogger("ojs_amqp.http")
 
 BASE = "/ojs/v1"
 SSE_KEEPALIVE_S = 15.0
+#: A broker ping slower than this reports the broker `degraded` (every broker wait is bounded).
+HEALTH_PING_S = 2.0
 Route = Callable[[Request], Awaitable[Response | Stream]]
 
 
@@ -50,6 +54,8 @@ class HttpApi:
         self.settings = settings
         self._started = time.monotonic()
         self._ids = UUIDv7Generator(random.Random().getrandbits)  # unique, not secret
+        #: Set on SIGTERM, before the server stops: /ready answers 503 from then on.
+        self.draining = False
         self.router: Router[Route] = Router()
         for method, path, handler in self._routes():
             self.router.add(method, path, handler)
@@ -58,15 +64,21 @@ class HttpApi:
         return [
             ("GET", "/ojs/manifest", self.manifest),
             ("GET", f"{BASE}/health", self.health),
+            ("GET", "/health", self.liveness),
+            ("GET", "/ready", self.readiness),
             ("POST", f"{BASE}/jobs", self.push),
             ("GET", f"{BASE}/jobs/{{id}}", self.info),
             ("DELETE", f"{BASE}/jobs/{{id}}", self.cancel),
             ("POST", f"{BASE}/jobs/{{id}}/activate", self.activate),
+            ("PUT", f"{BASE}/jobs/{{id}}/progress", self.put_progress),
+            ("GET", f"{BASE}/jobs/{{id}}/progress", self.get_progress),
             ("POST", f"{BASE}/workers/fetch", self.fetch),
             ("POST", f"{BASE}/workers/ack", self.ack),
             ("POST", f"{BASE}/workers/nack", self.nack),
             ("POST", f"{BASE}/workers/heartbeat", self.heartbeat),
             ("POST", f"{BASE}/workers/{{worker_id}}/directive", self.directive),
+            ("POST", f"{BASE}/workers/beat", self.beat),
+            ("GET", f"{BASE}/workers/{{worker_id}}/health", self.worker_health),
             ("GET", f"{BASE}/queues", self.queues),
             ("GET", f"{BASE}/dead-letter", self.dead_letters),
             ("POST", f"{BASE}/dead-letter/{{id}}/retry", self.retry_dead_letter),
@@ -144,28 +156,92 @@ class HttpApi:
                     "workflows": False,
                     "pause_resume": False,
                 },
-                "extensions": {"official": [], "experimental": []},
+                "extensions": {
+                    "official": [
+                        {"name": "progress", "uri": "urn:ojs:ext:progress"},
+                        {"name": "observability", "uri": "urn:ojs:ext:observability"},
+                        {"name": "graceful-shutdown", "uri": "urn:ojs:ext:graceful-shutdown"},
+                    ],
+                    "experimental": [],
+                },
                 "limits": {"max_body_bytes": self.settings.max_body_bytes},
             }
         )
 
     async def health(self, request: Request) -> Response:
-        broker = self.engine.broker
-        uptime = int(time.monotonic() - self._started)
-        backend: dict[str, Any] = {"type": "rabbitmq", "version": broker.server_version}
-        try:
-            backend["latency_ms"] = round(await broker.ping(), 2)
-            backend["status"] = "connected"
-            status, code = "ok", 200
-        except Exception as exc:  # any failure to reach the broker means degraded
-            backend["status"] = "disconnected"
-            backend["error"] = str(exc) or type(exc).__name__
-            status, code = "degraded", 503
+        """Overall status and each component's, as `ok` / `degraded` / `unhealthy`
+        (ojs-observability §10): 200 unless something is unhealthy, then 503."""
+        components = {"broker": await self._broker_health(), "store": await self._store_health()}
+        status = _worst(c["status"] for c in components.values())
         return json_response(
-            {"status": status, "version": __version__, "uptime_seconds": uptime,
-             "backend": backend},
-            code,
+            {
+                "status": status,
+                "version": __version__,
+                "uptime_seconds": int(time.monotonic() - self._started),
+                "backend": components["broker"],
+                "components": components,
+                "draining": self.draining,
+                "workers": self.engine.workers.counts(),
+            },
+            503 if status == "unhealthy" else 200,
+        )
+
+    async def _broker_health(self) -> dict[str, Any]:
+        broker = self.engine.broker
+        out: dict[str, Any] = {"type": "rabbitmq", "version": broker.server_version,
+                               "connected": broker.connected}  # fmt: skip
+        try:
+            out["latency_ms"] = round(await asyncio.wait_for(broker.ping(), HEALTH_PING_S), 2)
+        except TimeoutError:
+            out["status"] = "degraded"
+            out["reason"] = f"the broker did not answer a ping within {HEALTH_PING_S:g} s"
+            return out
+        except Exception as exc:  # any failure to reach the broker: the link is down
+            out["status"] = "unhealthy"
+            out["error"] = str(exc) or type(exc).__name__
+            return out
+        stall = broker.stall
+        out["status"] = "degraded" if stall else "ok"
+        if stall:
+            out["reason"] = stall
+        return out
+
+    async def _store_health(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "sqlite"}
+        start = time.perf_counter()
+        try:
+            await self.engine.store.outbox_size()  # one indexed count: the store answers
+        except Exception as exc:
+            return {**out, "status": "unhealthy", "error": str(exc) or type(exc).__name__}
+        return {**out, "status": "ok", "latency_ms": round((time.perf_counter() - start) * 1000, 2)}
+
+    async def liveness(self, request: Request) -> Response:
+        """`/health` for load balancers and liveness probes: the process serves requests.
+        Deliberately blind to the broker (the daemon reconnects by itself; a restart would
+        not bring a broker back): readiness is what follows the broker."""
+        return json_response(
+            {"status": "ok", "draining": self.draining,
+             "uptime_seconds": int(time.monotonic() - self._started)}
         )  # fmt: skip
+
+    async def readiness(self, request: Request) -> Response:
+        """`/ready`: 200 once the broker link and the store are up, 503 while either is
+        not, and from SIGTERM on (draining), so the pod leaves the Service first."""
+        broker = self.engine.broker
+        store = await self._store_health()
+        reasons = []
+        if self.draining:
+            reasons.append("the daemon is shutting down")
+        if not broker.connected:
+            reasons.append("the broker link is down")
+        if store["status"] != "ok":
+            reasons.append(f"the store does not answer: {store.get('error')}")
+        body: dict[str, Any] = {"status": "unhealthy" if reasons else "ok", "ready": not reasons,
+                                "broker": "ok" if broker.connected else "unhealthy",
+                                "store": store["status"], "draining": self.draining}  # fmt: skip
+        if reasons:
+            body["reasons"] = reasons
+        return json_response(body, 503 if reasons else 200)
 
     async def metrics(self, request: Request) -> Response:
         engine = self.engine
@@ -183,7 +259,9 @@ class HttpApi:
         m.consumer_utilization.clear()
         for queue, ratio in engine.consumer_utilization().items():
             m.consumer_utilization.labels(queue).set(ratio)
-        return Response(m.render(), headers=[("Content-Type", "text/plain; charset=utf-8")])
+        # Exactly `text/plain`, as ext-observability checks; Prometheus reads that as its text
+        # format 0.0.4 (tests/integration/test_probes.py parses it with prometheus_client).
+        return Response(m.render(), headers=[("Content-Type", "text/plain")])
 
     async def reset(self, request: Request) -> Response:
         if not self.settings.test_mode:
@@ -210,6 +288,25 @@ class HttpApi:
     async def activate(self, request: Request) -> Response:
         job = await self.engine.activate(request.params["id"])
         return json_response({"job": {**to_wire(job), "previous_state": "pending"}})
+
+    async def put_progress(self, request: Request) -> Response:
+        """ojs-progress: a report on an active job; on any other job it changes nothing and
+        says so (`applied: false`), never an error (PRG-007)."""
+        update = progress.parse_update(read_object(request))
+        job, applied = await self.engine.report_progress(request.params["id"], update)
+        body = _progress_body(job)
+        body["applied"] = applied
+        if not applied:
+            body["reason"] = (
+                f"job {job.id} is {job.state.value}: only an active job takes progress"
+                if job.state is not JobState.ACTIVE
+                else f"job {job.id} is held by another worker"
+            )
+        return json_response(body, headers=_progress_headers(job))
+
+    async def get_progress(self, request: Request) -> Response:
+        job = await self.engine.get(request.params["id"])
+        return json_response(_progress_body(job), headers=_progress_headers(job))
 
     # --- workers ---------------------------------------------------------------------------
 
@@ -264,6 +361,49 @@ class HttpApi:
         worker_id = request.params["worker_id"]
         self.engine.set_worker_directive(worker_id, body.directive)
         return json_response({"worker_id": worker_id, "directive": body.directive})
+
+    async def beat(self, request: Request) -> Response:
+        """A worker's beat with its state (ojs-graceful-shutdown): `drain` (or `quiet`,
+        `terminate`) stops fetch from handing it new jobs; leases it names are extended."""
+        body = schemas.parse(schemas.BeatIn, read_object(request))
+        if body.state is not None and body.state not in WORKER_STATES:
+            raise InvalidRequest(
+                f"state must be one of {', '.join(WORKER_STATES)}", details={"field": "state"}
+            )
+        state, directive = self.engine.worker_beat(body.worker_id, body.state, body.job_count())
+        extended: list[str] = []
+        if body.job_ids():
+            directive, extended = await self.engine.heartbeat(
+                body.worker_id, body.job_ids(), body.visibility_timeout_ms
+            )
+        return json_response(
+            {
+                "acknowledged": True,
+                "worker_id": body.worker_id,
+                "state": state,
+                "directive": directive,
+                "jobs_extended": extended,
+                "server_time": format_ms(now_ms()),
+            }
+        )
+
+    async def worker_health(self, request: Request) -> Response:
+        """A worker's last announced state: 200 while it runs, 503 once it is quiet,
+        draining or terminating (it takes no new work); 404 for a worker not seen lately."""
+        worker_id = request.params["worker_id"]
+        info = self.engine.workers.get(worker_id)
+        if info is None:
+            raise NotFound(
+                f"no worker {worker_id!r} has been seen lately (fetch, heartbeat or beat)",
+                details={"resource_type": "worker", "resource_id": worker_id},
+            )
+        running = info.state == "running"
+        return json_response(
+            {"worker_id": worker_id, "state": info.state,
+             "status": "ok" if running else "draining",
+             "last_seen_at": format_ms(info.last_seen_ms), "active_jobs": info.active_jobs},
+            200 if running else 503,
+        )  # fmt: skip
 
     # --- queues and dead letters -----------------------------------------------------------
 
@@ -351,6 +491,23 @@ class HttpApi:
         name = request.params["name"]
         cron = await self.cron.delete(name)
         return json_response({"cron": cron_to_wire(cron), "deleted": True, "name": name})
+
+
+def _worst(statuses: Iterable[str]) -> str:
+    order = ("ok", "degraded", "unhealthy")
+    return max(statuses, key=order.index, default="ok")
+
+
+def _progress_body(job: Job) -> dict[str, Any]:
+    return {"job_id": job.id, "state": job.state.value, **progress.to_wire(job.progress)}
+
+
+def _progress_headers(job: Job) -> list[tuple[str, str]]:
+    headers = [("Cache-Control", "no-cache")]
+    value = job.progress.get("progress") if job.progress else None
+    if value is not None:
+        headers.append(("X-OJS-Progress", f"{value:g}"))
+    return headers
 
 
 def _with_trace_context(request: Request, body: dict[str, Any]) -> dict[str, Any]:

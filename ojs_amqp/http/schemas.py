@@ -71,6 +71,27 @@ class DirectiveIn(_Body):
     directive: StrictStr
 
 
+class BeatIn(_Body):
+    """`POST /ojs/v1/workers/beat` (ojs-graceful-shutdown): a worker's state with its beat;
+    `active_jobs` is a count (worker protocol) or a list of ids (HTTP binding)."""
+
+    worker_id: StrictStr = Field(min_length=1, max_length=255)
+    state: StrictStr | None = None
+    active_jobs: StrictInt | list[StrictStr] | None = None
+    active_job_ids: list[StrictStr] | None = None
+    visibility_timeout_ms: StrictInt | None = Field(default=None, ge=1000)
+
+    def job_ids(self) -> list[str]:
+        listed = self.active_jobs if isinstance(self.active_jobs, list) else []
+        return [*listed, *(self.active_job_ids or [])]
+
+    def job_count(self) -> int | None:
+        if isinstance(self.active_jobs, int):
+            return self.active_jobs
+        ids = self.job_ids()
+        return len(ids) if ids or self.active_jobs is not None else None
+
+
 M = TypeVar("M", bound=BaseModel)
 
 

@@ -89,7 +89,7 @@ class NativeEdge:
             await self._hand_back(message, exc)
             return
         except NotFound as exc:
-            if control.kind == protocol.HEARTBEAT and not message.reply_to:
+            if control.kind in (protocol.HEARTBEAT, protocol.PROGRESS) and not message.reply_to:
                 # A beat for a job not adopted yet (binding PUSH, no envelope): nothing to
                 # extend, nothing wrong with the message.
                 self.engine.settle(message)
@@ -116,6 +116,8 @@ class NativeEdge:
             return await self.engine.apply_report(control, queue)
         if kind == protocol.HEARTBEAT:
             return await self.engine.native_heartbeat(control, queue)
+        if kind == protocol.PROGRESS:
+            return await self.engine.native_progress(control, queue)
         if kind == protocol.CANCEL:
             return await self.engine.cancel(control.job_id)
         return await self.engine.get(control.job_id)

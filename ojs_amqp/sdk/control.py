@@ -156,6 +156,15 @@ def heartbeat(job_id: str, worker_id: str, envelope: bytes | None = None) -> byt
     return orjson.dumps(body)
 
 
+def progress(job_id: str, worker_id: str, report: dict[str, Any], envelope: bytes | None) -> bytes:
+    """`ojs.control.progress`: a heartbeat with a progress report (`progress`, `message`,
+    `data`); like a heartbeat, it carries the envelope until the daemon has seen the job."""
+    body: dict[str, Any] = {**report, "job_id": job_id, "worker_id": worker_id}
+    if envelope is not None:
+        body["job"] = orjson.Fragment(envelope)
+    return orjson.dumps(body)
+
+
 def batch_item(kind: str, report: bytes) -> bytes:
     """A report (a JSON object from completed_report / failed_report) as an item of
     `ojs.report.batch`: the same object with its own `type` first. Spliced as bytes, so a

@@ -65,6 +65,8 @@ REPORT_BATCH_MAX = 100
 #: Default prefetch = concurrency x this: a finished job's delivery stays unacked until its
 #: (batched) report is confirmed, and must not keep the next job from arriving meanwhile.
 PREFETCH_PER_SLOT = 3
+#: A job's progress reports (ctx.progress) go out at most this often; the latest wins.
+PROGRESS_INTERVAL_S = 1.0
 
 
 def default_worker_id() -> str:
@@ -119,6 +121,8 @@ class _Running:
     next_beat: float = 0.0
     #: A heartbeat with the envelope was confirmed: later beats leave it out.
     introduced: bool = False
+    #: loop.time() before which no further progress report is sent (one a second at most).
+    next_progress: float = 0.0
 
 
 @dataclass(eq=False)
@@ -356,8 +360,7 @@ class Worker:
             consumer.on_consumer_cancel_callbacks.add(
                 lambda frame: self._broker_cancelled(session, frame)
             )
-            if self.heartbeat_interval > 0:
-                session.spawn(self._heartbeats(session))
+            session.spawn(self._heartbeats(session))  # also sends ctx.progress reports
         except BaseException:
             await connection.close()
             raise
@@ -749,26 +752,47 @@ class Worker:
         """One ticker for all running jobs (cheaper than a timer per job): a job that has run
         `heartbeat_interval` since its start or last beat gets a heartbeat."""
         loop = asyncio.get_running_loop()
-        tick = max(0.01, min(1.0, self.heartbeat_interval / 4))
+        beats = self.heartbeat_interval > 0
+        every = PROGRESS_INTERVAL_S / 2  # a report waits at most this past its second
+        tick = max(0.01, min(every, self.heartbeat_interval / 4)) if beats else every
         while not session.abandoned:
             await asyncio.sleep(tick)
             now = loop.time()
             for running in list(session.running.values()):
-                if not running.finished and running.next_beat <= now:
+                if running.finished:
+                    continue
+                report = running.ctx.pending_progress
+                if report is not None and running.next_progress <= now:
+                    # A progress report is a heartbeat too: it stands in for the next beat.
+                    running.ctx.pending_progress = None
+                    running.next_progress = now + PROGRESS_INTERVAL_S
+                    running.next_beat = now + self.heartbeat_interval
+                    session.spawn(self._send_heartbeat(session, running, report))
+                elif beats and running.next_beat <= now:
                     running.next_beat = now + self.heartbeat_interval
                     session.spawn(self._send_heartbeat(session, running))
 
-    async def _send_heartbeat(self, session: _Session, running: _Running) -> None:
+    async def _send_heartbeat(
+        self, session: _Session, running: _Running, report: dict[str, Any] | None = None
+    ) -> None:
         """Until one is confirmed, a job's heartbeats carry its envelope: the daemon may never
-        have seen a job pushed by binding PUSH, and adopts it from the beat."""
+        have seen a job pushed by binding PUSH, and adopts it from the beat. With `report`,
+        the beat is an `ojs.control.progress`."""
         ctx = running.ctx
         envelope = None if running.introduced else running.body
+        if report is None:
+            kind, body = protocol.HEARTBEAT, control.heartbeat(ctx.id, self.worker_id, envelope)
+        else:
+            kind, body = (
+                protocol.PROGRESS,
+                control.progress(ctx.id, self.worker_id, report, envelope),
+            )
         try:
             await session.pipe.publish(
-                control.heartbeat(ctx.id, self.worker_id, envelope),
+                body,
                 exchange=self.topology.direct_exchange,
                 routing_key=self._report_keys.get(ctx.queue) or CONTROL_KEY_PREFIX + ctx.queue,
-                properties=control.properties(protocol.HEARTBEAT),
+                properties=control.properties(kind),
             )
         except OjsError as exc:
             log.warning("heartbeat for job %s failed: %s", ctx.id, exc.message)

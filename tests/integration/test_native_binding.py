@@ -543,3 +543,25 @@ async def test_a_batch_of_reports_applies_each_and_refuses_only_the_bad_one(
 def test_the_manifest_names_the_amqp_protocol(native_daemon: Daemon) -> None:
     status, body = request("GET", f"{native_daemon.url}/ojs/manifest")
     assert status == 200 and body["protocols"] == ["http", "amqp"]
+
+
+async def test_a_progress_message_marks_the_job_active_and_records_its_progress(
+    native_daemon: Daemon, client: Client
+) -> None:
+    queue, job, message = await _taken(native_daemon, client)
+    report = {"job_id": job["id"], "worker_id": "w-p", "progress": 0.3, "message": "third"}
+    answer = await client.control(protocol.PROGRESS, report, queue=queue)
+    assert answer["job"]["state"] == "active" and answer["job"]["worker_id"] == "w-p"
+    assert answer["job"]["progress"]["progress"] == 0.3
+    lower = await client.control(protocol.PROGRESS, {**report, "progress": 0.1}, queue=queue)
+    assert lower["job"]["progress"]["progress"] == 0.3  # never goes down
+    refused = await client.control(protocol.PROGRESS, {"job_id": job["id"]}, queue=queue)
+    assert refused["error"]["code"] == "invalid_request"
+    assert "progress" in refused["error"]["message"]
+    await client.control(protocol.COMPLETED, _report(protocol.COMPLETED, message), queue=queue)
+    await message.ack()
+    status, done = request("GET", f"{native_daemon.url}/ojs/v1/jobs/{job['id']}/progress")
+    assert status == 200 and done["state"] == "completed" and done["progress"] == 1.0
+    assert done["message"] == "third"
+    late = await client.control(protocol.PROGRESS, {**report, "progress": 0.9}, queue=queue)
+    assert late["job"]["state"] == "completed" and late["job"]["progress"]["progress"] == 1.0
