@@ -10,6 +10,7 @@ import signal
 import ssl
 from dataclasses import dataclass
 
+from ojs_amqp.amqp.bounded import BrokerTimeouts
 from ojs_amqp.amqp.broker import Broker
 from ojs_amqp.amqp.topology import Topology
 from ojs_amqp.clock import now_ms
@@ -45,6 +46,16 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
+def broker_timeouts(settings: Settings) -> BrokerTimeouts:
+    return BrokerTimeouts(
+        connect_s=settings.amqp_connect_timeout_ms / 1000,
+        channel_s=settings.amqp_channel_timeout_ms / 1000,
+        declare_s=settings.amqp_declare_timeout_ms / 1000,
+        confirm_s=settings.amqp_confirm_timeout_ms / 1000,
+        rpc_s=settings.amqp_rpc_timeout_ms / 1000,
+    )
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -68,7 +79,7 @@ class Runtime:
         )  # fmt: skip
         broker = Broker(
             settings.amqp_url, Topology(settings.prefix), connection_name=name, observer=metrics,
-            ssl_context=tls,
+            ssl_context=tls, timeouts=broker_timeouts(settings),
         )  # fmt: skip
         engine = JobEngine(settings, store, broker, EventLog(), metrics, tracing=create_tracing())
         https = server_context(settings.tls_cert_file, settings.tls_key_file)

@@ -154,12 +154,16 @@ class HttpApi:
         uptime = int(time.monotonic() - self._started)
         backend: dict[str, Any] = {"type": "rabbitmq", "version": broker.server_version}
         try:
+            if broker.stall is not None and broker.connected:  # answer now, no ping to wait on
+                raise BackendUnavailable(broker.stall)
             backend["latency_ms"] = round(await broker.ping(), 2)
             backend["status"] = "connected"
             status, code = "ok", 200
         except Exception as exc:  # any failure to reach the broker means degraded
-            backend["status"] = "disconnected"
-            backend["error"] = str(exc) or type(exc).__name__
+            stalled = broker.stall is not None and broker.connected
+            # "stalled": connected, but a confirm, declare or request ran past its timeout
+            backend["status"] = "stalled" if stalled else "disconnected"
+            backend["error"] = broker.stall if stalled else str(exc) or type(exc).__name__
             status, code = "degraded", 503
         return json_response(
             {"status": status, "version": __version__, "uptime_seconds": uptime,
