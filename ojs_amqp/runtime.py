@@ -56,6 +56,23 @@ def broker_timeouts(settings: Settings) -> BrokerTimeouts:
     )
 
 
+def _warn_of_long_broker_waits(settings: Settings) -> None:
+    """A push waits for a channel, a declare and a confirm; past the request timeout its
+    client may give up before the 503 comes (the defaults keep each well below it)."""
+    limit = settings.http_request_timeout_ms
+    waits = {
+        "--amqp-channel-timeout-ms": settings.amqp_channel_timeout_ms,
+        "--amqp-declare-timeout-ms": settings.amqp_declare_timeout_ms,
+        "--amqp-confirm-timeout-ms": settings.amqp_confirm_timeout_ms,
+    }
+    for flag, ms in waits.items():
+        if ms >= limit:
+            log.warning(
+                "%s (%d ms) is not below --http-request-timeout-ms (%d ms): a push to a "
+                "stalled broker may be answered after its client gave up", flag, ms, limit,
+            )  # fmt: skip
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -88,6 +105,7 @@ class Runtime:
         return cls(settings, store, broker, engine, cron, native, https=https)
 
     async def start(self) -> None:
+        _warn_of_long_broker_waits(self.settings)
         await self.store.open()
         await self.broker.start(attempts=self.settings.connect_attempts)
         await self.engine.start()
