@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -190,7 +191,7 @@ def test_a_broker_frozen_mid_run_bounds_every_push_and_loses_nothing_accepted(
     # When the broker stops answering (the proxy forwards nothing, closes nothing)
     proxy.freeze()
     frozen_at = time.monotonic()
-    health: list[tuple[float, int, dict[str, object]]] = []
+    health: list[tuple[float, int, Any]] = []
     while time.monotonic() - frozen_at < 4 * WAIT_MS / 1000 + 4:
         sent = time.monotonic()
         status, body = request("GET", f"{url}/ojs/v1/health", timeout=30)
@@ -201,17 +202,16 @@ def test_a_broker_frozen_mid_run_bounds_every_push_and_loses_nothing_accepted(
     # within one broker wait
     degraded = [body for _, status, body in health if status == 503]
     assert degraded and all(body["status"] == "degraded" for body in degraded), health[-3:]
-    reasons = [body["backend"] for body in degraded if body["backend"]["status"] == "stalled"]  # type: ignore[index]
+    reasons = [body["backend"] for body in degraded if body["backend"]["status"] == "stalled"]
     assert reasons, f"health never reported the stall: {degraded[:3]}"
-    assert "did not answer" in reasons[0]["error"], reasons[0]  # type: ignore[index]
+    assert "did not answer" in reasons[0]["error"], reasons[0]
     slowest_health = max(took for took, _, _ in health)
     assert slowest_health < WAIT_MS / 1000 + SLACK_S, f"health took {slowest_health:.1f}s"
     # and the daemon treated the silent connection as lost (it is reconnecting)
-    assert daemon.log_path is not None
+    log_path = daemon.log_path
+    assert log_path is not None
     _wait_for(
-        "the silent connection dropped",
-        lambda: "treating it as lost" in daemon.log_path.read_text(),  # type: ignore[union-attr]
-        10,
+        "the silent connection dropped", lambda: "treating it as lost" in log_path.read_text(), 10
     )
 
     # When the broker answers again
