@@ -24,7 +24,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
 
 from ojs_amqp.amqp import frames
-from ojs_amqp.amqp.bounded import BrokerTimeouts, abort, connect_within, within
+from ojs_amqp.amqp.bounded import BrokerTimeouts, abort, connect_within, stalled, within
 from ojs_amqp.amqp.codec import Outgoing
 from ojs_amqp.amqp.failures import CONNECTION_ERRORS, PUBLISH_ERRORS
 from ojs_amqp.amqp.inbound import Inbound
@@ -635,10 +635,14 @@ class Broker:
         if self._notify_channel is None or self._notify_channel.is_closed:
             raise BackendUnavailable("the broker is not connected")
         channel = await self._notify_channel.get_underlay_channel()
-        await channel.basic_publish(
-            message.body, exchange=exchange, routing_key=routing_key,
-            properties=message.properties, mandatory=False,
-        )  # fmt: skip
+        try:
+            # aiormq bounds this itself and rolls back cleanly when the bound is hit
+            await channel.basic_publish(
+                message.body, exchange=exchange, routing_key=routing_key,
+                properties=message.properties, mandatory=False, timeout=self.timeouts.rpc_s,
+            )  # fmt: skip
+        except TimeoutError:
+            raise stalled("a notification publish", self.timeouts.rpc_s) from None
 
     # --- consuming -------------------------------------------------------------------------
 
@@ -791,8 +795,11 @@ class Broker:
         """Acks already made go out ahead of the close; none is written after it."""
         if channel.is_closed:
             return
-        if self._settler is not None:
-            await self._settler.stop(channel)
+        if self._settler is not None:  # a writer that stopped writing must not hold us here
+            await self._waiting(
+                "rpc", self.timeouts.rpc_s, "the acks ahead of a Channel.Close",
+                self._settler.stop(channel),
+            )  # fmt: skip
         await self._waiting("rpc", self.timeouts.rpc_s, "Channel.Close", channel.close())
 
     async def stop_consumers(self) -> None:
