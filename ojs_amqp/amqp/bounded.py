@@ -157,3 +157,10 @@ def abort(connection: Any) -> bool:
     connection._Connection__last_frame_time = -math.inf
     reader.cancel()
     return True
+
+
+def blocked(connection: Any) -> bool:
+    """The broker sent Connection.Blocked (a memory or disk alarm) and no Unblocked yet: it
+    reads nothing from this connection meanwhile. False when this aiormq does not say."""
+    unblocked = getattr(connection, "_Connection__connection_unblocked", None)
+    return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()

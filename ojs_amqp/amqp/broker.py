@@ -24,7 +24,14 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
 
 from ojs_amqp.amqp import frames
-from ojs_amqp.amqp.bounded import BrokerTimeouts, abort, connect_within, stalled, within
+from ojs_amqp.amqp.bounded import (
+    BrokerTimeouts,
+    abort,
+    blocked,
+    connect_within,
+    stalled,
+    within,
+)
 from ojs_amqp.amqp.codec import Outgoing
 from ojs_amqp.amqp.failures import CONNECTION_ERRORS, PUBLISH_ERRORS
 from ojs_amqp.amqp.inbound import Inbound
@@ -373,9 +380,20 @@ class Broker:
     async def _check_link(self) -> None:
         """Round trips on both connections within the RPC timeout (a channel, a passive
         declare); a connection that does not answer is treated as lost."""
+        alarmed = False
         try:
             for conn in (self._pub_conn, self._con_conn):
                 if conn is None or conn.is_closed or self._closing:
+                    continue
+                if conn.transport is not None and blocked(conn.transport.connection):
+                    alarmed = True
+                    # A resource alarm: the broker reads nothing from this connection until
+                    # it clears, and a new connection would be blocked the same way.
+                    log.warning(
+                        "the broker has blocked the connection %s (a memory or disk alarm: "
+                        "rabbitmq-diagnostics alarms); staying connected until it clears",
+                        redact(self._url),
+                    )  # fmt: skip
                     continue
                 try:
                     await within(self.timeouts.rpc_s, "a liveness probe", self._round_trip(conn))
@@ -386,7 +404,8 @@ class Broker:
                     )  # fmt: skip
                     self._drop()
                     return
-            self._answered("rpc")  # the probe is a request, and it was answered
+            if not alarmed:
+                self._answered("rpc")  # the probe is a request, and it was answered
             if self.stall:
                 log.info(
                     "the broker still answers on its connections; staying connected while %s",

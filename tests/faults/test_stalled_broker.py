@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -32,6 +31,7 @@ from ojs_amqp.errors import BackendUnavailable
 from ojs_amqp.sdk import Client
 from tests.daemon import Daemon, request
 from tests.faults.proxy import SilentListener, TcpProxy
+from tests.rabbit_node import RabbitNode
 
 HANDSHAKE = "the broker accepted the connection but did not answer the AMQP handshake"
 #: Every broker wait of the mid-run daemon, in ms (small, so the test is quick).
@@ -48,9 +48,8 @@ def silent() -> Iterator[SilentListener]:
 
 
 @pytest.fixture
-def proxy(broker: str) -> Iterator[TcpProxy]:
-    parts = urlsplit(broker)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672).start()
+def proxy(rabbit_node: RabbitNode) -> Iterator[TcpProxy]:
+    proxy = TcpProxy("127.0.0.1", rabbit_node.port).start()
     yield proxy
     proxy.close()
 
@@ -173,14 +172,16 @@ def _drain(url: str, queue: str) -> list[str]:
 
 
 def test_a_broker_frozen_mid_run_bounds_every_push_and_loses_nothing_accepted(
-    broker: str, proxy: TcpProxy, make_daemon: Callable[..., Daemon]
+    rabbit_node: RabbitNode, proxy: TcpProxy, make_node_daemon: Callable[..., Daemon]
 ) -> None:
     # Given a daemon whose broker link goes through the proxy, every wait bounded by 2 s
     waits = [
         f"--amqp-{kind}-timeout-ms={WAIT_MS}"
         for kind in ("connect", "channel", "declare", "confirm", "rpc")
     ]
-    daemon = make_daemon(*waits, "--fetch-wait-ms", "200", amqp=proxy.url(broker))
+    daemon = make_node_daemon(
+        *waits, "--fetch-wait-ms", "200", amqp=proxy.url(rabbit_node.amqp_url)
+    )
     url = daemon.url
     pusher = Pusher(url)
     for _ in range(20):
