@@ -208,6 +208,8 @@ class Broker:
         self._stall_expiry: dict[str, asyncio.TimerHandle] = {}
         #: The liveness check a stall starts (one at a time), see `_stalled`.
         self._probe: asyncio.Task[None] | None = None
+        #: What the last probe concluded, logged once per stall episode.
+        self._said: str | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -375,6 +377,8 @@ class Broker:
         if self._stalls.pop(kind, None) is None:
             return False
         self.stall = "; ".join(self._stalls.values()) or None
+        if self.stall is None:
+            self._said = None
         return True
 
     async def _check_link(self) -> None:
@@ -389,11 +393,11 @@ class Broker:
                     alarmed = True
                     # A resource alarm: the broker reads nothing from this connection until
                     # it clears, and a new connection would be blocked the same way.
-                    log.warning(
-                        "the broker has blocked the connection %s (a memory or disk alarm: "
-                        "rabbitmq-diagnostics alarms); staying connected until it clears",
-                        redact(self._url),
-                    )  # fmt: skip
+                    self._verdict(
+                        f"the broker has blocked the connection {redact(self._url)} (a memory "
+                        "or disk alarm: rabbitmq-diagnostics alarms); staying connected until "
+                        "it clears"
+                    )
                     continue
                 try:
                     await within(self.timeouts.rpc_s, "a liveness probe", self._round_trip(conn))
@@ -406,13 +410,19 @@ class Broker:
                     return
             if not alarmed:
                 self._answered("rpc")  # the probe is a request, and it was answered
-            if self.stall:
-                log.info(
-                    "the broker still answers on its connections; staying connected while %s",
-                    self.stall,
-                )  # fmt: skip
+            if self.stall and not alarmed:
+                self._verdict(
+                    f"the broker still answers on its connections; staying connected while "
+                    f"{self.stall}"
+                )
         finally:
             self._probe = None
+
+    def _verdict(self, text: str) -> None:
+        """Say what a probe found, once per stall episode (a probe follows every stall)."""
+        if text != self._said:
+            self._said = text
+            log.warning("%s", text)
 
     async def _round_trip(self, conn: AbstractConnection) -> None:
         channel = await conn.channel(publisher_confirms=False)

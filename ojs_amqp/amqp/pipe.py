@@ -371,8 +371,14 @@ class Pipe:
             _, tag, future = deadlines.popleft()
             if not future.done():
                 channel = self.channel
-                if isinstance(channel, aiormq.Channel):
-                    channel.confirmations.pop(tag, None)
+                if isinstance(channel, aiormq.Channel) and tag in channel.confirmations:
+                    # A cancelled stand-in: a late confirm (a broker that was blocked by a
+                    # resource alarm, say) is then dropped quietly, and a `multiple` one
+                    # still settles the tags before it; a missing tag would make aiormq log
+                    # an error and ignore the whole frame.
+                    late: Confirmation = self._loop.create_future()
+                    late.cancel()
+                    channel.confirmations[tag] = late
                 future.set_exception(stalled("a publish confirm", self.confirm_timeout))
         if deadlines:
             self._arm_watchdog()

@@ -32,6 +32,7 @@ from ojs_amqp.sdk import Client
 from tests.daemon import Daemon, request
 from tests.faults.proxy import SilentListener, TcpProxy
 from tests.rabbit_node import RabbitNode
+from tests.workload import metric
 
 HANDSHAKE = "the broker accepted the connection but did not answer the AMQP handshake"
 #: Every broker wait of the mid-run daemon, in ms (small, so the test is quick).
@@ -250,3 +251,45 @@ def test_a_broker_frozen_mid_run_bounds_every_push_and_loses_nothing_accepted(
         f"refused), slowest push {slowest:.2f}s, slowest health {slowest_health:.2f}s, "
         f"healthy {back_in:.1f}s after the thaw"
     )
+
+
+def test_a_memory_alarm_degrades_without_dropping_the_connection(
+    rabbit_node: RabbitNode, make_node_daemon: Callable[..., Daemon]
+) -> None:
+    # Given a daemon on the private node, every wait bounded by 2 s
+    waits = [
+        f"--amqp-{kind}-timeout-ms={WAIT_MS}"
+        for kind in ("connect", "channel", "declare", "confirm", "rpc")
+    ]
+    daemon = make_node_daemon(*waits, "--fetch-wait-ms", "200")
+    url = daemon.url
+    pusher = Pusher(url)
+    assert pusher.push("alarm")[0] == 201
+
+    # When the broker raises its memory alarm (it blocks every publishing connection)
+    rabbit_node.ctl("set_vm_memory_high_watermark", "0.000001")
+    try:
+        statuses = [pusher.push("alarm") for _ in range(3)]
+        status, body = request("GET", f"{url}/ojs/v1/health", timeout=30)
+        log_path = daemon.log_path
+        assert log_path is not None
+        _wait_for(
+            "the blocked connection noticed",
+            lambda: "has blocked the connection" in log_path.read_text(),
+            4 * WAIT_MS / 1000,
+        )
+    finally:
+        rabbit_node.ctl("set_vm_memory_high_watermark", "0.4")
+
+    # Then pushes were answered 503 within the confirm timeout, health said degraded with
+    # the reason, and the connection was kept (reconnecting would be blocked the same way)
+    assert all(s == 503 and took < WAIT_MS / 1000 + SLACK_S for s, took in statuses), statuses
+    assert (status, body["status"], body["backend"]["status"]) == (503, "degraded", "stalled")
+    assert "did not answer" in body["backend"]["error"], body
+    assert "treating it as lost" not in log_path.read_text()
+    # and once the alarm clears, pushes are accepted again and every accepted job completes
+    _wait_for("a push accepted again", lambda: pusher.push("alarm")[0] == 201, 30)
+    accepted = {job_id for job_id, status, _, _ in pusher.results if status == 201}
+    done = set(_drain(url, "alarm"))
+    assert accepted <= done, f"accepted jobs never came back: {sorted(accepted - done)[:5]}"
+    assert metric(url, "ojs_amqp_reconnections_total") == 0
