@@ -139,6 +139,12 @@ class Client:
                     self.url, name=self._name, attempts=self._connect_attempts,
                     attempt_timeout_s=self.timeout,
                 )  # fmt: skip
+            except BrokerStalled as exc:
+                raise BrokerStalled(
+                    f"cannot reach the broker at {redact(self.url)}: {exc.message}",
+                    waited_for=exc.waited_for,
+                    timeout_s=exc.timeout_s,
+                ) from None
             except CONNECTION_ERRORS as exc:
                 raise BackendUnavailable(
                     f"cannot reach the broker at {redact(self.url)}: {exc}"
