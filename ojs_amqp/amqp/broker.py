@@ -9,12 +9,13 @@ everything, re-register every consumer (AMQP-026), and tell the engine its deliv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -333,6 +334,21 @@ class Broker:
             conn.channel(publisher_confirms=False),
         )  # fmt: skip
 
+    @contextlib.asynccontextmanager
+    async def _short_lived(self, conn: AbstractConnection) -> AsyncIterator[AbstractChannel]:
+        """A channel without confirms for a few requests, closed after them, but not after
+        one that stalled: aiormq closes the channel of a request it gave up on by itself, and
+        waiting for one more answer from a broker that gives none would double the wait."""
+        channel = await self._channel(conn)
+        try:
+            yield channel
+        except BrokerStalled:
+            raise
+        except BaseException:
+            await self._close_channel(channel)
+            raise
+        await self._close_channel(channel)
+
     async def _close_channel(self, channel: AbstractChannel) -> None:
         if not channel.is_closed:
             await self._waiting("rpc", self.timeouts.rpc_s, "Channel.Close", channel.close())
@@ -486,16 +502,13 @@ class Broker:
 
     async def _declare_fixed(self) -> None:
         assert self._pub_conn is not None
-        channel = await self._channel(self._pub_conn)
-        try:
+        async with self._short_lived(self._pub_conn) as channel:
             for exchange in self.topology.exchanges():
                 kind = aio_pika.ExchangeType(exchange.type)
                 await self._waiting(
                     "declare", self.timeouts.declare_s, f"the declare of exchange {exchange.name}",
                     channel.declare_exchange(exchange.name, kind, durable=True),
                 )  # fmt: skip
-        finally:
-            await self._close_channel(channel)
         for spec in self.topology.fixed_queues():
             await self._declare(spec)
 
@@ -573,29 +586,27 @@ class Broker:
         remembered, so reconnects redeclare it."""
         assert self._pub_conn is not None
         # A channel of its own: a 406 closes the channel, and must not take the publisher down.
-        channel = await self._channel(self._pub_conn)
+        async with self._short_lived(self._pub_conn) as channel:
 
-        async def declare_and_bind() -> None:
-            queue = await channel.declare_queue(name, durable=True, arguments=arguments)
-            if exchange:
-                await queue.bind(exchange, routing_key)
+            async def declare_and_bind() -> None:
+                queue = await channel.declare_queue(name, durable=True, arguments=arguments)
+                if exchange:
+                    await queue.bind(exchange, routing_key)
 
-        try:
-            await self._waiting(
-                "declare", self.timeouts.declare_s, f"the declare of queue {name}",
-                declare_and_bind(),
-            )  # fmt: skip
-            self._declared[name] = (arguments, exchange, routing_key)
-            self._declared_recently_until = time.monotonic() + FRESH_QUEUE_S
-        except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            mismatch = TopologyMismatch(
-                f"queue {name} already exists with different arguments ({exc}); "
-                "delete it or align the configuration — it is never redeclared automatically"
-            )
-            log.error("%s", mismatch.message)
-            raise mismatch from None
-        finally:
-            await self._close_channel(channel)
+            try:
+                await self._waiting(
+                    "declare", self.timeouts.declare_s, f"the declare of queue {name}",
+                    declare_and_bind(),
+                )  # fmt: skip
+                self._declared[name] = (arguments, exchange, routing_key)
+                self._declared_recently_until = time.monotonic() + FRESH_QUEUE_S
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                mismatch = TopologyMismatch(
+                    f"queue {name} already exists with different arguments ({exc}); "
+                    "delete it or align the configuration — it is never redeclared automatically"
+                )
+                log.error("%s", mismatch.message)
+                raise mismatch from None
 
     async def ensure_job_queue(self, queue: str) -> None:
         """Declare what one OJS queue needs (job, dead-letter and control queue; idempotent)."""
@@ -897,18 +908,15 @@ class Broker:
         """Messages ready in a queue (a passive declare); 0 if it cannot be read."""
         self._require_connection()
         assert self._pub_conn is not None
-        channel = await self._channel(self._pub_conn)
-        try:
-            queue = await self._waiting(
-                "rpc", self.timeouts.rpc_s, f"a passive declare of {queue_name}",
-                channel.declare_queue(queue_name, passive=True),
-            )  # fmt: skip
-            count = queue.declaration_result.message_count
-            return int(count or 0)
-        except aiormq.exceptions.AMQPError:
-            return 0
-        finally:
-            await self._close_channel(channel)
+        async with self._short_lived(self._pub_conn) as channel:
+            try:
+                queue = await self._waiting(
+                    "rpc", self.timeouts.rpc_s, f"a passive declare of {queue_name}",
+                    channel.declare_queue(queue_name, passive=True),
+                )  # fmt: skip
+            except aiormq.exceptions.AMQPError:
+                return 0
+            return int(queue.declaration_result.message_count or 0)
 
     async def ping(self) -> float:
         """Round-trip time to the broker in milliseconds (a passive declare)."""
