@@ -2,11 +2,14 @@
 
 A broker can accept TCP and then say nothing (RabbitMQ out of file handles, a paused VM, a
 load balancer in front of a dead node), or stop answering on a connection that stays open.
-aiormq bounds none of that by default: its handshake has no timeout, Confirm.Select and
-Channel.Close ignore the caller's, and a cancelled RPC may itself wait for the broker (it
-sends Channel.Close), so even `asyncio.timeout` around a call can wait past its bound for the
-cancelled call to end. `within` does not: past the bound it raises BrokerStalled at once and
-leaves the cancelled call to finish in the background.
+aiormq 7 bounds little of that by default: its handshake has no timeout of its own (aio-pika's
+`timeout=` is an `asyncio.wait_for`), a channel's `timeout=` covers Channel.Open but not the
+Confirm.Select after it, Channel.Close waits up to the heartbeat interval (60 s), and RPCs
+wait for ever unless given a timeout. Worse, an RPC that is cancelled then sends Channel.Close
+and queues it for the writer, and `wait_for` or `asyncio.timeout` around a call wait for the
+cancelled call to finish: past their bound they can still hang. `within` does not wait: past
+the bound it raises BrokerStalled at once and leaves the cancelled call to finish in the
+background.
 """
 
 from __future__ import annotations
