@@ -918,10 +918,13 @@ class Broker:
                 return 0
             return int(queue.declaration_result.message_count or 0)
 
-    async def ping(self) -> float:
-        """Round-trip time to the broker in milliseconds (a passive declare)."""
+    async def ping(self, timeout_s: float | None = None) -> float:
+        """Round-trip time to the broker in milliseconds (a channel and a passive declare),
+        within `timeout_s` (default: the RPC timeout); past it BrokerStalled, and the stall
+        is recorded like any other (health reports it, a probe checks the link)."""
         self._require_connection()
         assert self._pub_conn is not None
         start = time.perf_counter()
-        await self._waiting("rpc", self.timeouts.rpc_s, "a ping", self._round_trip(self._pub_conn))
+        bound = self.timeouts.rpc_s if timeout_s is None else timeout_s
+        await self._waiting("rpc", bound, "a ping", self._round_trip(self._pub_conn))
         return (time.perf_counter() - start) * 1000
