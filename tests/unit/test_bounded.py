@@ -121,3 +121,50 @@ def test_a_stall_is_reported_until_answered_or_forgotten(monkeypatch: pytest.Mon
         "the broker did not answer the declare of queue q within 10 s",
         None,
     ]
+
+
+class _FakeConnection:
+    """Enough of an aio-pika connection for the probe: open, no aiormq link under it."""
+
+    is_closed = False
+    transport = None
+
+
+def _probed(answers: bool) -> tuple[Broker, list[str]]:
+    """A stall on a 'connected' broker whose probe round trip answers or hangs."""
+
+    async def scenario() -> tuple[Broker, list[str]]:
+        bus = Broker(
+            "amqp://guest:guest@127.0.0.1:1/", Topology("t"),
+            timeouts=bounded.BrokerTimeouts(rpc_s=0.2),
+        )  # fmt: skip
+        bus._pub_conn = bus._con_conn = _FakeConnection()  # type: ignore[assignment]
+        bus.connected = True
+        trips: list[str] = []
+
+        async def round_trip(conn: object) -> None:
+            trips.append("probe")
+            if not answers:
+                await asyncio.sleep(60)
+
+        bus._round_trip = round_trip  # type: ignore[method-assign]
+        bus._stalled("rpc", bounded.stalled("a ping", 10))
+        bus._stalled("declare", bounded.stalled("the declare of queue q", 10))
+        assert bus._probe is not None
+        await bus._probe
+        return bus, trips
+
+    return asyncio.run(scenario())
+
+
+def test_a_link_that_answers_the_probe_stays_up_and_reports_what_still_stalls() -> None:
+    bus, trips = _probed(answers=True)
+    assert trips == ["probe", "probe"]  # both connections
+    assert bus.connected and not bus._lost.is_set()
+    assert bus.stall == "the broker did not answer the declare of queue q within 10 s"
+
+
+def test_a_link_that_does_not_answer_the_probe_is_treated_as_lost() -> None:
+    bus, trips = _probed(answers=False)
+    assert trips == ["probe"]  # the first silent connection decides
+    assert not bus.connected and bus._lost.is_set()  # the reconnect loop takes over
