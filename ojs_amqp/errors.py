@@ -17,6 +17,7 @@
     └── BackendUnavailable    503 backend_error     (the broker or store is gone; retryable)
         ├── Unroutable                              (a mandatory publish came back)
         ├── PublishRejected                         (the broker nacked a publish)
+        ├── BrokerStalled                           (a broker wait ran past its timeout)
         └── TooManyConnections                      (the HTTP connection cap is reached)
 
 The core raises these with no knowledge of HTTP; `http/responses.py` is the one place that turns
@@ -164,6 +165,21 @@ class PublishRejected(BackendUnavailable):
     fault): the message was not stored."""
 
     hint = "The queue may be full; retry later with backoff."
+
+
+class BrokerStalled(BackendUnavailable):
+    """A broker wait (handshake, channel open, declare, confirm, RPC) ran past its timeout:
+    the broker may be connected yet not answering (out of file handles, paused, behind a
+    load balancer whose node is gone). Whatever was sent may still take effect later."""
+
+    hint = "The broker is not answering in time; retry with backoff (see docs/operations.md)."
+
+    def __init__(self, message: str, *, waited_for: str, timeout_s: float) -> None:
+        super().__init__(
+            message, details={"waited_for": waited_for, "timeout_ms": round(timeout_s * 1000)}
+        )
+        self.waited_for = waited_for
+        self.timeout_s = timeout_s
 
 
 class TooManyConnections(BackendUnavailable):

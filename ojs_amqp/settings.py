@@ -58,6 +58,16 @@ class Settings:
     #: unconfirmed publish per event; off by default for throughput).
     events_exchange: bool = False
     connect_attempts: int = 5
+    #: Every broker wait is bounded (amqp/bounded.py): the TCP + AMQP handshake of each
+    #: connection, Channel.Open, a declare (queue + binding), a publish confirm, and any
+    #: other request. Past its bound a wait fails (a push answers 503), health reports
+    #: `degraded` with the reason, and a connection that no longer answers at all is
+    #: dropped and reconnected. Each must stay below http_request_timeout_ms.
+    amqp_connect_timeout_ms: int = 10_000
+    amqp_channel_timeout_ms: int = 5_000
+    amqp_declare_timeout_ms: int = 10_000
+    amqp_confirm_timeout_ms: int = 10_000
+    amqp_rpc_timeout_ms: int = 10_000
     max_body_bytes: int = 10 * 1024 * 1024
     #: A request must arrive whole within this long of its first byte (else 408), and at
     #: most this many HTTP connections are open at once (more are answered 503 and closed):

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from ojs_amqp.engine.workers import WorkerRegistry
-from ojs_amqp.errors import BackendUnavailable
+from ojs_amqp.errors import BackendUnavailable, BrokerStalled
 from ojs_amqp.http import app as app_module
 from ojs_amqp.http.app import HttpApi
 from ojs_amqp.http.server import Request, Response
@@ -24,10 +24,15 @@ class _Broker:
         self.server_version = "3.10.0"
         self._ping_s = ping_s
 
-    async def ping(self) -> float:
+    async def ping(self, timeout_s: float) -> float:
+        """Like Broker.ping: a ping past its bound is a stall, and the stall is recorded."""
         if not self.connected:
             raise BackendUnavailable("the broker is not connected")
-        await asyncio.sleep(self._ping_s)
+        try:
+            await asyncio.wait_for(asyncio.sleep(self._ping_s), timeout_s)
+        except TimeoutError:
+            self.stall = f"the broker did not answer a ping within {timeout_s:g} s"
+            raise BrokerStalled(self.stall, waited_for="a ping", timeout_s=timeout_s) from None
         return self._ping_s * 1000
 
 
