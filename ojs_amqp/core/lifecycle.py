@@ -141,8 +141,11 @@ def _discarded(job: Job, now_ms: int, *, dead_letter: bool, **changes: Any) -> J
 
 
 def lease_expired(job: Job, now_ms: int, kind: str, rng: Callable[[], float]) -> Job:
-    """The worker went quiet. A visibility timeout puts the job straight back to `available`
-    (as the conformance suite expects); an execution timeout counts as a failed attempt."""
+    """The worker went quiet: a failed attempt either way (ojs-retry §9.2), so a job that
+    kills its worker cannot loop for ever. An execution timeout follows the retry policy like
+    a nack. A visibility timeout with attempts left puts the job straight back to `available`
+    (as the conformance suite expects, not `retryable` after a backoff); with none left,
+    `on_exhaustion` applies (docs/conformance.md)."""
     if kind == "timeout":
         check(job, Move.FAIL)
         report = FailureReport(code="timeout", type="timeout", message="execution timeout exceeded")
@@ -153,6 +156,10 @@ def lease_expired(job: Job, now_ms: int, kind: str, rng: Callable[[], float]) ->
     report = FailureReport(
         code="visibility_timeout", type="visibility_timeout", message="lease expired before ack"
     )
+    if job.attempt >= max(1, job.retry.max_attempts):
+        # §9.2: a timeout is always retryable, so only the attempt count can end it.
+        dead_letter = job.retry.on_exhaustion == "dead_letter"
+        return _after_failure(job, now_ms, report, Discard(dead_letter, "exhausted"))
     entry = _error_entry(job, report, now_ms)
     return evolve(
         job,

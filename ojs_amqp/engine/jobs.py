@@ -29,7 +29,7 @@ from ojs_amqp.core import lifecycle
 from ojs_amqp.core.envelope import parse_enqueue, validate_queue
 from ojs_amqp.core.ids import UUIDv7Generator, is_uuidv7
 from ojs_amqp.core.job import SYSTEM_FIELDS, Job, JobState
-from ojs_amqp.core.retry import FailureReport
+from ojs_amqp.core.retry import MAX_ATTEMPTS_LIMIT, FailureReport
 from ojs_amqp.core.times import parse_rfc3339_ms
 from ojs_amqp.engine.backpressure import DepthCache
 from ojs_amqp.engine.dispatch import Arrivals, Delivery, Lease, ReadyBuffers
@@ -455,11 +455,15 @@ class JobEngine:
             lease.message, lease.held_since = message, time.monotonic()
             self._arm(lease)
             return
-        # The daemon restarted while a worker held the job: the lease is gone, so the job
-        # goes back to available, as after a visibility timeout.
-        new = lifecycle.lease_expired(job, self._now(), "visibility", self._rng)
-        if await self._advance(new, message, job.copy) and self.tracing is not None:
-            self.tracing.finished(job, new, "lease_expired")
+        # The daemon restarted while a worker held the job: the lease is gone, so this is a
+        # visibility timeout, with the same rule (discarded once attempts are spent).
+        now = self._now()
+        new = lifecycle.lease_expired(job, now, "visibility", self._rng)
+        if await self._advance(new, message, job.copy):
+            self.metrics.lease_expired(job, "visibility")
+            if self.tracing is not None:
+                self.tracing.finished(job, new, "lease_expired")
+            self._after_failure_events(new, now)
 
     async def _adopt(self, queue: str, message: Inbound) -> Job | None:
         """A job another AMQP client published by binding PUSH: into the store it goes."""
@@ -653,6 +657,10 @@ class JobEngine:
                     self.tracing.finished(active, new, "completed")
         else:
             assert report.failure is not None
+            if report.attempt is not None and active.attempt < report.attempt:
+                # The worker counted attempts the daemon never saw: deliveries of this copy
+                # that went back to the queue with a worker that died (x-delivery-count).
+                active = replace(active, attempt=min(report.attempt, MAX_ATTEMPTS_LIMIT))
             new = lifecycle.fail(active, now, report.failure, self._rng)
             written = await self._advance(new, None, job.copy)
             if written:
@@ -1012,11 +1020,13 @@ class JobEngine:
                     await self._park(lease.job, self._lease_deadline_ms(lease) + TIMER_RETRY_MS)
                 self.settle(message)
                 return
-            new = lifecycle.lease_expired(job, self._now(), "visibility", self._rng)
+            now = self._now()
+            new = lifecycle.lease_expired(job, now, "visibility", self._rng)
             if await self._advance(new, message, job.copy):
                 self.metrics.lease_expired(job, "visibility")
                 if self.tracing is not None:
                     self.tracing.finished(job, new, "lease_expired")
+                self._after_failure_events(new, now)
         except OjsError as exc:  # broker away: keep holding the timer, try again shortly
             log.warning("lease timer of job %s could not fire (%s); retrying", job.id, exc.message)
             self._hold(key_id, message, ref, TIMER_RETRY_MS)
