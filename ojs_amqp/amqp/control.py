@@ -52,6 +52,8 @@ class ControlMessage:
     worker_id: str | None = None
     copy: int | None = None
     started_at_ms: int | None = None
+    #: The attempt the worker says this was (reports); see JobEngine.apply_report.
+    attempt: int | None = None
     #: The handler's return value (MISSING when the report carried none).
     result: Any = MISSING
     failure: FailureReport | None = None
@@ -119,6 +121,7 @@ def _parse(kind: str, data: Any) -> ControlMessage:
         worker_id=parsed.worker_id,
         copy=parsed.copy_number,
         started_at_ms=_time(parsed.started_at),
+        attempt=parsed.attempt,
         result=parsed.result if "result" in parsed.model_fields_set else MISSING,
         failure=_failure(parsed.error) if kind == protocol.FAILED else None,
         envelope=parsed.job,

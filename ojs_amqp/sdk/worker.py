@@ -91,6 +91,38 @@ def attempt_of(headers: Mapping[str, Any], envelope: Mapping[str, Any]) -> int:
     return attempt + 1 if isinstance(attempt, int) and not isinstance(attempt, bool) else 1
 
 
+def lost_deliveries(headers: Mapping[str, Any]) -> int:
+    """How often this copy went back to its queue unfinished: the quorum queue's
+    `x-delivery-count` (RabbitMQ 3.10 and 4.0 count every return: a worker that died or was
+    stopped, a reject or nack with requeue). 0 when absent (a first delivery)."""
+    value = headers.get("x-delivery-count")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return 0
+
+
+def max_attempts_of(headers: Mapping[str, Any], envelope: Mapping[str, Any]) -> int | None:
+    """The job's `max_attempts`: `x-ojs-max-attempts`, else the envelope's retry policy;
+    None when neither says (a third-party message: then it is not judged here)."""
+    candidates = [headers.get("x-ojs-max-attempts"), envelope.get("max_attempts")]
+    retry = envelope.get("retry")
+    if isinstance(retry, Mapping):
+        candidates.insert(1, retry.get("max_attempts"))
+    for value in candidates:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def attempts_spent(headers: Mapping[str, Any], envelope: Mapping[str, Any]) -> tuple[int, int]:
+    """(attempts spent before this delivery, max_attempts), counting each return of this copy
+    to its queue as an attempt lost with its worker (ojs-retry §9.2); max_attempts -1 when not
+    known."""
+    spent = attempt_of(headers, envelope) - 1 + lost_deliveries(headers)
+    limit = max_attempts_of(headers, envelope)
+    return spent, -1 if limit is None else max(1, limit)
+
+
 @dataclass
 class WorkerStats:
     completed: int = 0
@@ -103,6 +135,9 @@ class WorkerStats:
     report_failures: int = 0
     #: `ojs.report.batch` messages the broker confirmed (reports sent alone not counted).
     report_batches: int = 0
+    #: Redelivered jobs not run because their attempts were spent on workers that died with
+    #: them: reported failed (`worker_lost`) for the daemon to apply `on_exhaustion`.
+    worker_lost: int = 0
     reconnections: int = 0
 
 
@@ -568,6 +603,11 @@ class Worker:
             worker_id=self.worker_id,
             envelope=envelope,
         )
+        spent, limit = attempts_spent(headers, envelope)
+        if 0 < limit <= spent:
+            lost = lost_deliveries(headers)
+            self._lost(session, tag, ctx, ref.copy, message.body, spent, limit, lost)
+            return
         if not await self._acquire_slot(session, tag, channel):
             return
         try:
@@ -575,6 +615,25 @@ class Worker:
         finally:
             assert self._slots is not None
             self._slots.release()
+
+    def _lost(
+        self, session: _Session, tag: int, ctx: JobContext, copy: int | None, body: bytes,
+        spent: int, limit: int, lost: int,
+    ) -> None:  # fmt: skip
+        """The job came back after its workers died with it on every attempt it had: running
+        it again would loop for ever (a job that kills its worker). Report the last lost
+        attempt as failed instead, so the daemon applies `on_exhaustion`; acked once the
+        report is confirmed, like any outcome."""
+        self.stats.worker_lost += 1
+        error = control.worker_lost_error(spent, limit, lost)
+        ctx.attempt = spent
+        report, kind = self._report(ctx, copy, self._clock(), body, False, error)
+        log.warning("job %s came back with all %d attempts spent on lost workers; reporting "
+                    "it failed (worker_lost)", ctx.id, limit)  # fmt: skip
+        session.reports.add(
+            self._report_keys.get(ctx.queue) or CONTROL_KEY_PREFIX + ctx.queue,
+            Outcome(tag, ctx.id, kind, report),
+        )
 
     async def _acquire_slot(self, session: _Session, tag: int, channel: AbstractChannel) -> bool:
         """Wait for one of `concurrency` slots (several queues share them); a stop meanwhile
