@@ -43,6 +43,8 @@ class _ControlIn(BaseModel):
     error: _ErrorIn | None = None
     job: dict[str, Any] | None = None
     queues: list[str] | None = None
+    started: bool = False
+    delivery_count: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,11 @@ class ControlMessage:
     #: The envelope as the worker received it, to adopt a job the store has never seen.
     envelope: dict[str, Any] | None = None
     queues: list[str] = field(default_factory=list)
+    #: A heartbeat sent as a redelivered job starts (before it runs): the worker asks whether
+    #: to run it, since earlier attempts may have died with their workers.
+    started: bool = False
+    #: The broker's `x-delivery-count` of that delivery (how often the copy came back).
+    delivery_count: int = 0
     #: The reports of an `ojs.report.batch`, each parsed on its own: a bad one is refused
     #: alone, without its neighbours.
     reports: list[ControlMessage | InvalidRequest] = field(default_factory=list)
@@ -126,6 +133,8 @@ def _parse(kind: str, data: Any) -> ControlMessage:
         failure=_failure(parsed.error) if kind == protocol.FAILED else None,
         envelope=parsed.job,
         queues=parsed.queues or [],
+        started=parsed.started,
+        delivery_count=max(0, parsed.delivery_count or 0),
     )
 
 

@@ -31,6 +31,7 @@ class Move(StrEnum):
     EXPIRE = "expire"
     RETRY_DEAD_LETTER = "retry_dead_letter"
     WORKER_DISCARD = "worker_discard"
+    WORKER_LOST = "worker_lost"
 
 
 S = JobState
@@ -42,6 +43,7 @@ TRANSITIONS: dict[tuple[JobState, Move], frozenset[JobState]] = {
     (S.ACTIVE, Move.LEASE_EXPIRED): frozenset({S.AVAILABLE, S.DISCARDED}),
     (S.ACTIVE, Move.REQUEUE): frozenset({S.AVAILABLE}),
     (S.ACTIVE, Move.WORKER_DISCARD): frozenset({S.DISCARDED}),
+    (S.ACTIVE, Move.WORKER_LOST): frozenset({S.ACTIVE, S.DISCARDED}),
     (S.PENDING, Move.ACTIVATE): frozenset({S.AVAILABLE}),
     (S.SCHEDULED, Move.TIMER_DUE): frozenset({S.AVAILABLE}),
     (S.RETRYABLE, Move.TIMER_DUE): frozenset({S.AVAILABLE}),
@@ -170,6 +172,28 @@ def lease_expired(job: Job, now_ms: int, kind: str, rng: Callable[[], float]) ->
         worker_id=None,
         copy=job.copy + 1,
     )
+
+
+def worker_lost(job: Job, now_ms: int, worker_id: str | None, returned: int) -> Job:
+    """A native worker starts a job whose previous start never reported: that attempt ended
+    with its worker (killed, crashed, cut off) and counts as failed (ojs-retry §9.2). With
+    attempts left the new start is the next attempt, on the same broker copy (the delivery
+    being run is that copy); with none left, `on_exhaustion` applies."""
+    check(job, Move.WORKER_LOST)
+    report = FailureReport(
+        code="worker_lost", type="worker_lost",
+        message=f"attempt {job.attempt} ended with its worker: the job went back to its queue "
+        "unfinished",
+        details={"delivery_count": returned},
+    )  # fmt: skip
+    if job.attempt >= max(1, job.retry.max_attempts):
+        dead_letter = job.retry.on_exhaustion == "dead_letter"
+        return _after_failure(job, now_ms, report, Discard(dead_letter, "exhausted"))
+    entry = _error_entry(job, report, now_ms)
+    return evolve(
+        job, attempt=job.attempt + 1, started_at_ms=now_ms, worker_id=worker_id, error=entry,
+        errors=[*job.errors, entry][-MAX_ERROR_HISTORY:],
+    )  # fmt: skip
 
 
 def requeue(job: Job, now_ms: int) -> Job:

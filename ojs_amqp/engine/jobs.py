@@ -676,6 +676,8 @@ class JobEngine:
         assert beat.job_id is not None
         job = await self._known_or_adopted(beat.job_id, beat.envelope, queue)
         now = self._now()
+        if beat.started and beat.copy == job.copy and job.id not in self._leases:
+            return await self._native_restart(job, beat, now)
         if job.state is JobState.AVAILABLE:
             active = self._native_start(job, beat.copy, now, beat.worker_id)
             if active is not None and await self.store.update(active, expect_copy=job.copy):
@@ -685,6 +687,39 @@ class JobEngine:
         if job.state is JobState.ACTIVE:
             self.events.emit("job.heartbeat", job, now, worker_id=beat.worker_id)
         return job
+
+    async def _native_restart(self, job: Job, beat: ControlMessage, now: int) -> Job:
+        """A native worker is about to run a copy that went back to its queue unfinished
+        (`x-delivery-count` >= 1), and asks first: the answer is the job as it then stands,
+        and the worker runs it only if it is active. A previous start of this copy that never
+        reported died with its worker: a failed attempt (ojs-retry §9.2), so a job that kills
+        every worker ends per `on_exhaustion` instead of looping. A copy never started here
+        before may still have run unannounced once (a first delivery does not ask): that is
+        counted too, but never so as to discard a job that may not have run."""
+        if job.state is JobState.AVAILABLE:
+            active = self._native_start(job, beat.copy, now, beat.worker_id)
+            if active is None:
+                return job
+            if active.attempt < job.retry.max_attempts:
+                active = lifecycle.worker_lost(active, now, beat.worker_id, beat.delivery_count)
+            if await self.store.update(active, expect_copy=job.copy):
+                if self.tracing is not None:
+                    self.tracing.started(active)
+                return active
+            return await self.get(job.id)
+        if job.state is not JobState.ACTIVE:
+            return job
+        new = lifecycle.worker_lost(job, now, beat.worker_id, beat.delivery_count)
+        if new.state is JobState.ACTIVE:
+            written = await self.store.update(new, expect_copy=job.copy)
+        else:
+            written = await self._advance(new, None, job.copy)
+        if not written:
+            return await self.get(job.id)
+        self._after_failure_events(new, now)
+        if self.tracing is not None and new.state is not JobState.ACTIVE:
+            self.tracing.finished(job, new, "failed")
+        return new
 
     async def binding_retry(
         self, ref: codec.CopyRef, body: Any, queue: str, delay_ms: int, report: FailureReport

@@ -172,6 +172,21 @@ def heartbeat(job_id: str, worker_id: str, envelope: bytes | None = None) -> byt
     return orjson.dumps(body)
 
 
+def restart(
+    job_id: str, worker_id: str, copy: int | None, envelope: bytes, delivery_count: int
+) -> bytes:
+    """The heartbeat a worker sends, asking for the answer, before it runs a copy that came
+    back to its queue unfinished: the daemon counts the attempts lost with earlier workers
+    and answers the job as it stands (run it only if `active`)."""
+    body: dict[str, Any] = {
+        "job_id": job_id, "worker_id": worker_id, "started": True,
+        "delivery_count": delivery_count, "job": orjson.Fragment(envelope),
+    }  # fmt: skip
+    if copy is not None:
+        body["copy"] = copy
+    return orjson.dumps(body)
+
+
 def batch_item(kind: str, report: bytes) -> bytes:
     """A report (a JSON object from completed_report / failed_report) as an item of
     `ojs.report.batch`: the same object with its own `type` first. Spliced as bytes, so a

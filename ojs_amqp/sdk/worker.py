@@ -50,6 +50,7 @@ from ojs_amqp.sdk.context import JobContext
 from ojs_amqp.sdk.handlers import H, Handler, HandlerRegistry, Registered
 from ojs_amqp.sdk.recent import RecentIds
 from ojs_amqp.sdk.reports import Outcome, ReportBatcher
+from ojs_amqp.sdk.rpc import REPLY_TO, ReplyRouter, read_reply
 from ojs_amqp.sdk.transport import DEFAULT_URL, connect
 
 log = logging.getLogger("ojs_amqp.sdk.worker")
@@ -166,6 +167,8 @@ class _Session:
     #: Set right after construction (it calls back into the session).
     reports: ReportBatcher = field(init=False)
     tags: dict[str, str] = field(default_factory=dict)  # consumer tag -> queue
+    #: Answers to the restart questions of redelivered jobs (direct reply-to on `pipe`).
+    replies: ReplyRouter = field(default_factory=ReplyRouter)
     running: dict[int, _Running] = field(default_factory=dict)  # delivery tag -> job
     waiting: set[asyncio.Task[Any]] = field(default_factory=set)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -372,11 +375,13 @@ class Worker:
             )
             pipe = Pipe(publisher, confirm_timeout=self.publish_timeout)
             await announce(pipe, self.topology, self.queues, worker_id=self.worker_id)
+            replies = ReplyRouter()
+            await publisher.basic_consume(REPLY_TO, replies.on_message, no_ack=True)
             consumer = await connection.channel(
                 publisher_confirms=False,
                 frame_buffer_size=frames.consumer_frame_buffer(self.prefetch),
             )
-            session = _Session(connection, pipe, consumer)
+            session = _Session(connection, pipe, consumer, replies=replies)
             session.reports = ReportBatcher(
                 functools.partial(self._send_reports, pipe),
                 functools.partial(self._reports_settled, session),
@@ -603,27 +608,88 @@ class Worker:
             worker_id=self.worker_id,
             envelope=envelope,
         )
-        spent, limit = attempts_spent(headers, envelope)
-        if 0 < limit <= spent:
-            lost = lost_deliveries(headers)
-            self._lost(session, tag, ctx, ref.copy, message.body, spent, limit, lost)
-            return
         if not await self._acquire_slot(session, tag, channel):
             return
         try:
+            lost = lost_deliveries(headers)
+            if lost and not await self._may_restart(session, tag, ctx, ref.copy, message, lost):
+                return
             await self._execute(session, tag, channel, ctx, ref.copy, message.body)
         finally:
             assert self._slots is not None
             self._slots.release()
 
+    async def _may_restart(
+        self, session: _Session, tag: int, ctx: JobContext, copy: int | None,
+        message: DeliveredMessage, lost: int,
+    ) -> bool:  # fmt: skip
+        """A copy that went back to its queue `lost` times unfinished: earlier attempts may
+        have died with their workers (a job that kills its worker would otherwise loop for
+        ever). Ask the daemon, which counts those attempts, before running it: run only if it
+        answers the job active (then at its attempt). Without an answer, judge by the
+        delivery count alone, which also counts copies only prefetched by a worker that
+        died (docs/sdk.md, "Jobs that kill their worker")."""
+        body = control.restart(ctx.id, self.worker_id, copy, message.body, lost)
+        try:
+            answer = await self._ask(session, ctx.queue, body)
+        except OjsError as exc:
+            log.warning("the daemon did not answer for redelivered job %s (%s); judging by its "
+                        "delivery count", ctx.id, exc.message)  # fmt: skip
+            headers = message.header.properties.headers or {}
+            spent, limit = attempts_spent(headers, ctx.envelope)
+            if 0 < limit <= spent:
+                self._lost(session, tag, ctx, copy, message.body, spent, limit, lost)
+                return False
+            return True
+        job = answer.get("job")
+        state = job.get("state") if isinstance(job, dict) else None
+        if state != "active":
+            # Finished meanwhile: exhausted by lost attempts (discarded), or cancelled,
+            # completed, or a stale copy. The daemon's record is the outcome: ack.
+            if state == "discarded":
+                self.stats.worker_lost += 1
+                log.warning("job %s came back with its attempts spent on lost workers: "
+                            "discarded (worker_lost), not run again", ctx.id)  # fmt: skip
+            else:
+                self.stats.dropped += 1
+            await session.pipe.ack(message.channel, tag)
+            return False
+        attempt = job.get("attempt") if isinstance(job, dict) else None
+        if isinstance(attempt, int) and attempt >= 1:
+            ctx.attempt = attempt
+        return True
+
+    async def _ask(self, session: _Session, queue: str, body: bytes) -> dict[str, Any]:
+        """A control message with a reply (direct reply-to), within `publish_timeout`."""
+        correlation_id, answer = session.replies.expect()
+        properties = control.properties(protocol.HEARTBEAT)
+        properties.reply_to = REPLY_TO
+        properties.correlation_id = correlation_id
+        try:
+            await session.pipe.publish(
+                body, exchange=self.topology.direct_exchange,
+                routing_key=self._report_keys.get(queue) or CONTROL_KEY_PREFIX + queue,
+                properties=properties,
+            )  # fmt: skip
+            try:
+                async with asyncio.timeout(self.publish_timeout):
+                    raw = await answer
+            except TimeoutError:
+                raise OjsError(f"no answer within {self.publish_timeout:g}s") from None
+        finally:
+            session.replies.forget(correlation_id)
+            if answer.done() and not answer.cancelled():
+                answer.exception()  # retrieved: a failed, unawaited answer must not warn
+        return read_reply(raw)
+
     def _lost(
         self, session: _Session, tag: int, ctx: JobContext, copy: int | None, body: bytes,
         spent: int, limit: int, lost: int,
     ) -> None:  # fmt: skip
-        """The job came back after its workers died with it on every attempt it had: running
-        it again would loop for ever (a job that kills its worker). Report the last lost
-        attempt as failed instead, so the daemon applies `on_exhaustion`; acked once the
-        report is confirmed, like any outcome."""
+        """The job came back after its workers died with it on every attempt it had (by the
+        delivery count): running it again could loop for ever. Report the last lost attempt
+        as failed instead, so the daemon applies `on_exhaustion`; acked once the report is
+        confirmed, like any outcome."""
         self.stats.worker_lost += 1
         error = control.worker_lost_error(spent, limit, lost)
         ctx.attempt = spent

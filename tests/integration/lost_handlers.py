@@ -1,4 +1,4 @@
-"""Handlers for the vanished-worker tests (`ojs-amqp worker tests.integration.lost_handlers:worker`).
+"""Handlers for the vanished-worker tests (`ojs-amqp worker ...lost_handlers:worker`).
 
 `lost.hang` appends one line to the file named by its first argument each time it starts, then
 sleeps far longer than any test: the test kills the worker process while it holds the job.
@@ -16,6 +16,15 @@ worker = Worker(queues=["lost"], heartbeat_interval=0.5)
 
 @worker.handler("lost.hang")
 async def hang(ctx: JobContext) -> None:
-    with Path(ctx.args[0]).open("a") as runs:
-        runs.write(f"{ctx.attempt}\n")
+    await asyncio.to_thread(_append, Path(ctx.args[0]), f"{ctx.attempt}\n")
     await asyncio.sleep(3600)
+
+
+def _append(path: Path, line: str) -> None:
+    with path.open("a") as runs:
+        runs.write(line)
+
+
+@worker.handler("lost.ok")
+async def ok(ctx: JobContext) -> dict[str, int]:
+    return {"attempt": ctx.attempt}

@@ -248,10 +248,46 @@ def test_a_job_that_kills_its_native_worker_each_time_ends_per_on_exhaustion(
     finally:
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=20)[0].decode()
-    assert len(_runs(runs)) == attempts, out
+    # (it ran exactly N times, as attempts 1..N, each lost attempt in its history)
+    assert _runs(runs) == [str(n) for n in range(1, attempts + 1)], out
     assert job["state"] == "discarded" and job["attempt"] == attempts, job
-    assert job["error"]["code"] == "worker_lost", job
+    assert [(e["code"], e["attempt"]) for e in job["errors"]] == [
+        ("worker_lost", n) for n in range(1, attempts + 1)
+    ]
     assert job["error"]["details"]["delivery_count"] == attempts
     dead = policy.get("on_exhaustion") == "dead_letter"
     assert (job_id in dead_letter_ids(shared, queue)) is dead
     assert "worker_lost" in out
+
+
+def test_jobs_only_prefetched_by_the_workers_a_job_kills_still_run(
+    shared: Daemon, queue: str, tmp_path: Path
+) -> None:
+    # Given a job that kills its worker, queued ahead of two good jobs, all with two attempts:
+    # a worker (concurrency 1, prefetch 3) holds the good ones unstarted while it runs the
+    # bad one, so each kill sends them back to the queue too (x-delivery-count counts them)
+    runs = tmp_path / "runs"
+    retry = {"max_attempts": 2}
+    bad = push(shared, queue, "lost.hang", args=[str(runs)], retry=retry)
+    good = [push(shared, queue, "lost.ok", retry=retry) for _ in range(2)]
+    flags = ("--heartbeat-interval", "60")
+    # When two workers in a row are killed while they run the bad job
+    for _ in range(2):
+        _kill_while_running(shared, queue, runs, flags)
+    proc = _worker(shared, queue, *flags)
+    try:
+        finished = [wait_for(shared, job_id, {"completed", "discarded"}, 30) for job_id in good]
+        lost = wait_for(shared, bad, {"discarded", "completed"}, within=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=20)[0].decode()
+    # Then the bad job ends discarded after its two runs, while the good ones, which came back
+    # as often but were never started, still run and complete (a lost attempt may be charged
+    # to them, never their last)
+    assert lost["state"] == "discarded" and len(_runs(runs)) == 2, out
+    assert [job["state"] for job in finished] == ["completed", "completed"], (finished, out)
+    assert all(job["attempt"] <= 2 for job in finished)
+    # (they did come back: the charge is recorded with the delivery count that caused it)
+    for job in finished:
+        charged = [e for e in job.get("errors", []) if e["code"] == "worker_lost"]
+        assert len(charged) == 1 and charged[0]["details"]["delivery_count"] >= 1, job

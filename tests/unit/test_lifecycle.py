@@ -57,6 +57,7 @@ MOVES: dict[Move, Callable[[Job], Job]] = {
     Move.EXPIRE: lambda j: lifecycle.expire(j, NOW),
     Move.RETRY_DEAD_LETTER: lambda j: lifecycle.retry_dead_letter(j, NOW),
     Move.WORKER_DISCARD: lambda j: lifecycle.worker_discard(j, NOW, "bad payload"),
+    Move.WORKER_LOST: lambda j: lifecycle.worker_lost(j, NOW, "w-2", 1),
 }
 
 #: The spec's state machine, written out independently of the implementation.
@@ -67,6 +68,7 @@ EXPECTED = {
     (S.ACTIVE, Move.LEASE_EXPIRED): {S.AVAILABLE, S.DISCARDED},
     (S.ACTIVE, Move.REQUEUE): {S.AVAILABLE},
     (S.ACTIVE, Move.WORKER_DISCARD): {S.DISCARDED},
+    (S.ACTIVE, Move.WORKER_LOST): {S.ACTIVE, S.DISCARDED},
     (S.PENDING, Move.ACTIVATE): {S.AVAILABLE},
     (S.SCHEDULED, Move.TIMER_DUE): {S.AVAILABLE},
     (S.RETRYABLE, Move.TIMER_DUE): {S.AVAILABLE},
@@ -296,6 +298,21 @@ def test_a_visibility_timeout_ignores_non_retryable_errors() -> None:
     policy = RetryPolicy(max_attempts=3, non_retryable_errors=("visibility_timeout",))
     job = lifecycle.lease_expired(active(retry=policy), NOW, "visibility", rng)
     assert job.state is S.AVAILABLE
+
+
+def test_a_lost_native_attempt_starts_the_next_one_on_the_same_copy() -> None:
+    job = lifecycle.worker_lost(active(copy=4, retry=RetryPolicy(max_attempts=3)), NOW, "w-2", 1)
+    assert (job.state, job.attempt, job.copy, job.worker_id) == (S.ACTIVE, 2, 4, "w-2")
+    assert job.started_at_ms == NOW
+    assert job.errors[-1]["code"] == "worker_lost" and job.errors[-1]["attempt"] == 1
+    assert job.errors[-1]["details"] == {"delivery_count": 1}
+
+
+def test_a_lost_last_native_attempt_applies_on_exhaustion() -> None:
+    policy = RetryPolicy(max_attempts=2, on_exhaustion="dead_letter")
+    job = lifecycle.worker_lost(active(attempt=2, copy=4, retry=policy), NOW, "w-3", 2)
+    assert (job.state, job.dead_letter, job.copy, job.attempt) == (S.DISCARDED, True, 5, 2)
+    assert job.error is not None and job.error["code"] == "worker_lost"
 
 
 def test_execution_timeout_counts_as_a_failed_attempt() -> None:
