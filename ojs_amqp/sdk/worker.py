@@ -529,6 +529,7 @@ class Worker:
         with `reports`, also the outcomes waiting for a batch."""
         session.stopping = True
         session.abandoned = True
+        session.replies.fail_all(OjsError("the connection is gone"))
         if reports:
             session.reports.abandon()
         for running in session.running.values():
@@ -633,6 +634,8 @@ class Worker:
         try:
             answer = await self._ask(session, ctx.queue, body)
         except OjsError as exc:
+            if session.abandoned:
+                return False  # the delivery died with the connection
             log.warning("the daemon did not answer for redelivered job %s (%s); judging by its "
                         "delivery count", ctx.id, exc.message)  # fmt: skip
             headers = message.header.properties.headers or {}

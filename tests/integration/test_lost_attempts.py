@@ -6,6 +6,7 @@ after a daemon restart) and native SDK workers killed with SIGKILL, on the real 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,8 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiormq
 import pytest
 
+from ojs_amqp.amqp.topology import Topology
+from ojs_amqp.sdk import JobContext, Worker
+from ojs_amqp.sdk.worker import WorkerStats
 from tests.daemon import Daemon, request
 
 pytestmark = pytest.mark.integration
@@ -291,3 +296,67 @@ def test_jobs_only_prefetched_by_the_workers_a_job_kills_still_run(
     for job in finished:
         charged = [e for e in job.get("errors", []) if e["code"] == "worker_lost"]
         assert len(charged) == 1 and charged[0]["details"]["delivery_count"] >= 1, job
+
+
+def test_without_the_daemon_a_worker_judges_a_redelivered_job_by_its_delivery_count(
+    make_daemon: Callable[..., Daemon], queue: str
+) -> None:
+    # Given a job with one attempt whose copy already went back to its queue once (a worker
+    # took it and its channel closed), while the daemon is down
+    daemon = make_daemon()
+    job_id = push(daemon, queue, "lost.ok", retry={"max_attempts": 1})
+    daemon.stop()
+    asyncio.run(_take_and_drop(daemon, queue))
+    # When an SDK worker gets it, and its question to the daemon goes unanswered
+    ran: list[int] = []
+    stats = asyncio.run(_work_briefly(daemon, queue, ran))
+    # Then it does not run the job: by the delivery count its one attempt is spent; it
+    # reports the job failed (worker_lost), and the daemon, back, applies on_exhaustion
+    assert ran == [] and stats.worker_lost == 1 and stats.failed == 1
+    daemon.start()
+    job = wait_for(daemon, job_id, {"discarded", "completed"}, within=15)
+    assert job["state"] == "discarded" and job["error"]["code"] == "worker_lost", job
+    assert job["error"]["details"] == {"delivery_count": 1, "max_attempts": 1}
+
+
+async def _take_and_drop(d: Daemon, queue: str) -> None:
+    """Consume one delivery of the queue and close the channel without settling it."""
+    connection = await aiormq.connect(d.amqp_url)
+    try:
+        channel = await connection.channel()
+        got = asyncio.get_running_loop().create_future()
+        await channel.basic_qos(prefetch_count=1)
+        await channel.basic_consume(
+            Topology(d.prefix).job_queue(queue), lambda m: _first(got, m), no_ack=False
+        )
+        async with asyncio.timeout(10):
+            await got
+        await channel.close()
+    finally:
+        await connection.close()
+
+
+async def _first(got: asyncio.Future[Any], message: Any) -> None:
+    if not got.done():
+        got.set_result(message)
+
+
+async def _work_briefly(d: Daemon, queue: str, ran: list[int]) -> WorkerStats:
+    async def ok(ctx: JobContext) -> None:
+        ran.append(ctx.attempt)
+
+    worker = Worker(
+        d.amqp_url, prefix=d.prefix, queues=[queue], handlers={"lost.ok": ok},
+        publish_timeout=1.0,
+    )  # fmt: skip
+    task = asyncio.create_task(worker.run(handle_signals=False))
+    try:
+        async with asyncio.timeout(15):
+            while worker.stats.failed == 0:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.05)
+    finally:
+        await worker.stop(grace_period=1.0)
+        await task
+    return worker.stats
