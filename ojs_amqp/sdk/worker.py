@@ -130,14 +130,16 @@ class WorkerStats:
     failed: int = 0
     cancelled: int = 0
     expired: int = 0
-    #: Deliveries acked without running: cancelled earlier, or undecodable (nacked).
+    #: Deliveries acked without running: cancelled earlier, undecodable (nacked), or
+    #: redelivered copies the daemon already shows finished.
     dropped: int = 0
     #: Reports that could not be published (the delivery was returned to its queue).
     report_failures: int = 0
     #: `ojs.report.batch` messages the broker confirmed (reports sent alone not counted).
     report_batches: int = 0
     #: Redelivered jobs not run because their attempts were spent on workers that died with
-    #: them: reported failed (`worker_lost`) for the daemon to apply `on_exhaustion`.
+    #: them (`worker_lost`): the daemon applied `on_exhaustion`, or, when it did not answer,
+    #: was sent the failure to apply it.
     worker_lost: int = 0
     reconnections: int = 0
 
