@@ -700,9 +700,12 @@ class JobEngine:
             active = self._native_start(job, beat.copy, now, beat.worker_id)
             if active is None:
                 return job
-            if active.attempt < job.retry.max_attempts:
+            charged = active.attempt < job.retry.max_attempts
+            if charged:
                 active = lifecycle.worker_lost(active, now, beat.worker_id, beat.delivery_count)
             if await self.store.update(active, expect_copy=job.copy):
+                if charged:
+                    self.metrics.lease_expired(job, "worker_lost")
                 if self.tracing is not None:
                     self.tracing.started(active)
                 return active
@@ -716,6 +719,7 @@ class JobEngine:
             written = await self._advance(new, None, job.copy)
         if not written:
             return await self.get(job.id)
+        self.metrics.lease_expired(job, "worker_lost")
         self._after_failure_events(new, now)
         if self.tracing is not None and new.state is not JobState.ACTIVE:
             self.tracing.finished(job, new, "failed")

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import aiormq
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ojs_amqp.amqp.topology import Topology
 from ojs_amqp.sdk import JobContext, Worker
@@ -204,6 +206,16 @@ def _worker(d: Daemon, queue: str, *flags: str) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
+def _metric(d: Daemon, name: str, **labels: str) -> float:
+    with urllib.request.urlopen(f"{d.url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
 def _runs(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
@@ -263,6 +275,8 @@ def test_a_job_that_kills_its_native_worker_each_time_ends_per_on_exhaustion(
     dead = policy.get("on_exhaustion") == "dead_letter"
     assert (job_id in dead_letter_ids(shared, queue)) is dead
     assert "worker_lost" in out
+    # and every lost attempt is counted for operators
+    assert _metric(shared, "ojs_lease_expired_total", queue=queue, kind="worker_lost") == attempts
 
 
 def test_jobs_only_prefetched_by_the_workers_a_job_kills_still_run(
