@@ -374,3 +374,28 @@ async def _work_briefly(d: Daemon, queue: str, ran: list[int]) -> WorkerStats:
         await worker.stop(grace_period=1.0)
         await task
     return worker.stats
+
+
+def test_a_single_attempt_job_that_kills_its_worker_at_once_runs_at_most_twice(
+    shared: Daemon, queue: str, tmp_path: Path
+) -> None:
+    # Given a job with one attempt that kills its worker before its first heartbeat: the
+    # daemon cannot tell that first run from a delivery only prefetched, and never charges a
+    # job's last attempt on a guess (docs/sdk.md, "Jobs that kill their worker")
+    runs = tmp_path / "runs"
+    job_id = push(shared, queue, "lost.hang", args=[str(runs)], retry={"max_attempts": 1})
+    flags = ("--heartbeat-interval", "60")
+    # When the first worker is killed, and the second one, both while they run it
+    for _ in range(2):
+        _kill_while_running(shared, queue, runs, flags)
+    proc = _worker(shared, queue, *flags)
+    try:
+        job = wait_for(shared, job_id, {"discarded", "completed"}, within=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=20)[0].decode()
+    # Then it ran twice (as attempt 1: the first run was not counted), and the third worker
+    # found the second run lost: discarded, not run a third time
+    assert _runs(runs) == ["1", "1"], out
+    assert job["state"] == "discarded" and job["attempt"] == 1, job
+    assert [e["code"] for e in job["errors"]] == ["worker_lost"]
