@@ -30,7 +30,7 @@ from ojs_amqp.core.envelope import parse_enqueue, validate_queue
 from ojs_amqp.core.ids import UUIDv7Generator, is_uuidv7
 from ojs_amqp.core.job import SYSTEM_FIELDS, Job, JobState, evolve
 from ojs_amqp.core.progress import ProgressUpdate
-from ojs_amqp.core.retry import FailureReport
+from ojs_amqp.core.retry import MAX_ATTEMPTS_LIMIT, FailureReport
 from ojs_amqp.core.times import parse_rfc3339_ms
 from ojs_amqp.engine.backpressure import DepthCache
 from ojs_amqp.engine.dispatch import Arrivals, Delivery, Lease, ReadyBuffers
@@ -473,11 +473,15 @@ class JobEngine:
             lease.message, lease.held_since = message, time.monotonic()
             self._arm(lease)
             return
-        # The daemon restarted while a worker held the job: the lease is gone, so the job
-        # goes back to available, as after a visibility timeout.
-        new = lifecycle.lease_expired(job, self._now(), "visibility", self._rng)
-        if await self._advance(new, message, job.copy) and self.tracing is not None:
-            self.tracing.finished(job, new, "lease_expired")
+        # The daemon restarted while a worker held the job: the lease is gone, so this is a
+        # visibility timeout, with the same rule (discarded once attempts are spent).
+        now = self._now()
+        new = lifecycle.lease_expired(job, now, "visibility", self._rng)
+        if await self._advance(new, message, job.copy):
+            self.metrics.lease_expired(job, "visibility")
+            if self.tracing is not None:
+                self.tracing.finished(job, new, "lease_expired")
+            self._after_failure_events(new, now)
 
     async def _adopt(self, queue: str, message: Inbound) -> Job | None:
         """A job another AMQP client published by binding PUSH: into the store it goes."""
@@ -672,6 +676,10 @@ class JobEngine:
                     self.tracing.finished(active, new, "completed")
         else:
             assert report.failure is not None
+            if report.attempt is not None and active.attempt < report.attempt:
+                # The worker counted attempts the daemon never saw: deliveries of this copy
+                # that went back to the queue with a worker that died (x-delivery-count).
+                active = replace(active, attempt=min(report.attempt, MAX_ATTEMPTS_LIMIT))
             new = lifecycle.fail(active, now, report.failure, self._rng)
             written = await self._advance(new, None, job.copy)
             if written:
@@ -687,6 +695,8 @@ class JobEngine:
         assert beat.job_id is not None
         job = await self._known_or_adopted(beat.job_id, beat.envelope, queue)
         now = self._now()
+        if beat.started and beat.copy == job.copy and job.id not in self._leases:
+            return await self._native_restart(job, beat, now)
         if job.state is JobState.AVAILABLE:
             active = self._native_start(job, beat.copy, now, beat.worker_id)
             if active is not None and await self.store.update(active, expect_copy=job.copy):
@@ -696,6 +706,43 @@ class JobEngine:
         if job.state is JobState.ACTIVE:
             self.events.emit("job.heartbeat", job, now, worker_id=beat.worker_id)
         return job
+
+    async def _native_restart(self, job: Job, beat: ControlMessage, now: int) -> Job:
+        """A native worker is about to run a copy that went back to its queue unfinished
+        (`x-delivery-count` >= 1), and asks first: the answer is the job as it then stands,
+        and the worker runs it only if it is active. A previous start of this copy that never
+        reported died with its worker: a failed attempt (ojs-retry §9.2), so a job that kills
+        every worker ends per `on_exhaustion` instead of looping. A copy never started here
+        before may still have run unannounced once (a first delivery does not ask): that is
+        counted too, but never so as to discard a job that may not have run."""
+        if job.state is JobState.AVAILABLE:
+            active = self._native_start(job, beat.copy, now, beat.worker_id)
+            if active is None:
+                return job
+            charged = active.attempt < job.retry.max_attempts
+            if charged:
+                active = lifecycle.worker_lost(active, now, beat.worker_id, beat.delivery_count)
+            if await self.store.update(active, expect_copy=job.copy):
+                if charged:
+                    self.metrics.lease_expired(job, "worker_lost")
+                if self.tracing is not None:
+                    self.tracing.started(active)
+                return active
+            return await self.get(job.id)
+        if job.state is not JobState.ACTIVE:
+            return job
+        new = lifecycle.worker_lost(job, now, beat.worker_id, beat.delivery_count)
+        if new.state is JobState.ACTIVE:
+            written = await self.store.update(new, expect_copy=job.copy)
+        else:
+            written = await self._advance(new, None, job.copy)
+        if not written:
+            return await self.get(job.id)
+        self.metrics.lease_expired(job, "worker_lost")
+        self._after_failure_events(new, now)
+        if self.tracing is not None and new.state is not JobState.ACTIVE:
+            self.tracing.finished(job, new, "failed")
+        return new
 
     async def binding_retry(
         self, ref: codec.CopyRef, body: Any, queue: str, delay_ms: int, report: FailureReport
@@ -1134,11 +1181,13 @@ class JobEngine:
                     await self._park(lease.job, self._lease_deadline_ms(lease) + TIMER_RETRY_MS)
                 self.settle(message)
                 return
-            new = lifecycle.lease_expired(job, self._now(), "visibility", self._rng)
+            now = self._now()
+            new = lifecycle.lease_expired(job, now, "visibility", self._rng)
             if await self._advance(new, message, job.copy):
                 self.metrics.lease_expired(job, "visibility")
                 if self.tracing is not None:
                     self.tracing.finished(job, new, "lease_expired")
+                self._after_failure_events(new, now)
         except OjsError as exc:  # broker away: keep holding the timer, try again shortly
             log.warning("lease timer of job %s could not fire (%s); retrying", job.id, exc.message)
             self._hold(key_id, message, ref, TIMER_RETRY_MS)
