@@ -59,6 +59,9 @@ class Settings:
     events_exchange: bool = False
     connect_attempts: int = 5
     max_body_bytes: int = 10 * 1024 * 1024
+    #: Content-Type of JSON answers: the spec's application/openjobspec+json, or
+    #: application/json for clients that parse nothing else (the official Python SDK).
+    response_media_type: str = "application/openjobspec+json"
     #: A request must arrive whole within this long of its first byte (else 408), and at
     #: most this many HTTP connections are open at once (more are answered 503 and closed):
     #: clients that trickle requests or hoard sockets cannot starve the daemon of either.
