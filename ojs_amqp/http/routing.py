@@ -46,21 +46,19 @@ class Router(Generic[H]):
         Several patterns can match one path (`/jobs/{id}` and a static `/jobs/batch`, or
         routes added with different parameter names): the first that has the method wins, and
         405 lists the methods of all of them."""
-        candidates: list[tuple[dict[str, H], dict[str, str]]] = []
         static = self._static.get(path)
-        if static is not None:
-            candidates.append((static, {}))
+        if static is not None and method in static:
+            return static[method], {}  # the usual case: one dict lookup
+        matched = [] if static is None else [static]
         for pattern, methods in self._patterns:
             match = pattern.match(path)
             if match is not None:
-                candidates.append((methods, match.groupdict()))
-        if not candidates:
+                if method in methods:
+                    return methods[method], match.groupdict()
+                matched.append(methods)
+        if not matched:
             raise NoSuchEndpoint(f"no such endpoint: {path}", details={"path": path})
-        for methods, params in candidates:
-            handler = methods.get(method)
-            if handler is not None:
-                return handler, params
-        allowed = sorted({m for methods, _ in candidates for m in methods})
+        allowed = sorted({m for methods in matched for m in methods})
         raise MethodNotAllowed(
             f"{method} is not allowed on {path}; use {', '.join(allowed)}",
             details={"path": path, "allowed": allowed},
