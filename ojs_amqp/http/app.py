@@ -14,6 +14,7 @@ import orjson
 
 from ojs_amqp import __version__
 from ojs_amqp.clock import now_ms
+from ojs_amqp.core.envelope import UNHONOURED_OPTIONS
 from ojs_amqp.core.ids import UUIDv7Generator
 from ojs_amqp.core.job import JobState, to_wire
 from ojs_amqp.core.times import format_ms
@@ -166,6 +167,10 @@ class HttpApi:
                 },
                 "extensions": {"official": [], "experimental": []},
                 "unsupported": [f.manifest_entry() for f in unsupported.MISSING],
+                "unsupported_options": [
+                    {"option": name, "feature": feature, "spec": spec}
+                    for name, (feature, spec) in UNHONOURED_OPTIONS.items()
+                ],
                 "limits": {"max_body_bytes": self.settings.max_body_bytes},
             }
         )

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import pytest
 
+from ojs_amqp.core.envelope import UNHONOURED_OPTIONS
 from ojs_amqp.http import unsupported
 from ojs_amqp.http.app import HttpApi
 from ojs_amqp.http.server import Request, Response
@@ -135,6 +136,10 @@ def test_the_manifest_says_each_missing_feature_is_off(api: HttpApi) -> None:
         assert listed[feature.feature]["endpoints"] == list(feature.routes)
         if feature.capability:
             assert manifest["capabilities"][feature.capability] is False
+    # Options refused on push are listed too.
+    options = {entry["option"] for entry in manifest["unsupported_options"]}
+    assert options == set(UNHONOURED_OPTIONS) and "unique" in options
+    assert manifest["capabilities"]["unique_jobs"] is False
     # Served features stay on.
     assert manifest["capabilities"]["cron_jobs"] is True
     assert manifest["capabilities"]["dead_letter"] is True
