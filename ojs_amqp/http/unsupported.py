@@ -36,9 +36,9 @@ class MissingFeature:
         return f"the {self.extension} extension ({self.spec})"
 
     def message(self, method: str, path: str) -> str:
-        text = f"{method} {path}: {self.feature} is not supported by this daemon; it belongs to "
-        text += self.part_of
-        return f"{text}. {self.instead}" if self.instead else text
+        text = f"{method} {path} is not supported by this daemon: {self.feature}, part of "
+        text += f"{self.part_of}."
+        return f"{text} {self.instead}" if self.instead else text
 
     def details(self) -> dict[str, Any]:
         out: dict[str, Any] = {"feature": self.feature, "spec": self.spec}
@@ -52,7 +52,7 @@ class MissingFeature:
         return {**self.details(), "endpoints": list(self.routes)}
 
 
-_JOB_OPS = "the HTTP binding's worker endpoints are served: POST /ojs/v1/workers/fetch|ack|nack"
+_JOB_OPS = "use the HTTP binding's POST /ojs/v1/workers/fetch, /ack and /nack"
 
 MISSING: tuple[MissingFeature, ...] = (
     MissingFeature(
