@@ -20,6 +20,7 @@ from ojs_amqp.settings import Settings, Token
 from ojs_amqp.tls import TlsConfigError, ssl_cause
 
 _DEFAULTS = Settings()
+RESPONSE_MEDIA_TYPES = ("application/openjobspec+json", "application/json")
 
 
 def _env_bool(name: str) -> bool:
@@ -101,6 +102,14 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("OJS_MAX_DEPTH", ""),
         help="backpressure: most open jobs per queue before pushes get 429 queue_full; "
         "'1000' for every queue, or '1000,email=50' with per-queue bounds (env OJS_MAX_DEPTH)",
+    )
+    serve_cmd.add_argument(
+        "--response-media-type",
+        choices=RESPONSE_MEDIA_TYPES,
+        default=os.environ.get("OJS_RESPONSE_MEDIA_TYPE", _DEFAULTS.response_media_type),
+        help="Content-Type of JSON answers; application/json only for clients that parse "
+        "nothing else, such as the official Python SDK (env OJS_RESPONSE_MEDIA_TYPE, "
+        f"default {_DEFAULTS.response_media_type!r})",
     )
     serve_cmd.add_argument(
         "--events-exchange",
@@ -204,6 +213,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.shutdown_delay_ms < 0:
         raise SystemExit("ojs-amqp: --shutdown-delay-ms must be 0 or more")
     _check_broker_timeouts(args)
+    if args.response_media_type not in RESPONSE_MEDIA_TYPES:  # from the environment
+        raise SystemExit(
+            f"ojs-amqp: --response-media-type must be one of {', '.join(RESPONSE_MEDIA_TYPES)}, "
+            f"got {args.response_media_type!r}"
+        )
     if args.log_format not in ("text", "json"):
         raise SystemExit(f"ojs-amqp: --log-format must be text or json, got {args.log_format!r}")
     return Settings(
@@ -241,6 +255,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         amqp_declare_timeout_ms=args.amqp_declare_timeout_ms,
         amqp_confirm_timeout_ms=args.amqp_confirm_timeout_ms,
         amqp_rpc_timeout_ms=args.amqp_rpc_timeout_ms,
+        response_media_type=args.response_media_type,
         log_level=args.log_level,
         log_format=args.log_format,
         amqp_ca_file=args.amqp_ca,

@@ -7,6 +7,7 @@
     │   └── InvalidPayload    400 invalid_payload   (not JSON, wrong content type, no body)
     ├── ValidationFailed      422 validation_error  (well-formed but semantically invalid)
     ├── NotFound              404 not_found
+    │   └── NoSuchEndpoint    404 not_found         (no route has this path)
     ├── MethodNotAllowed      405 method_not_allowed
     ├── Conflict              409 conflict          (invalid state transition, not the owner)
     │   └── Duplicate         409 duplicate         (a job with this id exists)
@@ -97,6 +98,15 @@ class NotFound(OjsError):
     code = "not_found"
     http_status = 404
     hint = "Check the id; finished jobs are removed after the retention period."
+
+
+class NoSuchEndpoint(NotFound):
+    """The path is no endpoint at all: the hint is about paths, not about job ids."""
+
+    hint = (
+        "No endpoint has this path; check it against the OJS HTTP binding (the API is under "
+        "/ojs/v1, the manifest at GET /ojs/manifest). Features not built answer 422 unsupported."
+    )
 
 
 class MethodNotAllowed(OjsError):

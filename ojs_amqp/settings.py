@@ -69,6 +69,9 @@ class Settings:
     amqp_confirm_timeout_ms: int = 10_000
     amqp_rpc_timeout_ms: int = 10_000
     max_body_bytes: int = 10 * 1024 * 1024
+    #: Content-Type of JSON answers: the spec's application/openjobspec+json, or
+    #: application/json for clients that parse nothing else (the official Python SDK).
+    response_media_type: str = "application/openjobspec+json"
     #: A request must arrive whole within this long of its first byte (else 408), and at
     #: most this many HTTP connections are open at once (more are answered 503 and closed):
     #: clients that trickle requests or hoard sockets cannot starve the daemon of either.

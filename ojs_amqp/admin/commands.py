@@ -145,9 +145,14 @@ def health(args: argparse.Namespace) -> int:
 
 
 def cron_list(args: argparse.Namespace) -> int:
-    body = client(args).call("GET", f"{BASE}/cron")
-    crons = body.get("crons") or []
-    emit(args, body, fmt.crons_table(crons) if crons else "no cron schedules")
+    api, crons = client(args), list[Any]()
+    while True:  # the list is paged (200 at most a page)
+        body = api.call("GET", f"{BASE}/cron", query={"limit": 200, "offset": len(crons)})
+        page = body.get("crons") or []
+        crons += page
+        if not page or not (body.get("pagination") or {}).get("has_more"):
+            break
+    emit(args, {"crons": crons}, fmt.crons_table(crons) if crons else "no cron schedules")
     return 0
 
 

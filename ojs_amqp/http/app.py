@@ -15,6 +15,7 @@ import orjson
 from ojs_amqp import __version__
 from ojs_amqp.clock import now_ms
 from ojs_amqp.core import progress
+from ojs_amqp.core.envelope import UNHONOURED_OPTIONS
 from ojs_amqp.core.ids import UUIDv7Generator
 from ojs_amqp.core.job import Job, JobState, to_wire
 from ojs_amqp.core.times import format_ms
@@ -22,10 +23,19 @@ from ojs_amqp.engine.cron import CronScheduler, cron_to_wire
 from ojs_amqp.engine.events import EventFilter
 from ojs_amqp.engine.jobs import JobEngine
 from ojs_amqp.engine.workers import WORKER_STATES
-from ojs_amqp.errors import BackendUnavailable, BrokerStalled, InvalidRequest, NotFound, OjsError
-from ojs_amqp.http import schemas
+from ojs_amqp.errors import (
+    BackendUnavailable,
+    BrokerStalled,
+    InvalidRequest,
+    NoSuchEndpoint,
+    NotFound,
+    OjsError,
+    Unsupported,
+)
+from ojs_amqp.http import schemas, unsupported
 from ojs_amqp.http.auth import authorize
 from ojs_amqp.http.responses import (
+    CONTENT_TYPE,
     error_response,
     fetched_response,
     json_response,
@@ -59,6 +69,9 @@ class HttpApi:
         self.router: Router[Route] = Router()
         for method, path, handler in self._routes():
             self.router.add(method, path, handler)
+        # After the served routes, so that a served route always wins over a table row.
+        for method, path, feature in unsupported.routes():
+            self.router.add(method, path, _refuse_unsupported(feature, method, path))
 
     def _routes(self) -> list[tuple[str, str, Route]]:
         return [
@@ -113,8 +126,7 @@ class HttpApi:
             log.exception("unhandled error on %s %s", request.method, request.path)
             internal = OjsError("internal error; see the daemon's log for request " + request_id)
             response = error_response(internal, request_id)
-        response.headers.append(("OJS-Version", "1.0"))
-        response.headers.append(("X-Request-Id", request_id))
+        self._finish(response, request_id)
         return response
 
     def refused(self, status: int, message: str) -> Response:
@@ -122,9 +134,19 @@ class HttpApi:
         request_id = f"req_{self._ids.new(now_ms())}"
         exc = refusal(status, message, self.settings.max_body_bytes)
         response = error_response(exc, request_id, status)
+        self._finish(response, request_id)
+        return response
+
+    def _finish(self, response: Response | Stream, request_id: str) -> None:
+        """Headers every answer carries; the JSON media type chosen by --response-media-type."""
+        media = self.settings.response_media_type
+        if media != CONTENT_TYPE:
+            response.headers[:] = [
+                ("Content-Type", media) if h == ("Content-Type", CONTENT_TYPE) else h
+                for h in response.headers
+            ]
         response.headers.append(("OJS-Version", "1.0"))
         response.headers.append(("X-Request-Id", request_id))
-        return response
 
     # --- system ----------------------------------------------------------------------------
 
@@ -155,6 +177,7 @@ class HttpApi:
                     "unique_jobs": False,
                     "workflows": False,
                     "pause_resume": False,
+                    **unsupported.capabilities_off(),
                 },
                 "extensions": {
                     "official": [
@@ -164,6 +187,11 @@ class HttpApi:
                     ],
                     "experimental": [],
                 },
+                "unsupported": [f.manifest_entry() for f in unsupported.MISSING],
+                "unsupported_options": [
+                    {"option": name, "feature": feature, "spec": spec}
+                    for name, (feature, spec) in UNHONOURED_OPTIONS.items()
+                ],
                 "limits": {"max_body_bytes": self.settings.max_body_bytes},
             }
         )
@@ -269,7 +297,9 @@ class HttpApi:
 
     async def reset(self, request: Request) -> Response:
         if not self.settings.test_mode:
-            raise NotFound(f"no such endpoint: {request.path}", details={"path": request.path})
+            raise NoSuchEndpoint(
+                f"no such endpoint: {request.path}", details={"path": request.path}
+            )
         if not self.engine.broker.connected:
             raise BackendUnavailable("the broker is not connected")
         await self.engine.reset()
@@ -482,19 +512,39 @@ class HttpApi:
 
     async def register_cron(self, request: Request) -> Response:
         cron, created = await self.cron.register(read_object(request))
-        return json_response({"cron": cron_to_wire(cron)}, 201 if created else 200)
+        return json_response(_one_cron(cron), 201 if created else 200)
 
     async def list_crons(self, request: Request) -> Response:
-        crons = [cron_to_wire(c) for c in await self.cron.list()]
-        return json_response({"crons": crons, "pagination": _pagination(len(crons), len(crons), 0)})
+        limit, offset = _page(request)
+        crons = await self.cron.list()
+        page = [cron_to_wire(c) for c in crons[offset : offset + limit]]
+        return json_response(
+            {"crons": page, "cron_jobs": page, "pagination": _pagination(len(crons), limit, offset)}
+        )
 
     async def get_cron(self, request: Request) -> Response:
-        return json_response({"cron": cron_to_wire(await self.cron.get(request.params["name"]))})
+        return json_response(_one_cron(await self.cron.get(request.params["name"])))
 
     async def delete_cron(self, request: Request) -> Response:
         name = request.params["name"]
         cron = await self.cron.delete(name)
-        return json_response({"cron": cron_to_wire(cron), "deleted": True, "name": name})
+        return json_response({**_one_cron(cron), "deleted": True, "name": name})
+
+
+def _one_cron(cron: dict[str, Any]) -> dict[str, Any]:
+    """`cron` (the OpenAPI document) and `cron_job` (the HTTP binding §13): one object."""
+    wire = cron_to_wire(cron)
+    return {"cron": wire, "cron_job": wire}
+
+
+def _refuse_unsupported(feature: unsupported.MissingFeature, method: str, path: str) -> Route:
+    """The handler of a route in the unsupported table: 422 `unsupported`, naming it."""
+    message = feature.message(method, path)
+
+    async def refuse(request: Request) -> Response:
+        raise Unsupported(message, details={**feature.details(), "path": request.path})
+
+    return refuse
 
 
 def _worst(statuses: Iterable[str]) -> str:
