@@ -70,6 +70,11 @@ class Inbound:
     def timestamp(self) -> datetime | None:
         return self.properties.timestamp
 
+    @property
+    def void(self) -> bool:
+        """Its channel is closed: the broker has taken the delivery back."""
+        return self._channel.is_closed
+
     def ack(self) -> None:
         self._settle(ACK_METHOD)
 
