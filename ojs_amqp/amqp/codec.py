@@ -101,6 +101,15 @@ def properties_of(message: Inbound) -> Basic.Properties:
     )
 
 
+def republished(message: Inbound) -> Outgoing:
+    """A delivered message as a fresh one, to publish again where it came from: its
+    properties (reply_to included, so a caller waiting for an answer still gets it), minus
+    the broker's count of its returns."""
+    properties = properties_of(message)
+    properties.reply_to = message.properties.reply_to
+    return Outgoing(message.body, properties)
+
+
 @dataclass(frozen=True, slots=True)
 class CopyRef:
     """What a delivery says about itself, read from headers without parsing the body."""

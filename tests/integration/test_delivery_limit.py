@@ -326,3 +326,44 @@ def _raw(url: str) -> tuple[int, str]:
 
     with urllib.request.urlopen(url, timeout=10) as resp:
         return resp.status, resp.read().decode()
+
+
+async def _submit(url: str, exchange: str, routing_key: str, body: bytes) -> None:
+    connection = await aiormq.connect(url)
+    try:
+        channel = await connection.channel()
+        await channel.basic_publish(
+            body, exchange=exchange, routing_key=routing_key,
+            properties=aiormq.spec.Basic.Properties(delivery_mode=2),
+        )  # fmt: skip
+    finally:
+        await connection.close()
+
+
+def test_a_submission_waiting_for_room_is_never_dropped_at_the_delivery_limit(
+    broker: str, tmp_path: Path, queue: str
+) -> None:
+    # Given a queue at its --max-depth bound of 1, and a delivery limit of 2 on ojs.submit (a
+    # quorum queue with no dead-letter exchange: past its limit a message is dropped)
+    with _daemon_on_broker(tmp_path, broker, "--max-depth", f"1000,{queue}=1") as daemon:
+        status, body = request("POST", f"{daemon.url}/ojs/v1/jobs",
+                               {"type": "dl.first", "args": [], "queue": queue})  # fmt: skip
+        assert status == 201, body
+        first = body["job"]["id"]
+        with delivery_limit_policy(f"{daemon.prefix}.ojs.submit", 2):
+            # When a submission for that queue arrives and waits in ojs.submit for 6 s (handed
+            # back once a second while the queue is full)
+            submission = b'{"type": "dl.second", "args": [7]}'
+            asyncio.run(_submit(broker, f"{daemon.prefix}.ojs.exchange.submit", queue, submission))
+            time.sleep(6)
+
+            # Then, once the queue has room, it is accepted: it was never dropped
+            assert request("DELETE", f"{daemon.url}/ojs/v1/jobs/{first}")[0] == 200
+            deadline = time.monotonic() + 15
+            jobs: list[dict[str, object]] = []
+            while not jobs and time.monotonic() < deadline:
+                fetch = {"queues": [queue], "count": 1, "worker_id": "w1"}
+                status, body = request("POST", f"{daemon.url}/ojs/v1/workers/fetch", fetch)
+                assert status == 200, body
+                jobs = body["jobs"]
+            assert [(j["type"], j["args"]) for j in jobs] == [("dl.second", [7])]
