@@ -21,7 +21,7 @@ H_COPY = "x-ojs-copy"
 H_DUE_AT = "x-ojs-due-at"
 #: The header a quorum queue sets on a message it delivers again: how often it was returned
 #: (RabbitMQ 3.10 and 4.0 count every return: reject or nack with requeue, a closed
-#: channel, a lost connection; docs/operations.d/delivery-limits.md).
+#: channel, a lost connection; docs/operations.md, "Delivery limits").
 H_DELIVERY_COUNT = "x-delivery-count"
 #: What `death_reason` says when the broker dead-lettered a message for its delivery limit.
 DELIVERY_LIMIT = "delivery_limit"
