@@ -312,10 +312,14 @@ class JobEngine:
                 await asyncio.sleep(0.01)
         finally:
             self._closing.discard(queue)
-        if queue in self._gateways:  # a FETCH opened it again meanwhile: keep consuming
-            return
         await self.broker.stop_consumer(name)
         self._buffers.drop_queue(queue)
+        if queue in self._gateways:  # a FETCH came meanwhile: consume again, for it
+            try:
+                await self._open_gateway(queue)
+            except Exception:
+                self._gateways.pop(queue, None)  # the next FETCH opens it
+                raise
 
     # --- publishing copies -----------------------------------------------------------------
 

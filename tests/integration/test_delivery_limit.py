@@ -367,3 +367,25 @@ def test_a_submission_waiting_for_room_is_never_dropped_at_the_delivery_limit(
                 assert status == 200, body
                 jobs = body["jobs"]
             assert [(j["type"], j["args"]) for j in jobs] == [("dl.second", [7])]
+
+
+async def test_a_fetch_while_its_gateway_closes_gets_a_job_and_the_queue_stays_consumed(
+    live_engine: JobEngine, queue: str
+) -> None:
+    # Given a gateway with 5 jobs buffered, idle long enough to be closed
+    await live_engine.ensure_queue(queue)
+    ids = await _push_mixed(live_engine, queue, 5)
+    await live_engine._open_gateway(queue)
+    await _buffered(live_engine, queue, 5)
+    live_engine._gateways[queue] = 0.0
+
+    # When a FETCH comes while the close is under way
+    closing = asyncio.create_task(live_engine._close_idle_gateways())
+    await asyncio.sleep(0)
+    fetched = await live_engine.fetch([queue], 1, "w1", None)
+    await closing
+
+    # Then it is served from the reopened gateway, which goes on consuming the queue
+    assert live_engine.broker.consuming(live_engine.broker.topology.job_queue(queue))
+    more = fetched + await live_engine.fetch([queue], 5, "w1", None)
+    assert sorted(j.id for j in more) == sorted(ids)
