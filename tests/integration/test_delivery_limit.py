@@ -389,3 +389,72 @@ async def test_a_fetch_while_its_gateway_closes_gets_a_job_and_the_queue_stays_c
     assert live_engine.broker.consuming(live_engine.broker.topology.job_queue(queue))
     more = fetched + await live_engine.fetch([queue], 5, "w1", None)
     assert sorted(j.id for j in more) == sorted(ids)
+
+
+def _close_connection(name: str) -> None:
+    """Make the broker drop the connection called `name` (as a network fault would)."""
+    listing = _ctl("-q", "list_connections", "pid", "client_properties")
+    pids = [line.split("\t", 1)[0] for line in listing.splitlines()
+            if f'"connection_name","{name}"' in line]  # fmt: skip
+    assert len(pids) == 1, listing
+    _ctl("-q", "close_connection", pids[0], "test: connection lost")
+
+
+async def test_what_the_daemon_held_when_its_connection_dropped_comes_back_renewed(
+    broker: str, tmp_path: Path, queue: str
+) -> None:
+    from ojs_amqp.amqp.broker import Broker
+    from ojs_amqp.amqp.topology import Topology
+    from ojs_amqp.engine.events import EventLog
+    from ojs_amqp.metrics import Metrics
+    from ojs_amqp.settings import Settings
+    from ojs_amqp.store.sqlite import SqliteJobStore
+
+    # Given an engine whose connections have names of their own, holding 3 buffered jobs
+    # and one leased to an HTTP worker
+    prefix = f"{SESSION_PREFIX}-dlr-{uuid.uuid4().hex[:6]}"
+    store = SqliteJobStore(str(tmp_path / f"{prefix}.db"))
+    await store.open()
+    metrics = Metrics()
+    bus = Broker(broker, Topology(prefix), connection_name=prefix, observer=metrics)
+    await bus.start(attempts=3)
+    engine = JobEngine(Settings(prefix=prefix), store, bus, EventLog(), metrics,
+                       clock=lambda: time.time_ns() // 1_000_000)  # fmt: skip
+    try:
+        await engine.start()
+        await engine.ensure_queue(queue)
+        leased_id = (await engine.push({"type": "dl.lease", "args": [], "queue": queue})).id
+        [leased] = await engine.fetch([queue], 1, "w1", 600_000)
+        assert leased.id == leased_id
+        await _push_mixed(engine, queue, 3)
+        await _buffered(engine, queue, 3)
+
+        # When the broker drops the daemon's consume connection (every delivery it held
+        # goes back, counted once) and the daemon reconnects
+        await asyncio.to_thread(_close_connection, f"{prefix}-consume")
+
+        async def reconnected() -> bool:
+            return bus.reconnections >= 1
+
+        await _until(reconnected, 30, "the reconnect")
+        await _buffered(engine, queue, 3)
+
+        # Then the buffered jobs come back as fresh copies (count 0), and the lease's
+        # redelivered message is handed over at once (acked, a ladder timer instead): no
+        # count is left to add up; the worker still acks its job
+        assert _buffered_delivery_counts(engine) == [0] * 3
+        assert _metric(engine, 'ojs_amqp_deliveries_renewed_total{reason="redelivered"}') == 3
+
+        async def handed_over() -> bool:
+            lease = engine._leases.get(leased_id)
+            return lease is not None and lease.message is None
+
+        await _until(handed_over, 10, "the lease's redelivery to be handed over")
+        parked = 'ojs_amqp_messages_published_total{exchange_kind="delay"}'
+        assert _metric(engine, parked) == 1  # its lease timer (none before the drop)
+        assert (await engine.ack(leased_id, {"ok": True}, "w1")).state is JobState.COMPLETED
+    finally:
+        await engine.close()
+        await bus.delete_everything()
+        await bus.close()
+        await store.close()
