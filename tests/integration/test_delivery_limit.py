@@ -458,3 +458,59 @@ async def test_what_the_daemon_held_when_its_connection_dropped_comes_back_renew
         await bus.delete_everything()
         await bus.close()
         await store.close()
+
+
+async def test_a_held_timer_the_broker_returned_is_published_again_and_still_fires(
+    broker: str, tmp_path: Path, queue: str
+) -> None:
+    from ojs_amqp.amqp.broker import Broker
+    from ojs_amqp.amqp.topology import Topology
+    from ojs_amqp.core.times import format_ms
+    from ojs_amqp.engine.events import EventLog
+    from ojs_amqp.metrics import Metrics
+    from ojs_amqp.settings import Settings
+    from ojs_amqp.store.sqlite import SqliteJobStore
+
+    # Given a job due in 1.5 s, whose timer the daemon holds unacked from ojs.delay.due (a
+    # quorum queue with no dead-letter exchange: past its limit a timer would be dropped)
+    prefix = f"{SESSION_PREFIX}-dlt-{uuid.uuid4().hex[:6]}"
+    store = SqliteJobStore(str(tmp_path / f"{prefix}.db"))
+    await store.open()
+    metrics = Metrics()
+    bus = Broker(broker, Topology(prefix), observer=metrics)
+    await bus.start(attempts=3)
+    engine = JobEngine(Settings(prefix=prefix), store, bus, EventLog(), metrics,
+                       clock=lambda: time.time_ns() // 1_000_000)  # fmt: skip
+    parked = 'ojs_amqp_messages_published_total{exchange_kind="delay"}'
+    try:
+        await engine.start()
+        due = time.time_ns() // 1_000_000 + 1500
+        job = await engine.push({"type": "dl.timer", "args": [], "queue": queue,
+                                 "scheduled_at": format_ms(due)})  # fmt: skip
+
+        async def held() -> bool:
+            return len(engine._held) == 1
+
+        await _until(held, 1.2, "the timer to be held")
+        assert _metric(engine, parked) == 1
+
+        # When its consumer channel goes (the broker returns the timer, counted once) and
+        # the daemon consumes the due queue again
+        due_queue = bus.topology.due_queue
+        await bus.stop_consumer(due_queue)
+        engine._cancel_timers(leases=False)
+        await bus.consume(due_queue, bus.topology.due_queue_arguments(), 2000, engine._on_due)
+
+        # Then the returned timer is published again as a fresh message (held anew), and the
+        # job still becomes available at its time
+        async def available() -> bool:
+            return (await engine.get(job.id)).state is JobState.AVAILABLE
+
+        await _until(available, 10, "the job to become available")
+        assert _metric(engine, parked) == 2
+        assert time.time_ns() // 1_000_000 >= due
+    finally:
+        await engine.close()
+        await bus.delete_everything()
+        await bus.close()
+        await store.close()
