@@ -34,7 +34,7 @@ class Settings:
     #: stops this long after the last one, leaving the queue to native AMQP workers.
     gateway_idle_ms: int = 30_000
     #: The longest the daemon keeps a delivery of a job queue unacked: buffered jobs older
-    #: than this go back to their queue (and come straight back), and a lease held longer
+    #: than this are renewed (a fresh copy through their queue), and a lease held longer
     #: moves to a timer on the delay ladder, so the broker's `consumer_timeout` (30 min on
     #: RabbitMQ 3.10) never closes a gateway channel. Keep it below that timeout.
     delivery_hold_ms: int = 600_000

@@ -828,6 +828,22 @@ class Broker:
         if consumer is not None and consumer.channel is not None:
             await self._close_consumer_channel(consumer.channel)
 
+    async def cancel_consumer(self, queue_name: str, timeout_s: float = 5.0) -> None:
+        """Ask the broker to send one consumer nothing more (Basic.Cancel, bounded). What it
+        delivered stays unacked on its channel, to be acked before `stop_consumer`: closing
+        the channel over it would return it, and every return counts against a quorum
+        queue's delivery limit."""
+        consumer = self._consumers.get(queue_name)
+        if consumer is None or consumer.channel is None or consumer.tag is None:
+            return
+        channel, tag = consumer.channel, consumer.tag
+        if channel.is_closed:
+            return
+        try:
+            await asyncio.wait_for(channel.basic_cancel(tag), timeout_s)
+        except (*CONNECTION_ERRORS, aiormq.exceptions.AMQPError) as exc:
+            log.warning("could not cancel the consumer of %s (%r)", queue_name, exc)
+
     def consuming(self, queue_name: str) -> bool:
         return queue_name in self._consumers
 

@@ -237,10 +237,12 @@ def expire(job: Job, now_ms: int) -> Job:
     return evolve(expired, completed_at_ms=None)
 
 
-def worker_discard(job: Job, now_ms: int, reason: str) -> Job:
-    """A native worker rejected the message (Basic.Nack requeue=false): a dead letter."""
+def worker_discard(job: Job, now_ms: int, reason: str, code: str = "rejected") -> Job:
+    """A native worker rejected the message (Basic.Nack requeue=false), or the broker
+    dead-lettered it after its workers returned it too often (`code` "delivery_limit"): a
+    dead letter."""
     check(job, Move.WORKER_DISCARD)
-    entry = {"code": "rejected", "type": "rejected", "message": reason,
+    entry = {"code": code, "type": code, "message": reason,
              "attempt": job.attempt, "occurred_at": format_ms(now_ms)}  # fmt: skip
     history = [*job.errors, entry][-MAX_ERROR_HISTORY:]
     return _discarded(

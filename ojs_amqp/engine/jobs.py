@@ -59,6 +59,11 @@ GATEWAY_FILL_S = 0.5
 #: full) is tried again.
 LEASE_RETRY_S = 1.0
 TIMER_RETRY_MS = 1000
+#: Buffered deliveries renewed at once by the hold refresh (concurrent publishes).
+RENEW_BATCH = 100
+#: How long closing a gateway waits for deliveries still being handled before it closes
+#: their channel (anything left unacked then goes back to the queue, counted once).
+GATEWAY_DRAIN_S = 2.0
 _DIRECTIVES = ("running", "quiet", "terminate")
 #: How often reported progress is written to the store, and the least time between two
 #: progress events of one job (ojs-progress §6.2: the latest value is kept, not each one).
@@ -97,6 +102,10 @@ class JobEngine:
         #: Job queues the daemon consumes for HTTP workers, and when one was last fetched
         #: from. Consuming only while HTTP workers ask leaves the queue to native workers.
         self._gateways: dict[str, float] = {}
+        #: Gateways being closed (their consumer cancelled, their buffer being renewed),
+        #: and deliveries being handled per gateway queue (a close waits for them).
+        self._closing: set[str] = set()
+        self._handling: dict[str, int] = {}
         self._held: dict[int, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._worker_directives: dict[str, str] = {}
@@ -219,7 +228,11 @@ class JobEngine:
             return
 
         async def on_job(message: Inbound) -> None:
-            await self._on_job_delivery(queue, message)
+            self._handling[queue] = self._handling.get(queue, 0) + 1
+            try:
+                await self._on_job_delivery(queue, message)
+            finally:
+                self._handling[queue] -= 1
 
         waiting = await self.broker.ready_count(t.job_queue(queue))
         await self.broker.consume(
@@ -247,12 +260,46 @@ class JobEngine:
         return min(60.0, max(0.2, self.settings.delivery_hold_ms / 4000))
 
     async def _refresh_held_deliveries(self) -> None:
-        """Buffered deliveries older than `delivery_hold_ms` go back to their queue (and come
-        straight back, keeping their place in line) before the broker's consumer_timeout
-        closes the channel over them."""
+        """Buffered deliveries older than `delivery_hold_ms` are renewed (`_renew`) before
+        the broker's consumer_timeout closes the channel over them. The fresh copies come
+        straight back to this consumer and keep their place in line here (FETCH waits for
+        them briefly); behind a backlog larger than the prefetch they queue up behind it."""
         cutoff = time.monotonic() - self.settings.delivery_hold_ms / 1000
-        for delivery in self._buffers.take_older_than(cutoff):
-            delivery.message.reject(requeue=True)
+        held = self._buffers.take_older_than(cutoff)
+        for start in range(0, len(held), RENEW_BATCH):
+            batch = held[start : start + RENEW_BATCH]
+            done = await asyncio.gather(
+                *(self._renew(d, "hold") for d in batch), return_exceptions=True
+            )
+            for delivery, renewed in zip(batch, done, strict=True):
+                if renewed is not True:  # not published: keep holding it, tried next round
+                    if isinstance(renewed, BaseException):
+                        log.error("renewing job %s failed", delivery.job_id, exc_info=renewed)
+                    if delivery.queue in self._gateways and not delivery.message.void:
+                        self._buffers.add(delivery)
+
+    async def _renew(self, delivery: Delivery, reason: str) -> bool:
+        """Replace a buffered delivery by a fresh copy of its job instead of returning it to
+        its queue: publish the next copy, record it, ack this one. A quorum queue counts
+        every return (reject or nack with requeue, a closed channel, a lost connection)
+        against its delivery limit (20 by default on RabbitMQ 4.x) and dead-letters the
+        message past it, though no worker ever ran the job. False when the copy could not
+        be published (the delivery is still held)."""
+        job = await self.store.get(delivery.job_id)
+        if job is None or job.copy != delivery.job.copy or job.state is not JobState.AVAILABLE:
+            self.settle(delivery.message)  # the job moved on meanwhile: this copy is stale
+            return True
+        try:
+            written = await self._advance(replace(job, copy=job.copy + 1), delivery.message,
+                                          job.copy)  # fmt: skip
+        except OjsError as exc:
+            log.warning("could not renew the delivery of job %s (%s)", job.id, exc.message)
+            return False
+        if written:
+            self.metrics.renewed(reason)
+        else:
+            self.settle(delivery.message)
+        return True
 
     async def _close_idle_gateways(self) -> None:
         """Stop consuming queues no HTTP worker fetched from lately and none holds a lease
@@ -262,8 +309,35 @@ class JobEngine:
         for queue, last_fetch in list(self._gateways.items()):
             if last_fetch < cutoff and queue not in leased:
                 del self._gateways[queue]
-                await self.broker.stop_consumer(self.broker.topology.job_queue(queue))
-                self._buffers.drop_queue(queue)
+                await self._close_gateway(queue)
+
+    async def _close_gateway(self, queue: str) -> None:
+        """Close a gateway without returning its buffer to the broker (each return would
+        count against the queue's delivery limit): cancel the consumer (nothing more comes),
+        renew what it holds, in the order FETCH would have handed it out, then close the
+        channel with nothing unacked. Copies not renewed (broker away) return with it."""
+        name = self.broker.topology.job_queue(queue)
+        self._closing.add(queue)
+        try:
+            await self.broker.cancel_consumer(name)
+            for delivery in self._buffers.take_queue(queue):
+                if not delivery.message.void:
+                    await self._renew(delivery, "gateway_close")
+            deadline = time.monotonic() + GATEWAY_DRAIN_S
+            # Deliveries read before the cancel took effect: polled (bounded) rather than an
+            # event that every delivery would have to touch.
+            while self._handling.get(queue, 0) > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        finally:
+            self._closing.discard(queue)
+        await self.broker.stop_consumer(name)
+        self._buffers.drop_queue(queue)
+        if queue in self._gateways:  # a FETCH came meanwhile: consume again, for it
+            try:
+                await self._open_gateway(queue)
+            except Exception:
+                self._gateways.pop(queue, None)  # the next FETCH opens it
+                raise
 
     # --- publishing copies -----------------------------------------------------------------
 
@@ -457,6 +531,19 @@ class JobEngine:
         if job.state is not JobState.AVAILABLE:
             self.settle(message)
             return
+        if (queue not in self._gateways and queue not in self._closing) or message.void:
+            return  # arrived while the gateway closed: its channel is gone, the broker has it
+        if queue in self._closing or codec.delivery_count(message.headers) > 0:
+            # Arrived while the gateway closes, or returned by the broker (a lost connection,
+            # a restart, a crashed worker): a fresh copy, so returns never add up to the
+            # queue's delivery limit; the copy is buffered when it comes back.
+            why = "gateway_close" if queue in self._closing else "redelivered"
+            if not await self._renew(Delivery(job, queue, message), why):
+                await self._buffer(queue, job, message)
+            return
+        await self._buffer(queue, job, message)
+
+    async def _buffer(self, queue: str, job: Job, message: Inbound) -> None:
         if queue not in self._gateways:
             return  # arrived while the gateway closed: its channel is gone, the broker has it
         duplicate = self._buffers.remove(job.id)
@@ -471,6 +558,12 @@ class JobEngine:
             # Redelivered after a reconnect: the worker still holds it. Re-arm: a deadline
             # that passed while the broker was away fires now.
             lease.message, lease.held_since = message, time.monotonic()
+            if codec.delivery_count(message.headers) > 0:
+                # Returned by the broker: hand it over now (a lease timer on the ladder, this
+                # delivery acked), so a lease outliving many reconnects is never
+                # dead-lettered at the queue's delivery limit under its worker.
+                await self._hand_over(job.id)
+                return
             self._arm(lease)
             return
         # The daemon restarted while a worker held the job: the lease is gone, so this is a
@@ -545,23 +638,36 @@ class JobEngine:
             if job is None and ref.job_id and not ours:
                 body = orjson.loads(message.body)
                 job = await self._adopt_envelope(body, ref.job_id, message.routing_key)
-            if job is not None:
+            if job is not None and codec.death_reason(message.headers) == codec.DELIVERY_LIMIT:
+                await self._worker_rejected(job, ref.copy, codec.DELIVERY_LIMIT,
+                                            _delivery_limit_message(message.headers))  # fmt: skip
+            elif job is not None:
                 await self._worker_rejected(job, ref.copy)
         except (OjsError, orjson.JSONDecodeError) as exc:
             log.warning("could not archive a dead letter: %s", exc)
         self.settle(message)
 
-    async def _worker_rejected(self, job: Job, copy: int | None) -> None:
+    async def _worker_rejected(
+        self, job: Job, copy: int | None, code: str = "rejected", reason: str = ""
+    ) -> None:
+        """A worker's Basic.Nack(requeue=false), or (code `delivery_limit`) the broker
+        dead-lettered the job because its workers returned it past the queue's delivery
+        limit: a native worker that dies on the job, typically. The daemon's own returns
+        never get there (`_renew`)."""
         if copy is not None and copy != job.copy:
             return
         leased = job.id in self._leases
         active = job if leased else self._native_start(job, copy, self._now(), None)
         if active is None or active.state is not JobState.ACTIVE:
             return
-        new = lifecycle.worker_discard(active, self._now(), "rejected by a worker")
+        new = lifecycle.worker_discard(active, self._now(), reason or "rejected by a worker", code)
         if await self.store.update(new, expect_copy=job.copy):
             self._drop_lease(job.id)
             self.metrics.discarded(new)
+            if code == codec.DELIVERY_LIMIT:
+                self.metrics.delivery_limit_reached(new)
+                log.warning("job %s (queue %s) was dead-lettered by the broker: %s",
+                            job.id, job.queue, new.error and new.error.get("message"))  # fmt: skip
             if self.tracing is not None:
                 self.tracing.finished(active, new, "discarded")
             self.events.emit("job.discarded", new, self._now())
@@ -1119,10 +1225,13 @@ class JobEngine:
         now = self._now()
         due_at = ref.due_at_ms if ref.due_at_ms is not None else now
         level = ladder_level_for(due_at - now)
-        if level is not None:
-            # Came back early from a long level: ride the next one down.
+        if level is not None or codec.delivery_count(message.headers) > 0:
+            # Came back early from a long level: ride the next one down. Or returned by the
+            # broker (a lost connection, a restart): published afresh, so returns never add
+            # up to the due queue's delivery limit (past it, a quorum queue with no
+            # dead-letter exchange drops the message, and with it the job's timer).
             repark = codec.Outgoing(message.body, codec.properties_of(message))
-            key = ladder_routing_key(level)
+            key = DUE_ROUTING_KEY if level is None else ladder_routing_key(level)
             await self.broker.publish(self.broker.topology.delay_exchange, key, repark)
             self.settle(message)
             return
@@ -1310,6 +1419,16 @@ class JobEngine:
         await self.broker.consume(t.due_queue, t.due_queue_arguments(), 2000, self._on_due)
         for hook in self.on_reset:
             await hook()
+
+
+def _delivery_limit_message(headers: dict[str, Any]) -> str:
+    count = codec.delivery_count(headers)  # RabbitMQ 4.x says how often; 3.x says 0
+    times = f" after {count} deliveries" if count else ""
+    return (
+        f"the broker dead-lettered the job{times}: its workers took it and returned it "
+        "(a crash, a closed channel) more often than the queue's delivery limit allows, "
+        "without reporting an outcome"
+    )
 
 
 def _past_time(value: Any, now_ms: int) -> int:

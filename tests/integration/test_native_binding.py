@@ -455,15 +455,13 @@ async def test_the_daemon_lets_go_of_a_queue_once_http_workers_stop_fetching(
     status, _ = request("POST", f"{native_daemon.url}/ojs/v1/workers/fetch", {"queues": [queue]})
     assert status == 200
     ids = {_push(native_daemon, queue)["id"] for _ in range(3)}
-    # After the idle period (and the 5 s sweep) the buffered jobs go back to RabbitMQ,
-    # where a native worker gets every one
+    # After the idle period (and the 5 s sweep) the buffered jobs go back to RabbitMQ (each
+    # renewed as a fresh copy, one after the other), where a native worker gets every one
     jobs_queue = await client.job_queue(queue)
-    got = set()
-    for _ in ids:
-        message = await _get(jobs_queue, within=15)
-        got.add(message.message_id)
+    held = [await _get(jobs_queue, within=15) for _ in ids]
+    assert {message.message_id for message in held} == ids
+    for message in held:
         await message.reject(requeue=True)
-    assert got == ids
 
 
 async def test_a_worker_nack_without_requeue_dead_letters_the_job(

@@ -397,6 +397,15 @@ def test_worker_discard_dead_letters_the_job_with_the_reason() -> None:
     assert (job.discarded_at_ms, job.completed_at_ms) == (NOW, NOW)
     assert job.errors[-1]["message"] == "poison message"
     assert job.errors[-1]["attempt"] == 1
+    assert job.error is not None and job.error["code"] == "rejected"
+
+
+def test_a_broker_delivery_limit_discard_carries_its_own_error_code() -> None:
+    job = lifecycle.worker_discard(active(), NOW, "dead-lettered after 21 deliveries",
+                                   "delivery_limit")  # fmt: skip
+    assert (job.state, job.dead_letter) == (S.DISCARDED, True)
+    assert job.error is not None
+    assert (job.error["code"], job.error["type"]) == ("delivery_limit", "delivery_limit")
 
 
 def test_retry_from_the_dead_letter_list_starts_afresh_but_keeps_history() -> None:
