@@ -48,6 +48,11 @@ DeliveryHandler = Callable[[Inbound], Awaitable[None]]
 #: tried again after each of these delays before the nack counts as a refusal.
 FRESH_QUEUE_S = 5.0
 FRESH_QUEUE_RETRY_DELAYS_S = (0.02, 0.05, 0.1, 0.2, 0.4)
+#: Queue deletes run on this many channels at once: the broker deletes queues of different
+#: channels in parallel, one channel's in order (1,500 queues: 4.7 s on one, 1.3 s on 16).
+DELETE_CHANNELS = 16
+#: The longest one queue delete may take before it counts as failed.
+DELETE_TIMEOUT_S = 10.0
 
 
 class TopologyMismatch(OjsError):
@@ -164,6 +169,10 @@ class Broker:
         #: queue name -> QueueSpec.kind, for the consumed-deliveries metric
         self._kinds: dict[str, str] = {}
         self._consumers: dict[str, _Consumer] = {}
+        #: Idle channels for queue deletes, and how many deletes may run at once.
+        self._spare_channels: list[aiormq.abc.AbstractChannel] = []
+        self._delete_slots = asyncio.Semaphore(DELETE_CHANNELS)
+        self._deleting = 0
         self._lost = asyncio.Event()
         self._restoring: set[asyncio.Task[None]] = set()
         self._watch_task: asyncio.Task[None] | None = None
@@ -630,6 +639,48 @@ class Broker:
         finally:
             if not channel.is_closed:
                 await channel.close()
+
+    async def delete_queues(self, queue_names: list[str]) -> None:
+        """Delete queues (messages and all) and forget them, so no reconnect declares them
+        again; deletes run DELETE_CHANNELS at once. Deleting a queue that does not exist
+        succeeds. Raises BackendUnavailable if the broker is away or a delete times out;
+        the queues not deleted stay forgotten (a later use declares them again)."""
+        for name in queue_names:
+            self._declared.pop(name, None)
+            self._kinds.pop(name, None)
+        self._deleting += 1
+        try:
+            results = await asyncio.gather(
+                *(self._delete_queue(name) for name in queue_names), return_exceptions=True
+            )
+        finally:
+            self._deleting -= 1
+            if not self._deleting:  # idle channels are not kept between deletes
+                spare, self._spare_channels = self._spare_channels, []
+                await asyncio.gather(*(c.close() for c in spare), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise BackendUnavailable(
+                f"{len(failed)} of {len(queue_names)} queue deletes failed: {failed[0]!r}"
+            )
+
+    async def _delete_queue(self, name: str) -> None:
+        async with self._delete_slots:
+            self._require_connection()
+            assert self._pub_conn is not None
+            channel = None
+            while self._spare_channels and channel is None:
+                spare = self._spare_channels.pop()
+                channel = None if spare.is_closed else spare
+            if channel is None:
+                channel = await _link(self._pub_conn).channel(publisher_confirms=False)
+            try:
+                await asyncio.wait_for(channel.queue_delete(name), DELETE_TIMEOUT_S)
+            except BaseException:
+                if not channel.is_closed:  # its answer may still come: never reuse it
+                    await asyncio.gather(channel.close(), return_exceptions=True)
+                raise
+            self._spare_channels.append(channel)
 
     def open_connections(self) -> int:
         return sum(1 for c in (self._pub_conn, self._con_conn) if c is not None and not c.is_closed)
