@@ -13,7 +13,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -511,8 +511,11 @@ class Broker:
         kind = _CONSUMED_KINDS.get(self._kinds.get(consumer.queue_name, ""), "other")
         observer, handler, settler = self._observer, consumer.handler, self._settler
         assert settler is not None
+        consumers, name = self._consumers, consumer.queue_name
 
         async def counted(delivered: DeliveredMessage) -> None:
+            if consumers.get(name) is not consumer:
+                return  # stopped, its channel closing: the broker has the message back
             observer.consumed(kind)
             await handler(Inbound(delivered, settler))
 
@@ -614,15 +617,20 @@ class Broker:
             await self._settler.stop(channel)
         await channel.close()
 
-    async def stop_consumers(self) -> None:
-        """Close every consumer channel; their unacked deliveries return to their queues."""
-        consumers = list(self._consumers.values())
-        self._consumers.clear()  # first: these closes are ours, not the broker's
+    async def stop_consumers(self, exclude: Collection[str] = ()) -> None:
+        """Close every consumer channel (but those consuming `exclude`); their unacked
+        deliveries return to their queues. The closes go out together: each OJS queue has
+        consumers, and one close after the other would grow with their number."""
+        consumers = [c for name, c in self._consumers.items() if name not in exclude]
+        for consumer in consumers:  # first: these closes are ours, not the broker's
+            del self._consumers[consumer.queue_name]
+        await self._close_consumers(consumers)
+
+    async def _close_consumers(self, consumers: list[_Consumer]) -> None:
+        channels = [c for consumer in consumers for c in (consumer.channel, *consumer.retired)]
         for consumer in consumers:
-            for channel in (consumer.channel, *consumer.retired):
-                if channel is not None:
-                    await self._close_consumer_channel(channel)
             consumer.channel, consumer.retired = None, []
+        await asyncio.gather(*(self._close_consumer_channel(c) for c in channels if c is not None))
 
     # --- maintenance (test mode, tools) ----------------------------------------------------
 
@@ -641,13 +649,15 @@ class Broker:
                 await channel.close()
 
     async def delete_queues(self, queue_names: list[str]) -> None:
-        """Delete queues (messages and all) and forget them, so no reconnect declares them
-        again; deletes run DELETE_CHANNELS at once. Deleting a queue that does not exist
-        succeeds. Raises BackendUnavailable if the broker is away or a delete times out;
-        the queues not deleted stay forgotten (a later use declares them again)."""
+        """Stop consuming queues, delete them (messages and all) and forget them, so no
+        reconnect declares them again; deletes run DELETE_CHANNELS at once. Deleting a queue
+        that does not exist succeeds. Raises BackendUnavailable if the broker is away or a
+        delete times out; the queues not deleted stay forgotten (a use declares them again)."""
+        consumers = [self._consumers.pop(n) for n in queue_names if n in self._consumers]
         for name in queue_names:
             self._declared.pop(name, None)
             self._kinds.pop(name, None)
+        await self._close_consumers(consumers)
         self._deleting += 1
         try:
             results = await asyncio.gather(

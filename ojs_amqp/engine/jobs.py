@@ -1124,16 +1124,20 @@ class JobEngine:
         prefetch = max(1, self.settings.prefetch)
         return {queue: min(1.0, count / prefetch) for queue, count in counts.items()}
 
-    async def _delete_within(self, queues: set[str], budget_s: float) -> None:
-        """Delete the broker queues of `queues` (each OJS queue's at once with the others'),
-        waiting at most `budget_s`; deletes still running then finish in the background."""
-        t = self.broker.topology
-        fixed = set(t.all_fixed_queues())
-        ours = {spec.name for queue in queues for spec in t.queues_of(queue)}
-        strays = [n for n in self.broker.declared_queues() if n not in fixed and n not in ours]
+    def _start_deletes(self, queues: set[str], names: set[str]) -> list[asyncio.Future[None]]:
+        """Start deleting the broker queues of `queues` (`names`), each OJS queue's at once
+        with the others', and any other non-fixed queue declared."""
+        fixed = set(self.broker.topology.all_fixed_queues())
+        strays = [n for n in self.broker.declared_queues() if n not in fixed and n not in names]
         deletes = [self._delete_in_background(queue) for queue in queues]
         if strays:  # declared for a queue the store never recorded (a failed first use)
             deletes.append(self._delete_in_background("", strays))
+        return deletes
+
+    @staticmethod
+    async def _wait_for_deletes(deletes: list[asyncio.Future[None]], budget_s: float) -> None:
+        """Wait at most `budget_s`; deletes still running then finish in the background (a
+        use of their queue waits for them)."""
         if deletes:
             _, running = await asyncio.wait(deletes, timeout=budget_s)
             if running:
@@ -1271,24 +1275,30 @@ class JobEngine:
         """Test mode: forget everything, here and on the broker. The queues of every OJS
         queue are deleted (a purge would leave them costing the broker file handles); the
         fixed topology is only purged, as the daemon needs it at once."""
+        started = time.monotonic()
+        t = self.broker.topology
         self._cancel_timers()
-        await self.broker.stop_consumers()
+        queues = self._queues_ready | {info.name for info in await self.store.queues()}
+        # The queues of OJS queues: their consumers stop with their delete (below, bounded).
+        per_queue = {spec.name for queue in queues for spec in t.queues_of(queue)}
+        await self.broker.stop_consumers(exclude=per_queue)
         self._buffers.clear()
         self._leases.clear()
         if self.tracing is not None:
             self.tracing.close()
-        queues = self._queues_ready | {info.name for info in await self.store.queues()}
         self._queues_ready.clear()
         self._gateways.clear()
         self._depths.clear()
         self._unpublished.clear()
-        t = self.broker.topology
+        # Purged first: concurrent with hundreds of deletes, a purge waits seconds its turn.
         await self.broker.purge(t.all_fixed_queues())
-        await self._delete_within(queues, RESET_DELETE_BUDGET_S)
+        deletes = self._start_deletes(queues, per_queue)
+        await self._wait_for_deletes(deletes, RESET_DELETE_BUDGET_S)
+        log.info("test-mode reset in %.2fs (the queues of %d OJS queues deleted)",
+                 time.monotonic() - started, len(queues))  # fmt: skip
         await self.store.reset()
         self.events.clear()
         self._worker_directives.clear()
-        t = self.broker.topology
         await self.broker.consume(t.due_queue, t.due_queue_arguments(), 2000, self._on_due)
         for hook in self.on_reset:
             await hook()

@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +19,8 @@ import aiormq
 import pytest
 
 from ojs_amqp.amqp.topology import Topology
-from ojs_amqp.engine.jobs import RESET_DELETE_BUDGET_S
+from ojs_amqp.engine import jobs as jobs_module
+from ojs_amqp.engine.jobs import RESET_DELETE_BUDGET_S, JobEngine
 from tests.daemon import Daemon, request
 
 pytestmark = pytest.mark.integration
@@ -185,21 +187,27 @@ def test_500_queues_created_and_reset_leave_no_more_broker_queues_than_one_pass(
     all_names: list[str] = []
     after: list[int] = []
     reset_s: list[float] = []
+    push_s: list[float] = []
     for r in range(rounds):
         queues = [f"loop-{r}-{i}" for i in range(per_round)]
-        for queue in queues:
-            push(daemon, queue)
+        started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda queue: push(daemon, queue), queues))
+        push_s.append(time.monotonic() - started)
         for queue in queues[:5]:  # gateways and buffers too
             assert len(fetch(daemon, queue)) == 1
-        all_names += [n for q in queues for n in per_queue_names(t, q)]
+        names = [n for q in queues for n in per_queue_names(t, q)]
+        all_names += names
         started = time.monotonic()
         status, body = request("POST", f"{daemon.url}/ojs/v1/admin/reset")
         reset_s.append(time.monotonic() - started)
         assert status == 200, body
-        after.append(len(existing(daemon.amqp_url, all_names + fixed)))
+        after.append(len(existing(daemon.amqp_url, names + fixed)))
     print(f"\nreset took {min(reset_s):.2f}-{max(reset_s):.2f} s for {per_round} queues "
-          f"({3 * per_round} broker queues); broker queues left per round: {after}")  # fmt: skip
+          f"({3 * per_round} broker queues; pushing to them took {min(push_s):.1f}-"
+          f"{max(push_s):.1f} s); broker queues left per round: {after}")  # fmt: skip
     assert after == [len(fixed)] * rounds
+    assert existing(daemon.amqp_url, all_names) == set()  # nothing came back later either
     assert max(reset_s) < RESET_DELETE_BUDGET_S + 5.0
     assert existing(daemon.amqp_url, fixed) == set(fixed)  # the fixed topology stays
 
@@ -222,3 +230,32 @@ def test_500_queues_created_and_reset_leave_no_more_broker_queues_than_one_pass(
         _, body = request("GET", f"{daemon.url}/ojs/v1/jobs/{timed['id']}")
         state = body["job"]["state"]
     assert state == "available"
+
+
+async def test_a_push_to_a_queue_still_being_deleted_after_a_reset_waits_and_recreates_it(
+    live_engine: JobEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reset past its budget leaves deletes running; a use of such a queue waits for its
+    delete, so the delete never removes the queue again under the new job."""
+    engine = live_engine
+    queues = [f"gate-{i}" for i in range(20)]
+    for queue in queues:
+        await engine.push({"type": "qd.job", "args": [], "options": {"queue": queue}})
+    monkeypatch.setattr(jobs_module, "RESET_DELETE_BUDGET_S", 0.0)
+    await engine.reset()
+    pending = [engine._deleting.get(q) for q in queues]
+    assert any(p is not None and not p.done() for p in pending), "all deleted within 0 s"
+    job = await engine.push({"type": "qd.job", "args": [], "options": {"queue": queues[-1]}})
+    assert all(p is None or p.done() for p in pending[-1:])
+    fetched = await engine.fetch([queues[-1]], 1, "w1", None)
+    assert [j.id for j in fetched] == [job.id]
+    await asyncio.wait([p for p in pending if p is not None], timeout=30)
+    t = engine.broker.topology
+    connection = await aiormq.connect(engine.broker._url)
+    try:
+        channel = await connection.channel()
+        await channel.queue_declare(t.job_queue(queues[-1]), passive=True)  # recreated
+        with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
+            await channel.queue_declare(t.job_queue(queues[0]), passive=True)  # deleted
+    finally:
+        await connection.close()
