@@ -188,9 +188,8 @@ class JobEngine:
     async def _ensure_queue(self, queue: str) -> None:
         if queue in self._queues_ready:
             return
-        deleting = self._deleting.get(queue)
-        if deleting is not None:  # whatever its outcome, the queue is declared afresh below
-            await asyncio.wait([deleting])
+        while (deleting := self._deleting.get(queue)) is not None:
+            await asyncio.wait([deleting])  # whatever its outcome, declared afresh below
         t = self.broker.topology
         await self.broker.ensure_job_queue(queue)
 
@@ -1124,12 +1123,15 @@ class JobEngine:
         prefetch = max(1, self.settings.prefetch)
         return {queue: min(1.0, count / prefetch) for queue, count in counts.items()}
 
-    def _start_deletes(self, queues: set[str], names: set[str]) -> list[asyncio.Future[None]]:
+    def _start_deletes(
+        self, queues: set[str], names: set[str], hold: asyncio.Future[None]
+    ) -> list[asyncio.Future[None]]:
         """Start deleting the broker queues of `queues` (`names`), each OJS queue's at once
-        with the others', and any other non-fixed queue declared."""
+        with the others', and any other non-fixed queue declared. `hold` is what uses of
+        the queues wait for until then."""
         fixed = set(self.broker.topology.all_fixed_queues())
         strays = [n for n in self.broker.declared_queues() if n not in fixed and n not in names]
-        deletes = [self._delete_in_background(queue) for queue in queues]
+        deletes = [self._delete_in_background(queue, hold=hold) for queue in queues]
         if strays:  # declared for a queue the store never recorded (a failed first use)
             deletes.append(self._delete_in_background("", strays))
         return deletes
@@ -1145,12 +1147,15 @@ class JobEngine:
                             "the background", len(running), len(deletes), budget_s)  # fmt: skip
 
     def _delete_in_background(
-        self, queue: str, names: list[str] | None = None
+        self,
+        queue: str,
+        names: list[str] | None = None,
+        hold: asyncio.Future[None] | None = None,
     ) -> asyncio.Future[None]:
         """Start deleting the broker queues of `queue` (or just `names`), gating its next
-        use until done."""
+        use until done (in place of `hold`)."""
         pending = self._deleting.get(queue)
-        if pending is not None:  # not declared again since: nothing new to delete
+        if pending is not None and pending is not hold:  # not declared again since
             return pending
         if names is None:
             names = [spec.name for spec in reversed(self.broker.topology.queues_of(queue))]
@@ -1279,20 +1284,30 @@ class JobEngine:
         t = self.broker.topology
         self._cancel_timers()
         queues = self._queues_ready | {info.name for info in await self.store.queues()}
-        # The queues of OJS queues: their consumers stop with their delete (below, bounded).
-        per_queue = {spec.name for queue in queues for spec in t.queues_of(queue)}
-        await self.broker.stop_consumers(exclude=per_queue)
-        self._buffers.clear()
-        self._leases.clear()
-        if self.tracing is not None:
-            self.tracing.close()
         self._queues_ready.clear()
         self._gateways.clear()
-        self._depths.clear()
-        self._unpublished.clear()
-        # Purged first: concurrent with hundreds of deletes, a purge waits seconds its turn.
-        await self.broker.purge(t.all_fixed_queues())
-        deletes = self._start_deletes(queues, per_queue)
+        # Until their deletes start, a use of these queues waits (then for the delete).
+        hold: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for queue in queues:
+            self._deleting.setdefault(queue, hold)
+        try:
+            # The queues of OJS queues: their consumers stop with their (bounded) delete.
+            per_queue = {spec.name for queue in queues for spec in t.queues_of(queue)}
+            await self.broker.stop_consumers(exclude=per_queue)
+            self._buffers.clear()
+            self._leases.clear()
+            if self.tracing is not None:
+                self.tracing.close()
+            self._depths.clear()
+            self._unpublished.clear()
+            # Purged first: beside hundreds of deletes, a purge waits seconds for its turn.
+            await self.broker.purge(t.all_fixed_queues())
+            deletes = self._start_deletes(queues, per_queue, hold)
+        finally:
+            for queue in queues:
+                if self._deleting.get(queue) is hold:
+                    del self._deleting[queue]
+            hold.set_result(None)
         await self._wait_for_deletes(deletes, RESET_DELETE_BUDGET_S)
         log.info("test-mode reset in %.2fs (the queues of %d OJS queues deleted)",
                  time.monotonic() - started, len(queues))  # fmt: skip
