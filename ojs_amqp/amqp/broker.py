@@ -13,7 +13,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Collection, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -617,7 +617,7 @@ class Broker:
             await self._settler.stop(channel)
         await channel.close()
 
-    async def stop_consumers(self, exclude: Collection[str] = ()) -> None:
+    async def stop_consumers(self, exclude: set[str] | frozenset[str] = frozenset()) -> None:
         """Close every consumer channel (but those consuming `exclude`); their unacked
         deliveries return to their queues. The closes go out together: each OJS queue has
         consumers, and one close after the other would grow with their number."""

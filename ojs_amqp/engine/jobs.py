@@ -1314,6 +1314,7 @@ class JobEngine:
         await self.store.reset()
         self.events.clear()
         self._worker_directives.clear()
+        t = self.broker.topology
         await self.broker.consume(t.due_queue, t.due_queue_arguments(), 2000, self._on_due)
         for hook in self.on_reset:
             await hook()
