@@ -657,7 +657,8 @@ class Broker:
         for name in queue_names:
             self._declared.pop(name, None)
             self._kinds.pop(name, None)
-        await self._close_consumers(consumers)
+        # A close that fails does not matter: the delete cancels the consumer anyway.
+        await asyncio.gather(self._close_consumers(consumers), return_exceptions=True)
         self._deleting += 1
         try:
             results = await asyncio.gather(
@@ -667,7 +668,7 @@ class Broker:
             self._deleting -= 1
             if not self._deleting:  # idle channels are not kept between deletes
                 spare, self._spare_channels = self._spare_channels, []
-                await asyncio.gather(*(c.close() for c in spare), return_exceptions=True)
+                await self._drop_deleting_channels(spare)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             raise BackendUnavailable(
@@ -675,6 +676,7 @@ class Broker:
             )
 
     async def _delete_queue(self, name: str) -> None:
+        """One Queue.Delete on an idle deleting channel (or a new one); every wait bounded."""
         async with self._delete_slots:
             self._require_connection()
             assert self._pub_conn is not None
@@ -683,14 +685,21 @@ class Broker:
                 spare = self._spare_channels.pop()
                 channel = None if spare.is_closed else spare
             if channel is None:
-                channel = await _link(self._pub_conn).channel(publisher_confirms=False)
+                channel = await asyncio.wait_for(
+                    _link(self._pub_conn).channel(publisher_confirms=False), DELETE_TIMEOUT_S
+                )
             try:
                 await asyncio.wait_for(channel.queue_delete(name), DELETE_TIMEOUT_S)
             except BaseException:
-                if not channel.is_closed:  # its answer may still come: never reuse it
-                    await asyncio.gather(channel.close(), return_exceptions=True)
+                await self._drop_deleting_channels([channel])  # its answer may still come
                 raise
             self._spare_channels.append(channel)
+
+    @staticmethod
+    async def _drop_deleting_channels(channels: list[aiormq.abc.AbstractChannel]) -> None:
+        open_ones = [c for c in channels if not c.is_closed]
+        closes = [asyncio.wait_for(c.close(), DELETE_TIMEOUT_S) for c in open_ones]
+        await asyncio.gather(*closes, return_exceptions=True)
 
     def open_connections(self) -> int:
         return sum(1 for c in (self._pub_conn, self._con_conn) if c is not None and not c.is_closed)
