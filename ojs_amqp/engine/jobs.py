@@ -185,11 +185,14 @@ class JobEngine:
         validate_queue(queue)
         await self._ensure_queue(queue)
 
-    async def _ensure_queue(self, queue: str) -> None:
+    async def _ensure_queue(self, queue: str) -> bool:
+        """Declare the queue on its first use; True if that first waited for its delete."""
         if queue in self._queues_ready:
-            return
+            return False
+        waited = False
         while (deleting := self._deleting.get(queue)) is not None:
             await asyncio.wait([deleting])  # whatever its outcome, declared afresh below
+            waited = True
         t = self.broker.topology
         await self.broker.ensure_job_queue(queue)
 
@@ -203,6 +206,7 @@ class JobEngine:
         self._queues_ready.add(queue)
         for hook in self.on_new_queue:
             await hook(queue)
+        return waited
 
     async def _open_gateway(self, queue: str) -> None:
         """Consume the job queue for HTTP workers (DESIGN §5), from the first FETCH on."""
@@ -265,7 +269,7 @@ class JobEngine:
         t = self.broker.topology
         state = job.state
         if state is JobState.AVAILABLE:
-            await self._ensure_queue(job.queue)
+            await self._outlived_its_queue(job)
             if job.queue in self._gateways:
                 self._buffers.expect(job)
             await self.broker.publish(t.direct_exchange, job.queue, codec.encode(job))
@@ -274,8 +278,18 @@ class JobEngine:
         elif state is JobState.RETRYABLE:
             await self._park(job, job.next_attempt_at_ms or self._now())
         elif state is JobState.DISCARDED:
-            await self._ensure_queue(job.queue)
+            await self._outlived_its_queue(job)
             await self.broker.publish(t.dlx_exchange, job.queue, codec.encode(job))
+
+    async def _outlived_its_queue(self, job: Job) -> None:
+        """Declare the job's queue if needed. A move that had to wait for the queue's delete
+        may be about a job deleted with it: published, it would come back as a new job."""
+        if await self._ensure_queue(job.queue) and await self.store.get(job.id) is None:
+            raise Conflict(
+                f"queue {job.queue!r} was deleted, with job {job.id}, while the job was "
+                "being moved or pushed; it was not enqueued",
+                details={"queue": job.queue, "job_id": job.id},
+            )
 
     async def _park(self, job: Job, due_at_ms: int) -> None:
         """Put a waiting job on the delay ladder (or straight into the due queue)."""

@@ -21,6 +21,7 @@ import pytest
 from ojs_amqp.amqp.topology import Topology
 from ojs_amqp.engine import jobs as jobs_module
 from ojs_amqp.engine.jobs import RESET_DELETE_BUDGET_S, JobEngine
+from ojs_amqp.errors import OjsError
 from tests.daemon import Daemon, request
 
 pytestmark = pytest.mark.integration
@@ -259,3 +260,38 @@ async def test_a_push_to_a_queue_still_being_deleted_after_a_reset_waits_and_rec
             await channel.queue_declare(t.job_queue(queues[0]), passive=True)  # deleted
     finally:
         await connection.close()
+
+
+async def test_pushes_racing_a_forced_delete_end_deleted_or_fetchable_never_lost(
+    live_engine: JobEngine,
+) -> None:
+    """Pushes before, during and after a forced delete of their queue: each job is either
+    gone with the queue (deleted, or refused to its producer) or available and fetchable
+    from the queue as it comes back; none is left available in the store with no message."""
+    engine = live_engine
+    queue = "race"
+    await engine.push({"type": "qd.job", "args": [], "options": {"queue": queue}})
+    body = {"type": "qd.job", "args": [], "options": {"queue": queue}}
+    before = [asyncio.ensure_future(engine.push(body)) for _ in range(20)]
+    deleting = asyncio.ensure_future(engine.delete_queue(queue, force=True))
+    after = [asyncio.ensure_future(engine.push(body)) for _ in range(20)]
+    results = await asyncio.gather(*before, deleting, *after, return_exceptions=True)
+    answer = results[len(before)]
+    assert isinstance(answer, dict) and answer["deleted"] is True, answer
+    pushed = [r for r in results if not isinstance(r, dict | BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert all(isinstance(r, OjsError) for r in refused), refused
+    survivors = set()
+    for job in pushed:
+        stored = await engine.store.get(job.id)
+        if stored is not None:
+            assert stored.state.value == "available", stored
+            survivors.add(job.id)
+    fetched: set[str] = set()
+    for _ in range(10):
+        if fetched >= survivors:
+            break
+        fetched |= {j.id for j in await engine.fetch([queue], 100, "w1", None)}
+    assert fetched == survivors
+    print(f"\n{len(pushed)} pushed, {len(refused)} refused, {len(survivors)} kept, "
+          f"{answer['jobs_cancelled']} cancelled with the queue")  # fmt: skip
