@@ -58,13 +58,13 @@ GATEWAY_FILL_S = 0.5
 #: full) is tried again.
 LEASE_RETRY_S = 1.0
 TIMER_RETRY_MS = 1000
+_DIRECTIVES = ("running", "quiet", "terminate")
 #: How long a test-mode reset waits for its queue deletes; the rest go on in the background
 #: (a queue still being deleted is declared again only once its delete is done), so the reset
 #: answers within this bound however many queues it deletes.
 RESET_DELETE_BUDGET_S = 5.0
 #: How long deleting a queue waits for moves of its jobs already under way to be recorded.
 DELETE_DRAIN_S = 10.0
-_DIRECTIVES = ("running", "quiet", "terminate")
 
 
 class JobEngine:
