@@ -52,6 +52,12 @@ from ojs_amqp.tracing import JobTracing
 log = logging.getLogger("ojs_amqp.engine")
 
 FETCH_MAX_COUNT = 100
+#: How long a test-mode reset waits for its queue deletes; the rest go on in the background
+#: (a queue still being deleted is declared again only once its delete is done), so the reset
+#: answers within this bound however many queues it deletes.
+RESET_DELETE_BUDGET_S = 5.0
+#: How long deleting a queue waits for moves of its jobs already under way to be recorded.
+DELETE_DRAIN_S = 10.0
 #: How long a FETCH that opens a queue's gateway waits for the queue's waiting jobs.
 GATEWAY_FILL_S = 0.5
 #: How soon a lease expiry or a due timer that could not be published (broker away, queue
@@ -59,12 +65,6 @@ GATEWAY_FILL_S = 0.5
 LEASE_RETRY_S = 1.0
 TIMER_RETRY_MS = 1000
 _DIRECTIVES = ("running", "quiet", "terminate")
-#: How long a test-mode reset waits for its queue deletes; the rest go on in the background
-#: (a queue still being deleted is declared again only once its delete is done), so the reset
-#: answers within this bound however many queues it deletes.
-RESET_DELETE_BUDGET_S = 5.0
-#: How long deleting a queue waits for moves of its jobs already under way to be recorded.
-DELETE_DRAIN_S = 10.0
 
 
 class JobEngine:
