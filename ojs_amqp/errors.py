@@ -10,7 +10,8 @@
     │   └── NoSuchEndpoint    404 not_found         (no route has this path)
     ├── MethodNotAllowed      405 method_not_allowed
     ├── Conflict              409 conflict          (invalid state transition, not the owner)
-    │   └── Duplicate         409 duplicate         (a job with this id exists)
+    │   ├── Duplicate         409 duplicate         (a job with this id exists)
+    │   └── QueueNotEmpty     409 conflict          (deleting a queue that holds open jobs)
     ├── RequestTimeout        408 timeout           (the request arrived too slowly)
     ├── PayloadTooLarge       413 payload_too_large
     ├── QueueFull             429 queue_full        (backpressure: max_depth or x-max-length)
@@ -124,6 +125,13 @@ class Conflict(OjsError):
 class Duplicate(Conflict):
     code = "duplicate"
     hint = "A job with this id already exists; use a new id or omit it."
+
+
+class QueueNotEmpty(Conflict):
+    hint = (
+        "Wait for the open jobs to finish, cancel them, or delete with force=true (which "
+        "cancels them); see docs/operations.md."
+    )
 
 
 class RequestTimeout(OjsError):

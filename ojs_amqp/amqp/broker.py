@@ -67,6 +67,11 @@ _KIND_WORDS = {"confirm": "publish confirms", "declare": "declares", "rpc": "req
 #: tried again after each of these delays before the nack counts as a refusal.
 FRESH_QUEUE_S = 5.0
 FRESH_QUEUE_RETRY_DELAYS_S = (0.02, 0.05, 0.1, 0.2, 0.4)
+#: Queue deletes run on this many channels at once: the broker deletes queues of different
+#: channels in parallel, one channel's in order (1,500 queues: 4.7 s on one, 1.3 s on 16).
+DELETE_CHANNELS = 16
+#: The longest one queue delete may take before it counts as failed.
+DELETE_TIMEOUT_S = 10.0
 
 
 class TopologyMismatch(OjsError):
@@ -186,6 +191,10 @@ class Broker:
         #: queue name -> QueueSpec.kind, for the consumed-deliveries metric
         self._kinds: dict[str, str] = {}
         self._consumers: dict[str, _Consumer] = {}
+        #: Idle channels for queue deletes, and how many deletes may run at once.
+        self._spare_channels: list[aiormq.abc.AbstractChannel] = []
+        self._delete_slots = asyncio.Semaphore(DELETE_CHANNELS)
+        self._deleting = 0
         self._lost = asyncio.Event()
         self._restoring: set[asyncio.Task[None]] = set()
         self._watch_task: asyncio.Task[None] | None = None
@@ -736,8 +745,11 @@ class Broker:
         kind = _CONSUMED_KINDS.get(self._kinds.get(consumer.queue_name, ""), "other")
         observer, handler, settler = self._observer, consumer.handler, self._settler
         assert settler is not None
+        consumers, name = self._consumers, consumer.queue_name
 
         async def counted(delivered: DeliveredMessage) -> None:
+            if consumers.get(name) is not consumer:
+                return  # stopped, its channel closing: the broker has the message back
             observer.consumed(kind)
             await handler(Inbound(delivered, settler))
 
@@ -858,15 +870,20 @@ class Broker:
             )  # fmt: skip
         await self._waiting("rpc", self.timeouts.rpc_s, "Channel.Close", channel.close())
 
-    async def stop_consumers(self) -> None:
-        """Close every consumer channel; their unacked deliveries return to their queues."""
-        consumers = list(self._consumers.values())
-        self._consumers.clear()  # first: these closes are ours, not the broker's
+    async def stop_consumers(self, exclude: set[str] | frozenset[str] = frozenset()) -> None:
+        """Close every consumer channel (but those consuming `exclude`); their unacked
+        deliveries return to their queues. The closes go out together: each OJS queue has
+        consumers, and one close after the other would grow with their number."""
+        consumers = [c for name, c in self._consumers.items() if name not in exclude]
+        for consumer in consumers:  # first: these closes are ours, not the broker's
+            del self._consumers[consumer.queue_name]
+        await self._close_consumers(consumers)
+
+    async def _close_consumers(self, consumers: list[_Consumer]) -> None:
+        channels = [c for consumer in consumers for c in (consumer.channel, *consumer.retired)]
         for consumer in consumers:
-            for channel in (consumer.channel, *consumer.retired):
-                if channel is not None:
-                    await self._close_consumer_channel(channel)
             consumer.channel, consumer.retired = None, []
+        await asyncio.gather(*(self._close_consumer_channel(c) for c in channels if c is not None))
 
     # --- maintenance (test mode, tools) ----------------------------------------------------
 
@@ -884,6 +901,59 @@ class Broker:
                     channel = await self._channel(self._pub_conn)
         finally:
             await self._close_channel(channel)
+
+    async def delete_queues(self, queue_names: list[str]) -> None:
+        """Stop consuming queues, delete them (messages and all) and forget them, so no
+        reconnect declares them again; deletes run DELETE_CHANNELS at once. Deleting a queue
+        that does not exist succeeds. Raises BackendUnavailable if the broker is away or a
+        delete times out; the queues not deleted stay forgotten (a use declares them again)."""
+        consumers = [self._consumers.pop(n) for n in queue_names if n in self._consumers]
+        for name in queue_names:
+            self._declared.pop(name, None)
+            self._kinds.pop(name, None)
+        # A close that fails does not matter: the delete cancels the consumer anyway.
+        await asyncio.gather(self._close_consumers(consumers), return_exceptions=True)
+        self._deleting += 1
+        try:
+            results = await asyncio.gather(
+                *(self._delete_queue(name) for name in queue_names), return_exceptions=True
+            )
+        finally:
+            self._deleting -= 1
+            if not self._deleting:  # idle channels are not kept between deletes
+                spare, self._spare_channels = self._spare_channels, []
+                await self._drop_deleting_channels(spare)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise BackendUnavailable(
+                f"{len(failed)} of {len(queue_names)} queue deletes failed: {failed[0]!r}"
+            )
+
+    async def _delete_queue(self, name: str) -> None:
+        """One Queue.Delete on an idle deleting channel (or a new one); every wait bounded."""
+        async with self._delete_slots:
+            self._require_connection()
+            assert self._pub_conn is not None
+            channel = None
+            while self._spare_channels and channel is None:
+                spare = self._spare_channels.pop()
+                channel = None if spare.is_closed else spare
+            if channel is None:
+                channel = await asyncio.wait_for(
+                    _link(self._pub_conn).channel(publisher_confirms=False), DELETE_TIMEOUT_S
+                )
+            try:
+                await asyncio.wait_for(channel.queue_delete(name), DELETE_TIMEOUT_S)
+            except BaseException:
+                await self._drop_deleting_channels([channel])  # its answer may still come
+                raise
+            self._spare_channels.append(channel)
+
+    @staticmethod
+    async def _drop_deleting_channels(channels: list[aiormq.abc.AbstractChannel]) -> None:
+        open_ones = [c for c in channels if not c.is_closed]
+        closes = [asyncio.wait_for(c.close(), DELETE_TIMEOUT_S) for c in open_ones]
+        await asyncio.gather(*closes, return_exceptions=True)
 
     def open_connections(self) -> int:
         return sum(1 for c in (self._pub_conn, self._con_conn) if c is not None and not c.is_closed)

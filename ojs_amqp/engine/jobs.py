@@ -44,6 +44,7 @@ from ojs_amqp.errors import (
     NotFound,
     OjsError,
     QueueFull,
+    QueueNotEmpty,
 )
 from ojs_amqp.metrics import Metrics
 from ojs_amqp.settings import Settings
@@ -53,6 +54,12 @@ from ojs_amqp.tracing import JobTracing
 log = logging.getLogger("ojs_amqp.engine")
 
 FETCH_MAX_COUNT = 100
+#: How long a test-mode reset waits for its queue deletes; the rest go on in the background
+#: (a queue still being deleted is declared again only once its delete is done), so the reset
+#: answers within this bound however many queues it deletes.
+RESET_DELETE_BUDGET_S = 5.0
+#: How long deleting a queue waits for moves of its jobs already under way to be recorded.
+DELETE_DRAIN_S = 10.0
 #: How long a FETCH that opens a queue's gateway waits for the queue's waiting jobs.
 GATEWAY_FILL_S = 0.5
 #: How soon a lease expiry or a due timer that could not be published (broker away, queue
@@ -99,6 +106,8 @@ class JobEngine:
         self._leases: dict[str, Lease] = {}
         self._arrivals = Arrivals()
         self._queues_ready: set[str] = set()
+        #: Queues being deleted from the broker: a use of one waits for its delete first.
+        self._deleting: dict[str, asyncio.Future[None]] = {}
         #: Job queues the daemon consumes for HTTP workers, and when one was last fetched
         #: from. Consuming only while HTTP workers ask leaves the queue to native workers.
         self._gateways: dict[str, float] = {}
@@ -203,9 +212,14 @@ class JobEngine:
         validate_queue(queue)
         await self._ensure_queue(queue)
 
-    async def _ensure_queue(self, queue: str) -> None:
+    async def _ensure_queue(self, queue: str) -> bool:
+        """Declare the queue on its first use; True if that first waited for its delete."""
         if queue in self._queues_ready:
-            return
+            return False
+        waited = False
+        while (deleting := self._deleting.get(queue)) is not None:
+            await asyncio.wait([deleting])  # whatever its outcome, declared afresh below
+            waited = True
         t = self.broker.topology
         await self.broker.ensure_job_queue(queue)
 
@@ -219,6 +233,7 @@ class JobEngine:
         self._queues_ready.add(queue)
         for hook in self.on_new_queue:
             await hook(queue)
+        return waited
 
     async def _open_gateway(self, queue: str) -> None:
         """Consume the job queue for HTTP workers (DESIGN §5), from the first FETCH on."""
@@ -346,7 +361,7 @@ class JobEngine:
         t = self.broker.topology
         state = job.state
         if state is JobState.AVAILABLE:
-            await self._ensure_queue(job.queue)
+            await self._outlived_its_queue(job)
             if job.queue in self._gateways:
                 self._buffers.expect(job)
             await self.broker.publish(t.direct_exchange, job.queue, codec.encode(job))
@@ -355,8 +370,18 @@ class JobEngine:
         elif state is JobState.RETRYABLE:
             await self._park(job, job.next_attempt_at_ms or self._now())
         elif state is JobState.DISCARDED:
-            await self._ensure_queue(job.queue)
+            await self._outlived_its_queue(job)
             await self.broker.publish(t.dlx_exchange, job.queue, codec.encode(job))
+
+    async def _outlived_its_queue(self, job: Job) -> None:
+        """Declare the job's queue if needed. A move that had to wait for the queue's delete
+        may be about a job deleted with it: published, it would come back as a new job."""
+        if await self._ensure_queue(job.queue) and await self.store.get(job.id) is None:
+            raise Conflict(
+                f"queue {job.queue!r} was deleted, with job {job.id}, while the job was "
+                "being moved or pushed; it was not enqueued",
+                details={"queue": job.queue, "job_id": job.id},
+            )
 
     async def _park(self, job: Job, due_at_ms: int) -> None:
         """Put a waiting job on the delay ladder (or straight into the due queue)."""
@@ -1392,22 +1417,194 @@ class JobEngine:
         prefetch = max(1, self.settings.prefetch)
         return {queue: min(1.0, count / prefetch) for queue, count in counts.items()}
 
+    def _start_deletes(
+        self, queues: set[str], names: set[str], hold: asyncio.Future[None]
+    ) -> list[asyncio.Future[None]]:
+        """Start deleting the broker queues of `queues` (`names`), each OJS queue's at once
+        with the others', and any other non-fixed queue declared. `hold` is what uses of
+        the queues wait for until then."""
+        fixed = set(self.broker.topology.all_fixed_queues())
+        strays = [n for n in self.broker.declared_queues() if n not in fixed and n not in names]
+        deletes = [self._delete_in_background(queue, hold=hold) for queue in queues]
+        if strays:  # declared for a queue the store never recorded (a failed first use)
+            deletes.append(self._delete_in_background("", strays))
+        return deletes
+
+    @staticmethod
+    async def _wait_for_deletes(deletes: list[asyncio.Future[None]], budget_s: float) -> None:
+        """Wait at most `budget_s`; deletes still running then finish in the background (a
+        use of their queue waits for them)."""
+        if deletes:
+            _, running = await asyncio.wait(deletes, timeout=budget_s)
+            if running:
+                log.warning("%d of %d queue deletes still running after %.0fs; they go on in "
+                            "the background", len(running), len(deletes), budget_s)  # fmt: skip
+
+    def _delete_in_background(
+        self,
+        queue: str,
+        names: list[str] | None = None,
+        hold: asyncio.Future[None] | None = None,
+    ) -> asyncio.Future[None]:
+        """Start deleting the broker queues of `queue` (or just `names`), gating its next
+        use until done (in place of `hold`)."""
+        pending = self._deleting.get(queue)
+        if pending is not None and pending is not hold:  # not declared again since
+            return pending
+        if names is None:
+            names = [spec.name for spec in reversed(self.broker.topology.queues_of(queue))]
+        task = asyncio.ensure_future(self.broker.delete_queues(names))
+        self._deleting[queue] = task
+
+        def done(finished: asyncio.Future[None]) -> None:
+            if self._deleting.get(queue) is finished:
+                del self._deleting[queue]
+            if not finished.cancelled() and finished.exception() is not None:
+                log.warning("deleting %s failed: %s", ", ".join(names), finished.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    async def delete_queue(self, queue: str, force: bool) -> dict[str, Any]:
+        """Remove an OJS queue: its broker queues (job, control, dead-letter) and its store
+        rows. Refused (409) while it holds unfinished jobs, unless `force`, which cancels
+        them first. What the daemon holds for it (gateway, buffer, leases, consumers) goes
+        too; timers of its jobs on the delay ladder find no job when due and are dropped. A
+        later push or fetch simply declares the queue again."""
+        validate_queue(queue)
+        if queue in self._deleting:
+            raise Conflict(f"queue {queue!r} is being deleted; retry shortly",
+                           details={"queue": queue})  # fmt: skip
+        known = queue in self._queues_ready or any(
+            info.name == queue for info in await self.store.queues()
+        )
+        if not known and not await self.store.unfinished(queue):
+            raise NotFound(f"queue {queue!r} not found",
+                           details={"resource_type": "queue", "resource_id": queue})  # fmt: skip
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._deleting[queue] = gate  # from here on, a first use of the queue waits
+        was_ready = queue in self._queues_ready
+        self._queues_ready.discard(queue)
+        try:
+            await self._drain_moves(queue)
+            open_jobs = await self.store.unfinished(queue)
+            if open_jobs and not force:
+                by_state: dict[str, int] = {}
+                for job in open_jobs:
+                    by_state[job.state.value] = by_state.get(job.state.value, 0) + 1
+                if was_ready:
+                    self._queues_ready.add(queue)
+                raise QueueNotEmpty(
+                    f"queue {queue!r} holds {len(open_jobs)} unfinished jobs; delete with "
+                    "force=true to cancel them and delete it anyway",
+                    details={"queue": queue, "open_jobs": by_state},
+                )
+            cancelled = await self._cancel_all(open_jobs)
+            await self._let_go_of(queue)
+            names = [spec.name for spec in reversed(self.broker.topology.queues_of(queue))]
+            await self.broker.delete_queues(names)
+            removed = await self.store.delete_queue(queue)
+        finally:
+            if self._deleting.get(queue) is gate:
+                del self._deleting[queue]
+            gate.set_result(None)
+        self._depths.clear()
+        log.info("deleted queue %s: %d broker queues, %d jobs (%d of them cancelled)",
+                 queue, len(names), removed, cancelled)  # fmt: skip
+        return {"queue": queue, "deleted": True, "broker_queues": names,
+                "jobs_deleted": removed, "jobs_cancelled": cancelled}  # fmt: skip
+
+    async def _drain_moves(self, queue: str) -> None:
+        """Wait (bounded) for moves of the queue's jobs already publishing their next copy:
+        once recorded, they are counted (and cancelled if forced) like any other job."""
+        deadline = time.monotonic() + DELETE_DRAIN_S
+        while time.monotonic() < deadline:
+            moving = [await self.store.get(job_id) for job_id in list(self._recording)]
+            if not any(job is not None and job.queue == queue for job in moving):
+                return
+            await asyncio.sleep(0.01)
+
+    async def _cancel_all(self, jobs: list[Job]) -> int:
+        """Cancel every job given (a forced queue delete), as `cancel` would, each with its
+        job.cancelled event; a job that moved meanwhile is read again and cancelled then."""
+        cancelled = 0
+        for start in range(0, len(jobs), 500):
+            chunk = jobs[start : start + 500]
+            results = await asyncio.gather(*(self._cancel_for_delete(job) for job in chunk))
+            cancelled += sum(results)
+        return cancelled
+
+    async def _cancel_for_delete(self, job: Job) -> bool:
+        for _ in range(5):
+            if job.state.terminal:
+                return False
+            now = self._now()
+            new = lifecycle.cancel(job, now)
+            if await self.store.update(new, expect_copy=job.copy):
+                lease = self._leases.pop(job.id, None)
+                if lease is not None:
+                    self._stop_lease_timer(lease)
+                elif job.state in (JobState.AVAILABLE, JobState.ACTIVE):
+                    await self._tell_native_workers(new)
+                if self.tracing is not None:
+                    self.tracing.finished(job, new, "cancelled")
+                self.events.emit("job.cancelled", new, now, reason="queue_deleted")
+                return True
+            fresh = await self.store.get(job.id)
+            if fresh is None:
+                return False
+            job = fresh
+        return False
+
+    async def _let_go_of(self, queue: str) -> None:
+        """Stop consuming the queue's broker queues and drop what the daemon holds of them:
+        buffered deliveries and leases (their messages go with the queue)."""
+        t = self.broker.topology
+        self._gateways.pop(queue, None)
+        for name in (t.job_queue(queue), t.control_queue(queue), t.dead_letter_queue(queue)):
+            await self.broker.stop_consumer(name)
+        self._buffers.drop_queue(queue)
+        for job_id in [i for i, lease in self._leases.items() if lease.job.queue == queue]:
+            self._drop_lease(job_id)
+
     async def queue_names(self) -> list[tuple[str, int]]:
         return [(q.name, q.created_at_ms) for q in await self.store.queues()]
 
     async def reset(self) -> None:
-        """Test mode: forget everything, here and on the broker."""
+        """Test mode: forget everything, here and on the broker. The queues of every OJS
+        queue are deleted (a purge would leave them costing the broker file handles); the
+        fixed topology is only purged, as the daemon needs it at once."""
+        started = time.monotonic()
+        t = self.broker.topology
         self._cancel_timers()
-        await self.broker.stop_consumers()
-        self._buffers.clear()
-        self._leases.clear()
-        if self.tracing is not None:
-            self.tracing.close()
+        queues = self._queues_ready | {info.name for info in await self.store.queues()}
         self._queues_ready.clear()
         self._gateways.clear()
-        self._depths.clear()
-        self._unpublished.clear()
-        await self.broker.purge(self.broker.declared_queues())
+        # Until their deletes start, a use of these queues waits (then for the delete).
+        hold: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for queue in queues:
+            self._deleting.setdefault(queue, hold)
+        try:
+            # The queues of OJS queues: their consumers stop with their (bounded) delete.
+            per_queue = {spec.name for queue in queues for spec in t.queues_of(queue)}
+            await self.broker.stop_consumers(exclude=per_queue)
+            self._buffers.clear()
+            self._leases.clear()
+            if self.tracing is not None:
+                self.tracing.close()
+            self._depths.clear()
+            self._unpublished.clear()
+            # Purged first: beside hundreds of deletes, a purge waits seconds for its turn.
+            await self.broker.purge(t.all_fixed_queues())
+            deletes = self._start_deletes(queues, per_queue, hold)
+        finally:
+            for queue in queues:
+                if self._deleting.get(queue) is hold:
+                    del self._deleting[queue]
+            hold.set_result(None)
+        await self._wait_for_deletes(deletes, RESET_DELETE_BUDGET_S)
+        log.info("test-mode reset in %.2fs (the queues of %d OJS queues deleted)",
+                 time.monotonic() - started, len(queues))  # fmt: skip
         await self.store.reset()
         self.events.clear()
         self._worker_directives.clear()

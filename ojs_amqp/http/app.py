@@ -93,6 +93,7 @@ class HttpApi:
             ("POST", f"{BASE}/workers/beat", self.beat),
             ("GET", f"{BASE}/workers/{{worker_id}}/health", self.worker_health),
             ("GET", f"{BASE}/queues", self.queues),
+            ("DELETE", f"{BASE}/queues/{{name}}", self.delete_queue),
             ("GET", f"{BASE}/dead-letter", self.dead_letters),
             ("POST", f"{BASE}/dead-letter/{{id}}/retry", self.retry_dead_letter),
             ("DELETE", f"{BASE}/dead-letter/{{id}}", self.delete_dead_letter),
@@ -454,6 +455,17 @@ class HttpApi:
                 "pagination": _pagination(len(names), limit, offset),
             }
         )
+
+    async def delete_queue(self, request: Request) -> Response:
+        """Admin: remove a queue's broker queues and store rows (`?force=true` cancels its
+        unfinished jobs first; without it a queue holding any is refused with 409)."""
+        raw = (request.query_value("force", "false") or "false").lower()
+        if raw not in ("true", "false", "1", "0"):
+            raise InvalidRequest("force must be true or false", details={"field": "force"})
+        if not self.engine.broker.connected:
+            raise BackendUnavailable("the broker is not connected")
+        name = request.params["name"]
+        return json_response(await self.engine.delete_queue(name, raw in ("true", "1")))
 
     async def dead_letters(self, request: Request) -> Response:
         limit, offset = _page(request)
