@@ -70,8 +70,6 @@ FRESH_QUEUE_RETRY_DELAYS_S = (0.02, 0.05, 0.1, 0.2, 0.4)
 #: Queue deletes run on this many channels at once: the broker deletes queues of different
 #: channels in parallel, one channel's in order (1,500 queues: 4.7 s on one, 1.3 s on 16).
 DELETE_CHANNELS = 16
-#: The longest one queue delete may take before it counts as failed.
-DELETE_TIMEOUT_S = 10.0
 
 
 class TopologyMismatch(OjsError):
@@ -939,20 +937,22 @@ class Broker:
                 spare = self._spare_channels.pop()
                 channel = None if spare.is_closed else spare
             if channel is None:
-                channel = await asyncio.wait_for(
-                    _link(self._pub_conn).channel(publisher_confirms=False), DELETE_TIMEOUT_S
-                )
+                channel = await self._waiting(
+                    "rpc", self.timeouts.channel_s, "Channel.Open",
+                    _link(self._pub_conn).channel(publisher_confirms=False),
+                )  # fmt: skip
             try:
-                await asyncio.wait_for(channel.queue_delete(name), DELETE_TIMEOUT_S)
+                await self._waiting(
+                    "rpc", self.timeouts.rpc_s, f"Queue.Delete {name}", channel.queue_delete(name)
+                )
             except BaseException:
                 await self._drop_deleting_channels([channel])  # its answer may still come
                 raise
             self._spare_channels.append(channel)
 
-    @staticmethod
-    async def _drop_deleting_channels(channels: list[aiormq.abc.AbstractChannel]) -> None:
+    async def _drop_deleting_channels(self, channels: list[aiormq.abc.AbstractChannel]) -> None:
         open_ones = [c for c in channels if not c.is_closed]
-        closes = [asyncio.wait_for(c.close(), DELETE_TIMEOUT_S) for c in open_ones]
+        closes = [within(self.timeouts.rpc_s, "Channel.Close", c.close()) for c in open_ones]
         await asyncio.gather(*closes, return_exceptions=True)
 
     def open_connections(self) -> int:
