@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -238,6 +239,16 @@ class RabbitNode:
             self._watchdog.wait(10)
         shutil.rmtree(self.base, ignore_errors=True)
 
+    def write_ctl_script(self, path: Path) -> None:
+        """A `rabbitmqctl` for this node alone, as an executable script (for OJS_TEST_RABBITMQCTL
+        in .ci/run's pass against its own node): the node's cookie home and epmd port."""
+        env = self.env()
+        keep = ("HOME", "ERL_EPMD_PORT", "ERL_EPMD_ADDRESS", "RABBITMQ_NODENAME")
+        assignments = " ".join(shlex.quote(f"{k}={env[k]}") for k in keep if k in env)
+        argv = " ".join(shlex.quote(a) for a in self.command("rabbitmqctl", "-n", self.name))
+        path.write_text(f'#!/bin/sh\nexec env {assignments} {argv} "$@"\n')
+        path.chmod(0o755)
+
     def _epmd_kill(self) -> list[str]:
         """argv that stops this node's own epmd ([] when it shares the host's)."""
         if self.root is None or self.epmd_port is None:
@@ -282,3 +293,49 @@ def new_node(broker: str = BROKER) -> RabbitNode:
     (ROOT_4 / "tmp").mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="ojsfault-", dir=ROOT_4 / "tmp"))
     return RabbitNode(base=base, root=ROOT_4, epmd_port=free_port())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one private node until SIGTERM or SIGINT (.ci/run's node for a whole pytest pass).
+
+    Once the node serves AMQP, writes `--ready` as shell assignments (OJS_TEST_AMQP_URL,
+    OJS_TEST_RABBITMQCTL, NODE_VERSION, NODE_PID); stops the node and removes its files on exit.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.rabbit_node")
+    parser.add_argument("--broker", choices=BROKERS, default=BROKER)
+    parser.add_argument("--ready", type=Path, required=True, help="file written when up")
+    args = parser.parse_args(argv)
+    stopping: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda n, _frame: stopping.append(n))
+    node = new_node(args.broker)
+    node.start()
+    try:
+        ctl = node.base / "rabbitmqctl"
+        node.write_ctl_script(ctl)
+        version = node.ctl("eval", "rabbit_misc:version().").strip().strip('"')
+        values = {
+            "OJS_TEST_AMQP_URL": node.amqp_url,
+            "OJS_TEST_RABBITMQCTL": str(ctl),
+            "NODE_VERSION": version,
+            "NODE_PID": str(node._node_pid()),
+            "NODE_STARTED_IN_S": f"{node.started_in_s:.1f}",
+        }
+        tmp = args.ready.with_suffix(".tmp")
+        tmp.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items()))
+        tmp.rename(args.ready)
+        pid = node._node_pid()
+        while not stopping:
+            if pid is None or not _alive(pid):
+                print(f"private RabbitMQ node {node.name} died", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+    finally:
+        node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
