@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,6 +15,16 @@ from tests.daemon import AMQP_URL, RABBITMQCTL, Daemon, delete_topology
 from tests.rabbit_node import BROKER, RabbitNode, new_node
 
 SESSION_PREFIX = f"t{uuid.uuid4().hex[:8]}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM ends the run as Ctrl-C does, so fixtures still stop their daemons and private
+    nodes (.ci/run stops its background passes that way; they start with SIGINT ignored)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
