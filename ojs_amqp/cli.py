@@ -12,6 +12,7 @@ from typing import Any
 from ojs_amqp import admin
 from ojs_amqp.amqp.failures import CONNECTION_ERRORS
 from ojs_amqp.core.durations import parse_duration_ms
+from ojs_amqp.errors import OjsError
 from ojs_amqp.http.auth import parse_tokens
 from ojs_amqp.logs import configure, redact
 from ojs_amqp.runtime import serve
@@ -19,6 +20,7 @@ from ojs_amqp.settings import Settings, Token
 from ojs_amqp.tls import TlsConfigError, ssl_cause
 
 _DEFAULTS = Settings()
+RESPONSE_MEDIA_TYPES = ("application/openjobspec+json", "application/json")
 
 
 def _env_bool(name: str) -> bool:
@@ -46,6 +48,8 @@ _OPTIONS: tuple[tuple[str, str, object, type, str], ...] = (
      "a request must arrive whole within this long of its first byte (else 408)"),
     ("--http-max-connections", "OJS_HTTP_MAX_CONNECTIONS", _DEFAULTS.http_max_connections, int,
      "most HTTP connections open at once; more are answered 503 and closed"),
+    ("--shutdown-delay-ms", "OJS_SHUTDOWN_DELAY_MS", _DEFAULTS.shutdown_delay_ms, int,
+     "on SIGTERM, answer /ready with 503 this long before stopping (drain for load balancers)"),
     ("--retention-completed", "OJS_RETENTION_COMPLETED", "P7D", str,
      "keep completed and cancelled jobs this long (ISO 8601 duration or milliseconds)"),
     ("--retention-discarded", "OJS_RETENTION_DISCARDED", "P30D", str,
@@ -56,6 +60,19 @@ _OPTIONS: tuple[tuple[str, str, object, type, str], ...] = (
      _DEFAULTS.dead_letter_max_per_queue, int, "keep at most the newest N dead letters a queue"),
     ("--connect-attempts", "OJS_CONNECT_ATTEMPTS", _DEFAULTS.connect_attempts, int,
      "broker connection attempts at start before giving up"),
+    ("--amqp-connect-timeout-ms", "OJS_AMQP_CONNECT_TIMEOUT_MS",
+     _DEFAULTS.amqp_connect_timeout_ms, int,
+     "longest wait for a broker connection: TCP (TLS) and the AMQP handshake"),
+    ("--amqp-channel-timeout-ms", "OJS_AMQP_CHANNEL_TIMEOUT_MS",
+     _DEFAULTS.amqp_channel_timeout_ms, int, "longest wait for the broker to open a channel"),
+    ("--amqp-declare-timeout-ms", "OJS_AMQP_DECLARE_TIMEOUT_MS",
+     _DEFAULTS.amqp_declare_timeout_ms, int,
+     "longest wait for the broker to declare a queue (and bind it) or an exchange"),
+    ("--amqp-confirm-timeout-ms", "OJS_AMQP_CONFIRM_TIMEOUT_MS",
+     _DEFAULTS.amqp_confirm_timeout_ms, int,
+     "longest wait for the broker to confirm a publish (a push then answers 503)"),
+    ("--amqp-rpc-timeout-ms", "OJS_AMQP_RPC_TIMEOUT_MS", _DEFAULTS.amqp_rpc_timeout_ms, int,
+     "longest wait for any other broker request (consume, qos, purge, ping, close)"),
     ("--log-level", "OJS_LOG_LEVEL", _DEFAULTS.log_level, str,
      "DEBUG (one line per job state change), INFO, WARNING, ERROR"),
     ("--log-format", "OJS_LOG_FORMAT", _DEFAULTS.log_format, str, "text or json"),
@@ -85,6 +102,14 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("OJS_MAX_DEPTH", ""),
         help="backpressure: most open jobs per queue before pushes get 429 queue_full; "
         "'1000' for every queue, or '1000,email=50' with per-queue bounds (env OJS_MAX_DEPTH)",
+    )
+    serve_cmd.add_argument(
+        "--response-media-type",
+        choices=RESPONSE_MEDIA_TYPES,
+        default=os.environ.get("OJS_RESPONSE_MEDIA_TYPE", _DEFAULTS.response_media_type),
+        help="Content-Type of JSON answers; application/json only for clients that parse "
+        "nothing else, such as the official Python SDK (env OJS_RESPONSE_MEDIA_TYPE, "
+        f"default {_DEFAULTS.response_media_type!r})",
     )
     serve_cmd.add_argument(
         "--events-exchange",
@@ -185,6 +210,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "ojs-amqp: --http-request-timeout-ms must be at least 100 and "
             "--http-max-connections at least 1"
         )
+    if args.shutdown_delay_ms < 0:
+        raise SystemExit("ojs-amqp: --shutdown-delay-ms must be 0 or more")
+    _check_broker_timeouts(args)
+    if args.response_media_type not in RESPONSE_MEDIA_TYPES:  # from the environment
+        raise SystemExit(
+            f"ojs-amqp: --response-media-type must be one of {', '.join(RESPONSE_MEDIA_TYPES)}, "
+            f"got {args.response_media_type!r}"
+        )
     if args.log_format not in ("text", "json"):
         raise SystemExit(f"ojs-amqp: --log-format must be text or json, got {args.log_format!r}")
     return Settings(
@@ -215,7 +248,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
         dead_letter_max_per_queue=args.dead_letter_max_per_queue,
         http_request_timeout_ms=args.http_request_timeout_ms,
         http_max_connections=args.http_max_connections,
+        shutdown_delay_ms=args.shutdown_delay_ms,
         connect_attempts=args.connect_attempts,
+        amqp_connect_timeout_ms=args.amqp_connect_timeout_ms,
+        amqp_channel_timeout_ms=args.amqp_channel_timeout_ms,
+        amqp_declare_timeout_ms=args.amqp_declare_timeout_ms,
+        amqp_confirm_timeout_ms=args.amqp_confirm_timeout_ms,
+        amqp_rpc_timeout_ms=args.amqp_rpc_timeout_ms,
+        response_media_type=args.response_media_type,
         log_level=args.log_level,
         log_format=args.log_format,
         amqp_ca_file=args.amqp_ca,
@@ -224,6 +264,21 @@ def settings_from(args: argparse.Namespace) -> Settings:
         tls_cert_file=args.tls_cert,
         tls_key_file=args.tls_key,
     )
+
+
+def _check_broker_timeouts(args: argparse.Namespace) -> None:
+    """Each broker wait at least 100 ms (the runtime warns about one a push could make that
+    is not below the request timeout)."""
+    waits = {
+        "--amqp-connect-timeout-ms": args.amqp_connect_timeout_ms,
+        "--amqp-channel-timeout-ms": args.amqp_channel_timeout_ms,
+        "--amqp-declare-timeout-ms": args.amqp_declare_timeout_ms,
+        "--amqp-confirm-timeout-ms": args.amqp_confirm_timeout_ms,
+        "--amqp-rpc-timeout-ms": args.amqp_rpc_timeout_ms,
+    }
+    for flag, ms in waits.items():
+        if ms < 100:
+            raise SystemExit(f"ojs-amqp: {flag} must be at least 100, got {ms}")
 
 
 def parse_retention_ms(flag: str, text: str) -> int:
@@ -289,6 +344,10 @@ def _check_exposure(settings: Settings) -> None:
         )
 
 
+def _said(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, OjsError) else str(exc) or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if admin.handles(args):
@@ -315,9 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        attempts = settings.connect_attempts
         print(
-            f"ojs-amqp: cannot reach the broker at {redact(settings.amqp_url)} "
-            f"after {settings.connect_attempts} attempts: {exc}",
+            f"ojs-amqp: cannot reach the broker at {redact(settings.amqp_url)} after "
+            f"{attempts} attempt{'s' if attempts != 1 else ''}: {_said(exc)}",
             file=sys.stderr,
         )
         return 2

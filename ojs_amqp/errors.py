@@ -7,9 +7,11 @@
     │   └── InvalidPayload    400 invalid_payload   (not JSON, wrong content type, no body)
     ├── ValidationFailed      422 validation_error  (well-formed but semantically invalid)
     ├── NotFound              404 not_found
+    │   └── NoSuchEndpoint    404 not_found         (no route has this path)
     ├── MethodNotAllowed      405 method_not_allowed
     ├── Conflict              409 conflict          (invalid state transition, not the owner)
-    │   └── Duplicate         409 duplicate         (a job with this id exists)
+    │   ├── Duplicate         409 duplicate         (a job with this id exists)
+    │   └── QueueNotEmpty     409 conflict          (deleting a queue that holds open jobs)
     ├── RequestTimeout        408 timeout           (the request arrived too slowly)
     ├── PayloadTooLarge       413 payload_too_large
     ├── QueueFull             429 queue_full        (backpressure: max_depth or x-max-length)
@@ -17,6 +19,7 @@
     └── BackendUnavailable    503 backend_error     (the broker or store is gone; retryable)
         ├── Unroutable                              (a mandatory publish came back)
         ├── PublishRejected                         (the broker nacked a publish)
+        ├── BrokerStalled                           (a broker wait ran past its timeout)
         └── TooManyConnections                      (the HTTP connection cap is reached)
 
 The core raises these with no knowledge of HTTP; `http/responses.py` is the one place that turns
@@ -98,6 +101,15 @@ class NotFound(OjsError):
     hint = "Check the id; finished jobs are removed after the retention period."
 
 
+class NoSuchEndpoint(NotFound):
+    """The path is no endpoint at all: the hint is about paths, not about job ids."""
+
+    hint = (
+        "No endpoint has this path; check it against the OJS HTTP binding (the API is under "
+        "/ojs/v1, the manifest at GET /ojs/manifest). Features not built answer 422 unsupported."
+    )
+
+
 class MethodNotAllowed(OjsError):
     code = "method_not_allowed"
     http_status = 405
@@ -113,6 +125,13 @@ class Conflict(OjsError):
 class Duplicate(Conflict):
     code = "duplicate"
     hint = "A job with this id already exists; use a new id or omit it."
+
+
+class QueueNotEmpty(Conflict):
+    hint = (
+        "Wait for the open jobs to finish, cancel them, or delete with force=true (which "
+        "cancels them); see docs/operations.md."
+    )
 
 
 class RequestTimeout(OjsError):
@@ -164,6 +183,21 @@ class PublishRejected(BackendUnavailable):
     fault): the message was not stored."""
 
     hint = "The queue may be full; retry later with backoff."
+
+
+class BrokerStalled(BackendUnavailable):
+    """A broker wait (handshake, channel open, declare, confirm, RPC) ran past its timeout:
+    the broker may be connected yet not answering (out of file handles, paused, behind a
+    load balancer whose node is gone). Whatever was sent may still take effect later."""
+
+    hint = "The broker is not answering in time; retry with backoff (see docs/operations.md)."
+
+    def __init__(self, message: str, *, waited_for: str, timeout_s: float) -> None:
+        super().__init__(
+            message, details={"waited_for": waited_for, "timeout_ms": round(timeout_s * 1000)}
+        )
+        self.waited_for = waited_for
+        self.timeout_s = timeout_s
 
 
 class TooManyConnections(BackendUnavailable):

@@ -92,6 +92,16 @@ class Metrics:
             buckets=_CONFIRM_BUCKETS, registry=r,
         )  # fmt: skip
 
+        self._renewed = Counter(
+            "ojs_amqp_deliveries_renewed",
+            "Held job deliveries replaced by a fresh copy instead of being returned to their "
+            "queue (a return counts against a quorum queue's delivery limit)", ("reason",),
+            registry=r,
+        )  # fmt: skip
+        self._delivery_limit = Counter(
+            "ojs_job_delivery_limit", "Jobs the broker dead-lettered at the queue's delivery "
+            "limit (workers took them and returned them too often)", ("queue",), registry=r,
+        )  # fmt: skip
         self._dead_letters_pruned = Counter(
             "ojs_dead_letter_pruned", "Dead letters removed by retention (age or count)",
             registry=r,
@@ -128,6 +138,13 @@ class Metrics:
 
     def discarded(self, job: Job) -> None:
         self._discarded.labels(job.queue, job.type, str(job.dead_letter).lower()).inc()
+
+    def renewed(self, reason: str) -> None:
+        """`reason`: hold (--delivery-hold-ms), gateway_close, redelivered."""
+        self._child(self._renewed, reason).inc()
+
+    def delivery_limit_reached(self, job: Job) -> None:
+        self._delivery_limit.labels(job.queue).inc()
 
     def dead_letters_pruned(self, count: int) -> None:
         self._dead_letters_pruned.inc(count)

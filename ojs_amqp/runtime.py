@@ -10,6 +10,7 @@ import signal
 import ssl
 from dataclasses import dataclass
 
+from ojs_amqp.amqp.bounded import BrokerTimeouts
 from ojs_amqp.amqp.broker import Broker
 from ojs_amqp.amqp.topology import Topology
 from ojs_amqp.clock import now_ms
@@ -45,6 +46,33 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
+def broker_timeouts(settings: Settings) -> BrokerTimeouts:
+    return BrokerTimeouts(
+        connect_s=settings.amqp_connect_timeout_ms / 1000,
+        channel_s=settings.amqp_channel_timeout_ms / 1000,
+        declare_s=settings.amqp_declare_timeout_ms / 1000,
+        confirm_s=settings.amqp_confirm_timeout_ms / 1000,
+        rpc_s=settings.amqp_rpc_timeout_ms / 1000,
+    )
+
+
+def _warn_of_long_broker_waits(settings: Settings) -> None:
+    """A push waits for a channel, a declare and a confirm; past the request timeout its
+    client may give up before the 503 comes (the defaults keep each well below it)."""
+    limit = settings.http_request_timeout_ms
+    waits = {
+        "--amqp-channel-timeout-ms": settings.amqp_channel_timeout_ms,
+        "--amqp-declare-timeout-ms": settings.amqp_declare_timeout_ms,
+        "--amqp-confirm-timeout-ms": settings.amqp_confirm_timeout_ms,
+    }
+    for flag, ms in waits.items():
+        if ms >= limit:
+            log.warning(
+                "%s (%d ms) is not below --http-request-timeout-ms (%d ms): a push to a "
+                "stalled broker may be answered after its client gave up", flag, ms, limit,
+            )  # fmt: skip
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -55,6 +83,7 @@ class Runtime:
     native: NativeEdge
     events: EventPublisher | None = None
     http: HttpServer | None = None
+    api: HttpApi | None = None
     https: ssl.SSLContext | None = None
 
     @classmethod
@@ -68,7 +97,7 @@ class Runtime:
         )  # fmt: skip
         broker = Broker(
             settings.amqp_url, Topology(settings.prefix), connection_name=name, observer=metrics,
-            ssl_context=tls,
+            ssl_context=tls, timeouts=broker_timeouts(settings),
         )  # fmt: skip
         engine = JobEngine(settings, store, broker, EventLog(), metrics, tracing=create_tracing())
         https = server_context(settings.tls_cert_file, settings.tls_key_file)
@@ -77,6 +106,7 @@ class Runtime:
         return cls(settings, store, broker, engine, cron, native, https=https)
 
     async def start(self) -> None:
+        _warn_of_long_broker_waits(self.settings)
         await self.store.open()
         await self.broker.start(attempts=self.settings.connect_attempts)
         await self.engine.start()
@@ -85,7 +115,7 @@ class Runtime:
         if self.settings.events_exchange:
             self.events = EventPublisher(self.engine.events, self.broker)
             self.events.start()
-        api = HttpApi(self.engine, self.cron, self.settings)
+        api = self.api = HttpApi(self.engine, self.cron, self.settings)
         self.http = HttpServer(
             api.handle,
             max_body_bytes=self.settings.max_body_bytes,
@@ -105,6 +135,16 @@ class Runtime:
             self.settings.store_path,
             " [TEST MODE: /ojs/v1/admin/reset is enabled]" if self.settings.test_mode else "",
         )
+
+    async def drain(self) -> None:
+        """SIGTERM's first step: /ready answers 503 from now on; still serving everything
+        else for `shutdown_delay_ms`, so probes notice before the port closes."""
+        if self.api is not None:
+            self.api.draining = True
+        if self.settings.shutdown_delay_ms > 0:
+            log.info("draining: /ready answers 503; stopping in %d ms",
+                     self.settings.shutdown_delay_ms)  # fmt: skip
+            await asyncio.sleep(self.settings.shutdown_delay_ms / 1000)
 
     async def stop(self) -> None:
         if self.http is not None:
@@ -134,6 +174,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, on_signal)
     try:
         await stop.wait()
+        await runtime.drain()
         log.info("shutting down: no new requests; unconfirmed pushes are flushed, leased and "
                  "waiting jobs stay with the broker (a second signal forces)")  # fmt: skip
     finally:

@@ -34,7 +34,7 @@ class Settings:
     #: stops this long after the last one, leaving the queue to native AMQP workers.
     gateway_idle_ms: int = 30_000
     #: The longest the daemon keeps a delivery of a job queue unacked: buffered jobs older
-    #: than this go back to their queue (and come straight back), and a lease held longer
+    #: than this are renewed (a fresh copy through their queue), and a lease held longer
     #: moves to a timer on the delay ladder, so the broker's `consumer_timeout` (30 min on
     #: RabbitMQ 3.10) never closes a gateway channel. Keep it below that timeout.
     delivery_hold_ms: int = 600_000
@@ -58,12 +58,28 @@ class Settings:
     #: unconfirmed publish per event; off by default for throughput).
     events_exchange: bool = False
     connect_attempts: int = 5
+    #: Every broker wait is bounded (amqp/bounded.py): the TCP + AMQP handshake of each
+    #: connection, Channel.Open, a declare (queue + binding), a publish confirm, and any
+    #: other request. Past its bound a wait fails (a push answers 503), health reports
+    #: `degraded` with the reason, and a connection that no longer answers at all is
+    #: dropped and reconnected. Each must stay below http_request_timeout_ms.
+    amqp_connect_timeout_ms: int = 10_000
+    amqp_channel_timeout_ms: int = 5_000
+    amqp_declare_timeout_ms: int = 10_000
+    amqp_confirm_timeout_ms: int = 10_000
+    amqp_rpc_timeout_ms: int = 10_000
     max_body_bytes: int = 10 * 1024 * 1024
+    #: Content-Type of JSON answers: the spec's application/openjobspec+json, or
+    #: application/json for clients that parse nothing else (the official Python SDK).
+    response_media_type: str = "application/openjobspec+json"
     #: A request must arrive whole within this long of its first byte (else 408), and at
     #: most this many HTTP connections are open at once (more are answered 503 and closed):
     #: clients that trickle requests or hoard sockets cannot starve the daemon of either.
     http_request_timeout_ms: int = 30_000
     http_max_connections: int = 4096
+    #: On SIGTERM, /ready answers 503 for this long before the daemon stops serving, so
+    #: load balancers and Kubernetes take it out of rotation first (0: stop at once).
+    shutdown_delay_ms: int = 0
     #: Bearer tokens (scope + secret); empty = no authentication (loopback only, unless
     #: allow_unauthenticated).
     auth_tokens: tuple[Token, ...] = ()

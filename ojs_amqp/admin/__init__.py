@@ -25,17 +25,25 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 HANDLER = "admin_handler"
 
 
-def _common() -> argparse.ArgumentParser:
-    """--url, --timeout and --json, shared by every subcommand that talks to the daemon."""
+def _common(suppress: bool = False) -> argparse.ArgumentParser:
+    """--url, --timeout and --json, shared by every subcommand that talks to the daemon
+    (`suppress`: no defaults, for a subcommand under one that has them already)."""
     parent = argparse.ArgumentParser(add_help=False)
     url = os.environ.get("OJS_URL", DEFAULT_URL)
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
     parent.add_argument(
-        "--url", default=url, help=f"the daemon's HTTP address (env OJS_URL, default {url!r})"
-    )
+        "--url", default=default(url),
+        help=f"the daemon's HTTP address (env OJS_URL, default {url!r})",
+    )  # fmt: skip
     parent.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for each answer (default 30)"
-    )
-    parent.add_argument("--json", action="store_true", help="print the JSON answer")
+        "--timeout", type=float, default=default(30.0),
+        help="seconds to wait for each answer (default 30)",
+    )  # fmt: skip
+    parent.add_argument("--json", action="store_true", default=default(False),
+                        help="print the JSON answer")  # fmt: skip
     return parent
 
 
@@ -86,7 +94,17 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     """Register the operator subcommands on `ojs-amqp`'s subparsers."""
     common = [_common()]
 
-    _leaf(sub, "queues", commands.queues, "list queues with their depth per job state", common)
+    queues = _leaf(sub, "queues", commands.queues,
+                   "list queues with their depth per job state, or delete one with "
+                   "`queues delete`", common)  # fmt: skip
+    queue_actions = queues.add_subparsers(dest="queues_command")
+    removal = _leaf(queue_actions, "delete", commands.queues_delete,
+                    "delete a queue: its RabbitMQ queues and its jobs in the store "
+                    "(refused while it holds unfinished jobs, unless --force)",
+                    [_common(suppress=True)])  # fmt: skip
+    removal.add_argument("name", help="the OJS queue")
+    removal.add_argument("--force", action="store_true",
+                         help="cancel its unfinished jobs and delete it anyway")  # fmt: skip
     _leaf(sub, "health", commands.health,
           "the daemon's health; exits 1 unless it is ok", common)  # fmt: skip
 

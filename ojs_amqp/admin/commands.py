@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from typing import Any
+from urllib.parse import quote
 
 from ojs_amqp.admin import format as fmt
 from ojs_amqp.admin import rejected
@@ -43,6 +44,18 @@ def queues(args: argparse.Namespace) -> int:
             break
     rows = fmt.queue_rows(listed, fmt.parse_depths(c.text("/metrics")))
     emit(args, {"queues": rows}, fmt.queues_table(rows) if rows else "no queues")
+    return 0
+
+
+def queues_delete(args: argparse.Namespace) -> int:
+    query = {"force": "true"} if args.force else None
+    body = client(args).call("DELETE", f"{BASE}/queues/{quote(args.name, safe='')}", query=query)
+    human = (
+        f"deleted queue {args.name}: {len(body.get('broker_queues') or [])} RabbitMQ queues, "
+        f"{body.get('jobs_deleted', 0)} jobs ({body.get('jobs_cancelled', 0)} of them "
+        "unfinished and cancelled first)"
+    )
+    emit(args, body, human)
     return 0
 
 
@@ -145,9 +158,14 @@ def health(args: argparse.Namespace) -> int:
 
 
 def cron_list(args: argparse.Namespace) -> int:
-    body = client(args).call("GET", f"{BASE}/cron")
-    crons = body.get("crons") or []
-    emit(args, body, fmt.crons_table(crons) if crons else "no cron schedules")
+    api, crons = client(args), list[Any]()
+    while True:  # the list is paged (200 at most a page)
+        body = api.call("GET", f"{BASE}/cron", query={"limit": 200, "offset": len(crons)})
+        page = body.get("crons") or []
+        crons += page
+        if not page or not (body.get("pagination") or {}).get("has_more"):
+            break
+    emit(args, {"crons": crons}, fmt.crons_table(crons) if crons else "no cron schedules")
     return 0
 
 

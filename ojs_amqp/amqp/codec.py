@@ -19,6 +19,12 @@ H_JOB_ID = "x-ojs-job-id"
 H_STATE = "x-ojs-state"
 H_COPY = "x-ojs-copy"
 H_DUE_AT = "x-ojs-due-at"
+#: The header a quorum queue sets on a message it delivers again: how often it was returned
+#: (RabbitMQ 3.10 and 4.0 count every return: reject or nack with requeue, a closed
+#: channel, a lost connection; docs/operations.md, "Delivery limits").
+H_DELIVERY_COUNT = "x-delivery-count"
+#: What `death_reason` says when the broker dead-lettered a message for its delivery limit.
+DELIVERY_LIMIT = "delivery_limit"
 
 
 def amqp_priority(priority: int) -> int:
@@ -83,7 +89,8 @@ def properties_of(message: Inbound) -> Basic.Properties:
     return Basic.Properties(
         content_type=p.content_type,
         content_encoding=p.content_encoding,
-        headers=dict(p.headers or {}),
+        # Not the broker's count of returns: published again, it is a fresh message.
+        headers={k: v for k, v in (p.headers or {}).items() if k != H_DELIVERY_COUNT},
         delivery_mode=2,
         priority=p.priority,
         correlation_id=p.correlation_id,
@@ -92,6 +99,15 @@ def properties_of(message: Inbound) -> Basic.Properties:
         message_type=p.message_type,
         app_id=p.app_id,
     )
+
+
+def republished(message: Inbound) -> Outgoing:
+    """A delivered message as a fresh one, to publish again where it came from: its
+    properties (reply_to included, so a caller waiting for an answer still gets it), minus
+    the broker's count of its returns."""
+    properties = properties_of(message)
+    properties.reply_to = message.properties.reply_to
+    return Outgoing(message.body, properties)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,3 +133,31 @@ def read_ref(headers: dict[str, Any] | None, message_id: str | None) -> CopyRef:
     return CopyRef(
         job_id=job_id, copy=_int(headers.get(H_COPY)), due_at_ms=_int(headers.get(H_DUE_AT))
     )
+
+
+def delivery_count(headers: dict[str, Any] | None) -> int:
+    """How often the broker says this message was returned to its queue (0: never)."""
+    count = _int((headers or {}).get(H_DELIVERY_COUNT))
+    return count if count is not None and count > 0 else 0
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+def death_reason(headers: dict[str, Any] | None) -> str | None:
+    """Why the broker dead-lettered a message, most recent death first: `rejected`,
+    `expired`, `maxlen` or `delivery_limit` (x-death, or x-last-/x-first-death-reason)."""
+    headers = headers or {}
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        reason = _text(deaths[0].get("reason"))
+        if reason is not None:
+            return reason
+    for key in ("x-last-death-reason", "x-first-death-reason"):
+        reason = _text(headers.get(key))
+        if reason is not None:
+            return reason
+    return None

@@ -14,13 +14,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ojs_amqp.amqp import protocol
 from ojs_amqp.core.job import MISSING
+from ojs_amqp.core.progress import ProgressUpdate, parse_update
 from ojs_amqp.core.retry import FailureReport
 from ojs_amqp.core.times import parse_rfc3339_ms
 from ojs_amqp.errors import InvalidRequest
 
 _NEEDS_JOB_ID = frozenset(
-    {protocol.CANCEL, protocol.HEARTBEAT, protocol.INFO, protocol.COMPLETED, protocol.FAILED}
-)
+    {
+        protocol.CANCEL, protocol.HEARTBEAT, protocol.INFO, protocol.COMPLETED, protocol.FAILED,
+        protocol.PROGRESS,
+    }
+)  # fmt: skip
 
 
 class _ErrorIn(BaseModel):
@@ -43,6 +47,8 @@ class _ControlIn(BaseModel):
     error: _ErrorIn | None = None
     job: dict[str, Any] | None = None
     queues: list[str] | None = None
+    started: bool = False
+    delivery_count: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,15 +58,24 @@ class ControlMessage:
     worker_id: str | None = None
     copy: int | None = None
     started_at_ms: int | None = None
+    #: The attempt the worker says this was (reports); see JobEngine.apply_report.
+    attempt: int | None = None
     #: The handler's return value (MISSING when the report carried none).
     result: Any = MISSING
     failure: FailureReport | None = None
     #: The envelope as the worker received it, to adopt a job the store has never seen.
     envelope: dict[str, Any] | None = None
     queues: list[str] = field(default_factory=list)
+    #: A heartbeat sent as a redelivered job starts (before it runs): the worker asks whether
+    #: to run it, since earlier attempts may have died with their workers.
+    started: bool = False
+    #: The broker's `x-delivery-count` of that delivery (how often the copy came back).
+    delivery_count: int = 0
     #: The reports of an `ojs.report.batch`, each parsed on its own: a bad one is refused
     #: alone, without its neighbours.
     reports: list[ControlMessage | InvalidRequest] = field(default_factory=list)
+    #: The report of an `ojs.control.progress`.
+    progress: ProgressUpdate | None = None
 
 
 def parse_control(kind: str | None, body: bytes) -> ControlMessage:
@@ -119,10 +134,14 @@ def _parse(kind: str, data: Any) -> ControlMessage:
         worker_id=parsed.worker_id,
         copy=parsed.copy_number,
         started_at_ms=_time(parsed.started_at),
+        attempt=parsed.attempt,
         result=parsed.result if "result" in parsed.model_fields_set else MISSING,
         failure=_failure(parsed.error) if kind == protocol.FAILED else None,
         envelope=parsed.job,
         queues=parsed.queues or [],
+        progress=parse_update(data) if kind == protocol.PROGRESS else None,
+        started=parsed.started,
+        delivery_count=max(0, parsed.delivery_count or 0),
     )
 
 

@@ -6,8 +6,12 @@ import asyncio
 
 import aiormq
 
-#: The link is gone or never came up: worth reconnecting (with backoff) and retrying.
+from ojs_amqp.errors import BrokerStalled
+
+#: The link is gone, never came up, or stopped answering in time: worth reconnecting (with
+#: backoff) and retrying.
 CONNECTION_ERRORS = (
+    BrokerStalled,
     aiormq.exceptions.AMQPConnectionError,
     ConnectionError,
     OSError,

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -42,6 +44,20 @@ _METHOD, _CONTENT_HEADER = 1, 2  # frame types
 CONFIRM_FRAME_BUFFER = 0  # aiormq: 0 = unbounded
 
 
+@dataclass(slots=True)
+class Handshake:
+    """How far one connection attempt got, so a timed-out attempt can say what it waited
+    for (amqp/bounded.py): the transport came up (TCP, and TLS for amqps://), and the broker
+    sent its first bytes (Connection.Start)."""
+
+    transport_up: bool = False
+    answered: bool = False
+
+
+#: Set around one connection attempt; the frame reader created for it reports into it.
+HANDSHAKE: ContextVar[Handshake | None] = ContextVar("ojs_amqp_handshake", default=None)
+
+
 def consumer_frame_buffer(prefetch: int) -> int:
     """A consumer has up to 3 frames (method, header, body) per unacked delivery in flight."""
     return 3 * prefetch + 64
@@ -56,6 +72,10 @@ class BufferedFrameReceiver:
         self.started = False
         self._data = b""
         self._pos = 0
+        #: The attempt this reader was created for, until the broker's first bytes arrive.
+        self._handshake = HANDSHAKE.get()
+        if self._handshake is not None:
+            self._handshake.transport_up = True
 
     def __aiter__(self) -> BufferedFrameReceiver:
         return self
@@ -98,6 +118,9 @@ class BufferedFrameReceiver:
                 f"Server connection unexpectedly closed with "
                 f"{len(self._data) - self._pos} bytes of a frame unread"
             )
+        if self._handshake is not None:
+            self._handshake.answered = True
+            self._handshake = None
         self._data = self._data[self._pos :] + chunk if self._pos < len(self._data) else chunk
         self._pos = 0
 

@@ -22,8 +22,8 @@ class Inbound:
     """One delivery: body, properties, routing, and ack / reject, each at most once (a second
     settle of one delivery tag would make the broker close the channel)."""
 
-    __slots__ = ("_channel", "_settler", "body", "delivery_tag", "properties", "redelivered",
-                 "routing_key", "settled")  # fmt: skip
+    __slots__ = ("_channel", "_settler", "body", "delivery_tag", "exchange", "properties",
+                 "redelivered", "routing_key", "settled")  # fmt: skip
 
     def __init__(self, delivered: DeliveredMessage, settler: Settler) -> None:
         delivery = delivered.delivery
@@ -31,6 +31,7 @@ class Inbound:
         self.properties: Basic.Properties = delivered.header.properties
         self.delivery_tag: int = getattr(delivery, "delivery_tag", 0) or 0
         self.routing_key: str = getattr(delivery, "routing_key", "") or ""
+        self.exchange: str = getattr(delivery, "exchange", "") or ""
         self.redelivered: bool = bool(getattr(delivery, "redelivered", False))
         self.settled = False
         self._channel: AbstractChannel = delivered.channel
@@ -69,6 +70,11 @@ class Inbound:
     @property
     def timestamp(self) -> datetime | None:
         return self.properties.timestamp
+
+    @property
+    def void(self) -> bool:
+        """Its channel is closed: the broker has taken the delivery back."""
+        return self._channel.is_closed
 
     def ack(self) -> None:
         self._settle(ACK_METHOD)

@@ -34,6 +34,7 @@ from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
+from ojs_amqp.amqp.bounded import stalled
 from ojs_amqp.amqp.failures import PUBLISH_ERRORS
 from ojs_amqp.errors import BackendUnavailable, OjsError, PublishRejected, Unroutable
 
@@ -370,13 +371,15 @@ class Pipe:
             _, tag, future = deadlines.popleft()
             if not future.done():
                 channel = self.channel
-                if isinstance(channel, aiormq.Channel):
-                    channel.confirmations.pop(tag, None)
-                future.set_exception(
-                    BackendUnavailable(
-                        f"the broker did not confirm within {self.confirm_timeout:g}s"
-                    )
-                )
+                if isinstance(channel, aiormq.Channel) and tag in channel.confirmations:
+                    # A cancelled stand-in: a late confirm (a broker that was blocked by a
+                    # resource alarm, say) is then dropped quietly, and a `multiple` one
+                    # still settles the tags before it; a missing tag would make aiormq log
+                    # an error and ignore the whole frame.
+                    late: Confirmation = self._loop.create_future()
+                    late.cancel()
+                    channel.confirmations[tag] = late
+                future.set_exception(stalled("a publish confirm", self.confirm_timeout))
         if deadlines:
             self._arm_watchdog()
 
@@ -486,9 +489,7 @@ async def publish_slowly(
             details={"exchange": exchange},
         ) from None
     except TimeoutError:
-        raise BackendUnavailable(
-            f"the broker did not confirm within {confirm_timeout:g}s"
-        ) from None
+        raise stalled("a publish confirm", confirm_timeout) from None
     except PUBLISH_ERRORS as exc:
         raise BackendUnavailable(f"publishing failed: {exc!r}") from None
     if not isinstance(confirmation, Basic.Ack):

@@ -12,6 +12,9 @@ CANCEL = "ojs.control.cancel"
 HEARTBEAT = "ojs.control.heartbeat"
 #: Look a job up (AMQP-021): an RPC, answered to `reply_to` with `correlation_id`.
 INFO = "ojs.control.info"
+#: A native worker's progress on a job (ojs-progress): `progress` (0.0-1.0), `message`,
+#: `data`; it counts as a heartbeat too.
+PROGRESS = "ojs.control.progress"
 #: A client announces the queues it uses, so the daemon declares and watches them.
 HELLO = "ojs.control.hello"
 #: A native worker finished a job (optionally with a result).
@@ -25,7 +28,7 @@ BATCH = "ojs.report.batch"
 REPLY = "ojs.reply"
 
 REPORT_TYPES = frozenset({COMPLETED, FAILED})
-CONTROL_TYPES = frozenset({CANCEL, HEARTBEAT, INFO, HELLO, COMPLETED, FAILED, BATCH})
+CONTROL_TYPES = frozenset({CANCEL, HEARTBEAT, INFO, HELLO, COMPLETED, FAILED, BATCH, PROGRESS})
 #: Reports one batch may carry.
 MAX_BATCH = 1000
 

@@ -7,6 +7,7 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
+from ojs_amqp.core.progress import to_wire as progress_wire
 from ojs_amqp.core.retry import RetryPolicy
 from ojs_amqp.core.times import format_ms
 
@@ -45,7 +46,7 @@ SYSTEM_FIELDS = frozenset(
         "state", "attempt", "created_at", "enqueued_at", "started_at", "completed_at",
         "cancelled_at", "discarded_at", "activated_at", "error", "errors", "result",
         "next_attempt_at", "retry_delay_ms", "worker_id", "previous_state", "max_attempts",
-        "dead_letter", "expired_at",
+        "dead_letter", "expired_at", "progress",
     }
 )  # fmt: skip
 
@@ -55,7 +56,7 @@ _WIRE_ORDER = (
     "max_attempts", "timeout_ms", "visibility_timeout_ms", "retry", "tags", "unique", "schema",
     "created_at", "enqueued_at", "scheduled_at", "expires_at", "activated_at", "started_at",
     "completed_at", "cancelled_at", "discarded_at", "next_attempt_at", "retry_delay_ms",
-    "worker_id", "error", "errors", "result", "dead_letter",
+    "worker_id", "error", "errors", "result", "dead_letter", "progress",
 )  # fmt: skip
 
 
@@ -91,6 +92,8 @@ class Job:
     errors: list[dict[str, Any]] = field(default_factory=list)
     result: Any = MISSING
     dead_letter: bool = False
+    #: The current attempt's progress report (core/progress.py), or None.
+    progress: dict[str, Any] | None = None
     #: Bumped on every move that publishes a new broker copy; a delivered copy whose
     #: number differs from the store's is stale and is dropped (DESIGN §3).
     copy: int = 1
@@ -171,6 +174,8 @@ def to_wire(job: Job) -> dict[str, Any]:
         out["result"] = job.result
     if job.dead_letter:
         out["dead_letter"] = True
+    if job.progress is not None:
+        out["progress"] = progress_wire(job.progress)
     for key, value in job.extra.items():
         if key not in out:
             out[key] = value
@@ -199,6 +204,8 @@ def to_record(job: Job) -> dict[str, Any]:
         record["client_times"] = job.client_times
     if job.result is not MISSING:
         record["result"] = job.result
+    if job.progress is not None:
+        record["progress"] = job.progress
     return record
 
 
@@ -224,4 +231,5 @@ def from_record(record: dict[str, Any]) -> Job:
     job.extra = get("extra") or {}
     job.client_times = get("client_times") or {}
     job.result = get("result", MISSING)
+    job.progress = get("progress")
     return job

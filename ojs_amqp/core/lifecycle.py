@@ -10,6 +10,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
+from ojs_amqp.core import progress
 from ojs_amqp.core.job import MISSING, Job, JobState, evolve
 from ojs_amqp.core.retry import Discard, FailureReport, Retry, decide_failure
 from ojs_amqp.core.times import format_ms
@@ -31,6 +32,7 @@ class Move(StrEnum):
     EXPIRE = "expire"
     RETRY_DEAD_LETTER = "retry_dead_letter"
     WORKER_DISCARD = "worker_discard"
+    WORKER_LOST = "worker_lost"
 
 
 S = JobState
@@ -42,6 +44,7 @@ TRANSITIONS: dict[tuple[JobState, Move], frozenset[JobState]] = {
     (S.ACTIVE, Move.LEASE_EXPIRED): frozenset({S.AVAILABLE, S.DISCARDED}),
     (S.ACTIVE, Move.REQUEUE): frozenset({S.AVAILABLE}),
     (S.ACTIVE, Move.WORKER_DISCARD): frozenset({S.DISCARDED}),
+    (S.ACTIVE, Move.WORKER_LOST): frozenset({S.ACTIVE, S.DISCARDED}),
     (S.PENDING, Move.ACTIVATE): frozenset({S.AVAILABLE}),
     (S.SCHEDULED, Move.TIMER_DUE): frozenset({S.AVAILABLE}),
     (S.RETRYABLE, Move.TIMER_DUE): frozenset({S.AVAILABLE}),
@@ -64,13 +67,17 @@ def check(job: Job, move: Move) -> frozenset[JobState]:
 def fetch(job: Job, now_ms: int, worker_id: str | None) -> Job:
     check(job, Move.FETCH)
     return evolve(
-        job, state=S.ACTIVE, attempt=job.attempt + 1, started_at_ms=now_ms, worker_id=worker_id
-    )
+        job, state=S.ACTIVE, attempt=job.attempt + 1, started_at_ms=now_ms, worker_id=worker_id,
+        progress=None,  # progress belongs to one attempt (ojs-progress §5.3)
+    )  # fmt: skip
 
 
 def ack(job: Job, now_ms: int, result: Any = MISSING) -> Job:
     check(job, Move.ACK)
-    return evolve(job, state=S.COMPLETED, completed_at_ms=now_ms, result=result, error=None)
+    return evolve(
+        job, state=S.COMPLETED, completed_at_ms=now_ms, result=result, error=None,
+        progress=progress.completed(job.progress),
+    )  # fmt: skip
 
 
 def _error_entry(job: Job, report: FailureReport, now_ms: int) -> dict[str, Any]:
@@ -141,8 +148,11 @@ def _discarded(job: Job, now_ms: int, *, dead_letter: bool, **changes: Any) -> J
 
 
 def lease_expired(job: Job, now_ms: int, kind: str, rng: Callable[[], float]) -> Job:
-    """The worker went quiet. A visibility timeout puts the job straight back to `available`
-    (as the conformance suite expects); an execution timeout counts as a failed attempt."""
+    """The worker went quiet: a failed attempt either way (ojs-retry §9.2), so a job that
+    kills its worker cannot loop for ever. An execution timeout follows the retry policy like
+    a nack. A visibility timeout with attempts left puts the job straight back to `available`
+    (as the conformance suite expects, not `retryable` after a backoff); with none left,
+    `on_exhaustion` applies (docs/conformance.md)."""
     if kind == "timeout":
         check(job, Move.FAIL)
         report = FailureReport(code="timeout", type="timeout", message="execution timeout exceeded")
@@ -153,6 +163,10 @@ def lease_expired(job: Job, now_ms: int, kind: str, rng: Callable[[], float]) ->
     report = FailureReport(
         code="visibility_timeout", type="visibility_timeout", message="lease expired before ack"
     )
+    if job.attempt >= max(1, job.retry.max_attempts):
+        # §9.2: a timeout is always retryable, so only the attempt count can end it.
+        dead_letter = job.retry.on_exhaustion == "dead_letter"
+        return _after_failure(job, now_ms, report, Discard(dead_letter, "exhausted"))
     entry = _error_entry(job, report, now_ms)
     return evolve(
         job,
@@ -163,6 +177,28 @@ def lease_expired(job: Job, now_ms: int, kind: str, rng: Callable[[], float]) ->
         worker_id=None,
         copy=job.copy + 1,
     )
+
+
+def worker_lost(job: Job, now_ms: int, worker_id: str | None, returned: int) -> Job:
+    """A native worker starts a job whose previous start never reported: that attempt ended
+    with its worker (killed, crashed, cut off) and counts as failed (ojs-retry §9.2). With
+    attempts left the new start is the next attempt, on the same broker copy (the delivery
+    being run is that copy); with none left, `on_exhaustion` applies."""
+    check(job, Move.WORKER_LOST)
+    report = FailureReport(
+        code="worker_lost", type="worker_lost",
+        message=f"attempt {job.attempt} ended with its worker: the job went back to its queue "
+        "unfinished",
+        details={"delivery_count": returned},
+    )  # fmt: skip
+    if job.attempt >= max(1, job.retry.max_attempts):
+        dead_letter = job.retry.on_exhaustion == "dead_letter"
+        return _after_failure(job, now_ms, report, Discard(dead_letter, "exhausted"))
+    entry = _error_entry(job, report, now_ms)
+    return evolve(
+        job, attempt=job.attempt + 1, started_at_ms=now_ms, worker_id=worker_id, error=entry,
+        errors=[*job.errors, entry][-MAX_ERROR_HISTORY:],
+    )  # fmt: skip
 
 
 def requeue(job: Job, now_ms: int) -> Job:
@@ -201,10 +237,12 @@ def expire(job: Job, now_ms: int) -> Job:
     return evolve(expired, completed_at_ms=None)
 
 
-def worker_discard(job: Job, now_ms: int, reason: str) -> Job:
-    """A native worker rejected the message (Basic.Nack requeue=false): a dead letter."""
+def worker_discard(job: Job, now_ms: int, reason: str, code: str = "rejected") -> Job:
+    """A native worker rejected the message (Basic.Nack requeue=false), or the broker
+    dead-lettered it after its workers returned it too often (`code` "delivery_limit"): a
+    dead letter."""
     check(job, Move.WORKER_DISCARD)
-    entry = {"code": "rejected", "type": "rejected", "message": reason,
+    entry = {"code": code, "type": code, "message": reason,
              "attempt": job.attempt, "occurred_at": format_ms(now_ms)}  # fmt: skip
     history = [*job.errors, entry][-MAX_ERROR_HISTORY:]
     return _discarded(

@@ -38,10 +38,19 @@ LEADER_TOKEN_FRESH_S = 3.0
 
 
 def cron_to_wire(cron: dict[str, Any]) -> dict[str, Any]:
+    """A schedule in both of the spec's shapes: the OpenAPI document's (`expression`,
+    `job_template`, `enabled`) and the HTTP binding's §13 (`cron`, `type`, `args`, `meta`,
+    `options`, `status`), so that SDKs reading either find their fields."""
     out = {k: v for k, v in cron.items() if not k.endswith("_ms")}
     for key in ("created_at", "next_run_at", "last_run_at"):
         value = cron.get(key + "_ms")
         out[key] = format_ms(value) if value is not None else None
+    template = cron.get("job_template") or {}
+    out["cron"] = cron.get("expression")
+    for key in ("type", "args", "meta", "options"):
+        if key in template:
+            out[key] = template[key]
+    out["status"] = "active" if cron.get("enabled", True) else "paused"
     return out
 
 

@@ -57,11 +57,15 @@ class ReadyBuffers:
         self._expected: dict[str, dict[str, tuple[float, Job]]] = {}
         #: job id -> place in line, for jobs taken out by `take_older_than`.
         self._places: dict[str, int] = {}
+        #: Per queue, jobs taken out by `take_older_than` to be renewed, and since when
+        #: (monotonic): FETCH waits briefly for them, since they keep their place in line.
+        self._renewing: dict[str, dict[str, float]] = {}
 
     def add(self, delivery: Delivery) -> None:
         old = self._entries.get(delivery.job_id)
         self._entries[delivery.job_id] = delivery
         if old is None:
+            self._renewing.get(delivery.queue, {}).pop(delivery.job_id, None)
             place = self._places.pop(delivery.job_id, None)
             delivery.place = next(self._seq) if place is None else place
             heap = self._heaps.setdefault(delivery.queue, [])
@@ -71,15 +75,27 @@ class ReadyBuffers:
             delivery.place = old.place
 
     def take_older_than(self, cutoff: float) -> list[Delivery]:
-        """Take out the deliveries that arrived before `cutoff` (monotonic), to hand them
-        back to the broker; delivered again, they keep their place in line."""
+        """Take out the deliveries that arrived before `cutoff` (monotonic), to renew them
+        (a fresh copy through the broker); delivered again, they keep their place in line."""
         old = [d for d in self._entries.values() if d.since < cutoff]
+        now = time.monotonic()
         for delivery in old:
             self._forget(delivery)
             self._places[delivery.job_id] = delivery.place
+            self._renewing.setdefault(delivery.queue, {})[delivery.job_id] = now
         while len(self._places) > self.PLACES_LIMIT:
             del self._places[next(iter(self._places))]
         return old
+
+    def take_queue(self, queue: str) -> list[Delivery]:
+        """Take out every delivery of one queue, in the order FETCH would hand them out."""
+        taken = sorted(
+            (d for d in self._entries.values() if d.queue == queue),
+            key=lambda d: (-d.job.priority, d.place),
+        )
+        for delivery in taken:
+            self._forget(delivery)
+        return taken
 
     def pop(self, queue: str) -> Delivery | None:
         heap = self._heaps.get(queue)
@@ -114,9 +130,16 @@ class ReadyBuffers:
         return entry[1] if entry is not None else None
 
     def awaiting(self, queues: list[str], max_age_s: float = 1.0) -> bool:
-        """Whether a requested queue is empty here but has a job on its way."""
+        """Whether a requested queue is empty here but has a job on its way, or has a job
+        being renewed (it comes back to its old place in line, perhaps ahead of the rest)."""
         cutoff = time.monotonic() - max_age_s
         for queue in queues:
+            renewing = self._renewing.get(queue)
+            while renewing:
+                job_id, since = next(iter(renewing.items()))
+                if since >= cutoff:
+                    return True
+                del renewing[job_id]
             pending = self._expected.get(queue)
             if not pending or self._sizes.get(queue, 0) > 0:
                 continue
@@ -133,6 +156,7 @@ class ReadyBuffers:
             self._forget(delivery)
         self._heaps.pop(queue, None)
         self._expected.pop(queue, None)
+        self._renewing.pop(queue, None)
 
     def sizes(self) -> dict[str, int]:
         """Buffered deliveries per queue (unacked, waiting for a FETCH)."""
@@ -145,6 +169,7 @@ class ReadyBuffers:
         self._sizes.clear()
         self._expected.clear()
         self._places.clear()
+        self._renewing.clear()
         return entries
 
 

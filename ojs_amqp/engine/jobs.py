@@ -25,15 +25,17 @@ from ojs_amqp.amqp.control import ControlMessage
 from ojs_amqp.amqp.inbound import Inbound
 from ojs_amqp.amqp.topology import DUE_ROUTING_KEY, ladder_level_for, ladder_routing_key
 from ojs_amqp.clock import now_ms
-from ojs_amqp.core import lifecycle
+from ojs_amqp.core import lifecycle, progress
 from ojs_amqp.core.envelope import parse_enqueue, validate_queue
 from ojs_amqp.core.ids import UUIDv7Generator, is_uuidv7
-from ojs_amqp.core.job import SYSTEM_FIELDS, Job, JobState
-from ojs_amqp.core.retry import FailureReport
+from ojs_amqp.core.job import SYSTEM_FIELDS, Job, JobState, evolve
+from ojs_amqp.core.progress import ProgressUpdate
+from ojs_amqp.core.retry import MAX_ATTEMPTS_LIMIT, FailureReport
 from ojs_amqp.core.times import parse_rfc3339_ms
 from ojs_amqp.engine.backpressure import DepthCache
 from ojs_amqp.engine.dispatch import Arrivals, Delivery, Lease, ReadyBuffers
 from ojs_amqp.engine.events import EventLog
+from ojs_amqp.engine.workers import WorkerRegistry
 from ojs_amqp.errors import (
     BackendUnavailable,
     Conflict,
@@ -42,6 +44,7 @@ from ojs_amqp.errors import (
     NotFound,
     OjsError,
     QueueFull,
+    QueueNotEmpty,
 )
 from ojs_amqp.metrics import Metrics
 from ojs_amqp.settings import Settings
@@ -51,13 +54,27 @@ from ojs_amqp.tracing import JobTracing
 log = logging.getLogger("ojs_amqp.engine")
 
 FETCH_MAX_COUNT = 100
+#: How long a test-mode reset waits for its queue deletes; the rest go on in the background
+#: (a queue still being deleted is declared again only once its delete is done), so the reset
+#: answers within this bound however many queues it deletes.
+RESET_DELETE_BUDGET_S = 5.0
+#: How long deleting a queue waits for moves of its jobs already under way to be recorded.
+DELETE_DRAIN_S = 10.0
 #: How long a FETCH that opens a queue's gateway waits for the queue's waiting jobs.
 GATEWAY_FILL_S = 0.5
 #: How soon a lease expiry or a due timer that could not be published (broker away, queue
 #: full) is tried again.
 LEASE_RETRY_S = 1.0
 TIMER_RETRY_MS = 1000
+#: Buffered deliveries renewed at once by the hold refresh (concurrent publishes).
+RENEW_BATCH = 100
+#: How long closing a gateway waits for deliveries still being handled before it closes
+#: their channel (anything left unacked then goes back to the queue, counted once).
+GATEWAY_DRAIN_S = 2.0
 _DIRECTIVES = ("running", "quiet", "terminate")
+#: How often reported progress is written to the store, and the least time between two
+#: progress events of one job (ojs-progress §6.2: the latest value is kept, not each one).
+PROGRESS_FLUSH_S = 1.0
 
 
 class JobEngine:
@@ -89,12 +106,27 @@ class JobEngine:
         self._leases: dict[str, Lease] = {}
         self._arrivals = Arrivals()
         self._queues_ready: set[str] = set()
+        #: Queues being deleted from the broker: a use of one waits for its delete first.
+        self._deleting: dict[str, asyncio.Future[None]] = {}
         #: Job queues the daemon consumes for HTTP workers, and when one was last fetched
         #: from. Consuming only while HTTP workers ask leaves the queue to native workers.
         self._gateways: dict[str, float] = {}
+        #: Gateways being closed (their consumer cancelled, their buffer being renewed),
+        #: and deliveries being handled per gateway queue (a close waits for them).
+        self._closing: set[str] = set()
+        self._handling: dict[str, int] = {}
         self._held: dict[int, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._worker_directives: dict[str, str] = {}
+        #: HTTP workers' announced states (beat, drain), for fetch and worker health.
+        self.workers = WorkerRegistry()
+        #: Progress of active jobs reported since the last store write (job id -> progress,
+        #: core/progress.py): reads see it at once, the store gets the latest once a second.
+        self._progress: dict[str, dict[str, Any]] = {}
+        #: job id -> monotonic time of its last progress event; and the jobs whose latest
+        #: progress is still to be announced (held back by the one-per-second limit).
+        self._progress_announced: dict[str, float] = {}
+        self._progress_unannounced: set[str] = set()
         #: job id -> copy number being published and recorded right now, and deliveries of
         #: that copy that arrived before the record (re-run once it is written).
         self._recording: dict[str, int] = {}
@@ -130,6 +162,9 @@ class JobEngine:
             asyncio.create_task(self._every(1.0, self._expire_due), name="expiry-sweeper"),
             asyncio.create_task(self._every(self._prune_period_s, self._prune), name="retention"),
             asyncio.create_task(self._every(0.05, self._flush_published), name="outbox-flush"),
+            asyncio.create_task(
+                self._every(PROGRESS_FLUSH_S, self._flush_progress), name="progress-flush"
+            ),
             asyncio.create_task(self._every(5.0, self._close_idle_gateways), name="gateways"),
             asyncio.create_task(
                 self._every(self._hold_check_s, self._refresh_held_deliveries), name="holds"
@@ -141,6 +176,7 @@ class JobEngine:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self._flush_published()
+        await self._flush_progress()
         self._cancel_timers()
         if self.tracing is not None:
             self.tracing.close()
@@ -176,9 +212,14 @@ class JobEngine:
         validate_queue(queue)
         await self._ensure_queue(queue)
 
-    async def _ensure_queue(self, queue: str) -> None:
+    async def _ensure_queue(self, queue: str) -> bool:
+        """Declare the queue on its first use; True if that first waited for its delete."""
         if queue in self._queues_ready:
-            return
+            return False
+        waited = False
+        while (deleting := self._deleting.get(queue)) is not None:
+            await asyncio.wait([deleting])  # whatever its outcome, declared afresh below
+            waited = True
         t = self.broker.topology
         await self.broker.ensure_job_queue(queue)
 
@@ -192,6 +233,7 @@ class JobEngine:
         self._queues_ready.add(queue)
         for hook in self.on_new_queue:
             await hook(queue)
+        return waited
 
     async def _open_gateway(self, queue: str) -> None:
         """Consume the job queue for HTTP workers (DESIGN §5), from the first FETCH on."""
@@ -201,7 +243,11 @@ class JobEngine:
             return
 
         async def on_job(message: Inbound) -> None:
-            await self._on_job_delivery(queue, message)
+            self._handling[queue] = self._handling.get(queue, 0) + 1
+            try:
+                await self._on_job_delivery(queue, message)
+            finally:
+                self._handling[queue] -= 1
 
         waiting = await self.broker.ready_count(t.job_queue(queue))
         await self.broker.consume(
@@ -229,12 +275,46 @@ class JobEngine:
         return min(60.0, max(0.2, self.settings.delivery_hold_ms / 4000))
 
     async def _refresh_held_deliveries(self) -> None:
-        """Buffered deliveries older than `delivery_hold_ms` go back to their queue (and come
-        straight back, keeping their place in line) before the broker's consumer_timeout
-        closes the channel over them."""
+        """Buffered deliveries older than `delivery_hold_ms` are renewed (`_renew`) before
+        the broker's consumer_timeout closes the channel over them. The fresh copies come
+        straight back to this consumer and keep their place in line here (FETCH waits for
+        them briefly); behind a backlog larger than the prefetch they queue up behind it."""
         cutoff = time.monotonic() - self.settings.delivery_hold_ms / 1000
-        for delivery in self._buffers.take_older_than(cutoff):
-            delivery.message.reject(requeue=True)
+        held = self._buffers.take_older_than(cutoff)
+        for start in range(0, len(held), RENEW_BATCH):
+            batch = held[start : start + RENEW_BATCH]
+            done = await asyncio.gather(
+                *(self._renew(d, "hold") for d in batch), return_exceptions=True
+            )
+            for delivery, renewed in zip(batch, done, strict=True):
+                if renewed is not True:  # not published: keep holding it, tried next round
+                    if isinstance(renewed, BaseException):
+                        log.error("renewing job %s failed", delivery.job_id, exc_info=renewed)
+                    if delivery.queue in self._gateways and not delivery.message.void:
+                        self._buffers.add(delivery)
+
+    async def _renew(self, delivery: Delivery, reason: str) -> bool:
+        """Replace a buffered delivery by a fresh copy of its job instead of returning it to
+        its queue: publish the next copy, record it, ack this one. A quorum queue counts
+        every return (reject or nack with requeue, a closed channel, a lost connection)
+        against its delivery limit (20 by default on RabbitMQ 4.x) and dead-letters the
+        message past it, though no worker ever ran the job. False when the copy could not
+        be published (the delivery is still held)."""
+        job = await self.store.get(delivery.job_id)
+        if job is None or job.copy != delivery.job.copy or job.state is not JobState.AVAILABLE:
+            self.settle(delivery.message)  # the job moved on meanwhile: this copy is stale
+            return True
+        try:
+            written = await self._advance(replace(job, copy=job.copy + 1), delivery.message,
+                                          job.copy)  # fmt: skip
+        except OjsError as exc:
+            log.warning("could not renew the delivery of job %s (%s)", job.id, exc.message)
+            return False
+        if written:
+            self.metrics.renewed(reason)
+        else:
+            self.settle(delivery.message)
+        return True
 
     async def _close_idle_gateways(self) -> None:
         """Stop consuming queues no HTTP worker fetched from lately and none holds a lease
@@ -244,8 +324,35 @@ class JobEngine:
         for queue, last_fetch in list(self._gateways.items()):
             if last_fetch < cutoff and queue not in leased:
                 del self._gateways[queue]
-                await self.broker.stop_consumer(self.broker.topology.job_queue(queue))
-                self._buffers.drop_queue(queue)
+                await self._close_gateway(queue)
+
+    async def _close_gateway(self, queue: str) -> None:
+        """Close a gateway without returning its buffer to the broker (each return would
+        count against the queue's delivery limit): cancel the consumer (nothing more comes),
+        renew what it holds, in the order FETCH would have handed it out, then close the
+        channel with nothing unacked. Copies not renewed (broker away) return with it."""
+        name = self.broker.topology.job_queue(queue)
+        self._closing.add(queue)
+        try:
+            await self.broker.cancel_consumer(name)
+            for delivery in self._buffers.take_queue(queue):
+                if not delivery.message.void:
+                    await self._renew(delivery, "gateway_close")
+            deadline = time.monotonic() + GATEWAY_DRAIN_S
+            # Deliveries read before the cancel took effect: polled (bounded) rather than an
+            # event that every delivery would have to touch.
+            while self._handling.get(queue, 0) > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        finally:
+            self._closing.discard(queue)
+        await self.broker.stop_consumer(name)
+        self._buffers.drop_queue(queue)
+        if queue in self._gateways:  # a FETCH came meanwhile: consume again, for it
+            try:
+                await self._open_gateway(queue)
+            except Exception:
+                self._gateways.pop(queue, None)  # the next FETCH opens it
+                raise
 
     # --- publishing copies -----------------------------------------------------------------
 
@@ -254,7 +361,7 @@ class JobEngine:
         t = self.broker.topology
         state = job.state
         if state is JobState.AVAILABLE:
-            await self._ensure_queue(job.queue)
+            await self._outlived_its_queue(job)
             if job.queue in self._gateways:
                 self._buffers.expect(job)
             await self.broker.publish(t.direct_exchange, job.queue, codec.encode(job))
@@ -263,8 +370,18 @@ class JobEngine:
         elif state is JobState.RETRYABLE:
             await self._park(job, job.next_attempt_at_ms or self._now())
         elif state is JobState.DISCARDED:
-            await self._ensure_queue(job.queue)
+            await self._outlived_its_queue(job)
             await self.broker.publish(t.dlx_exchange, job.queue, codec.encode(job))
+
+    async def _outlived_its_queue(self, job: Job) -> None:
+        """Declare the job's queue if needed. A move that had to wait for the queue's delete
+        may be about a job deleted with it: published, it would come back as a new job."""
+        if await self._ensure_queue(job.queue) and await self.store.get(job.id) is None:
+            raise Conflict(
+                f"queue {job.queue!r} was deleted, with job {job.id}, while the job was "
+                "being moved or pushed; it was not enqueued",
+                details={"queue": job.queue, "job_id": job.id},
+            )
 
     async def _park(self, job: Job, due_at_ms: int) -> None:
         """Put a waiting job on the delay ladder (or straight into the due queue)."""
@@ -365,7 +482,7 @@ class JobEngine:
             raise NotFound(
                 f"job {job_id} not found", details={"resource_type": "job", "resource_id": job_id}
             )
-        return job
+        return self._with_progress(job)
 
     async def activate(self, job_id: str) -> Job:
         job = await self.get(job_id)
@@ -439,6 +556,19 @@ class JobEngine:
         if job.state is not JobState.AVAILABLE:
             self.settle(message)
             return
+        if (queue not in self._gateways and queue not in self._closing) or message.void:
+            return  # arrived while the gateway closed: its channel is gone, the broker has it
+        if queue in self._closing or codec.delivery_count(message.headers) > 0:
+            # Arrived while the gateway closes, or returned by the broker (a lost connection,
+            # a restart, a crashed worker): a fresh copy, so returns never add up to the
+            # queue's delivery limit; the copy is buffered when it comes back.
+            why = "gateway_close" if queue in self._closing else "redelivered"
+            if not await self._renew(Delivery(job, queue, message), why):
+                await self._buffer(queue, job, message)
+            return
+        await self._buffer(queue, job, message)
+
+    async def _buffer(self, queue: str, job: Job, message: Inbound) -> None:
         if queue not in self._gateways:
             return  # arrived while the gateway closed: its channel is gone, the broker has it
         duplicate = self._buffers.remove(job.id)
@@ -453,13 +583,23 @@ class JobEngine:
             # Redelivered after a reconnect: the worker still holds it. Re-arm: a deadline
             # that passed while the broker was away fires now.
             lease.message, lease.held_since = message, time.monotonic()
+            if codec.delivery_count(message.headers) > 0:
+                # Returned by the broker: hand it over now (a lease timer on the ladder, this
+                # delivery acked), so a lease outliving many reconnects is never
+                # dead-lettered at the queue's delivery limit under its worker.
+                await self._hand_over(job.id)
+                return
             self._arm(lease)
             return
-        # The daemon restarted while a worker held the job: the lease is gone, so the job
-        # goes back to available, as after a visibility timeout.
-        new = lifecycle.lease_expired(job, self._now(), "visibility", self._rng)
-        if await self._advance(new, message, job.copy) and self.tracing is not None:
-            self.tracing.finished(job, new, "lease_expired")
+        # The daemon restarted while a worker held the job: the lease is gone, so this is a
+        # visibility timeout, with the same rule (discarded once attempts are spent).
+        now = self._now()
+        new = lifecycle.lease_expired(job, now, "visibility", self._rng)
+        if await self._advance(new, message, job.copy):
+            self.metrics.lease_expired(job, "visibility")
+            if self.tracing is not None:
+                self.tracing.finished(job, new, "lease_expired")
+            self._after_failure_events(new, now)
 
     async def _adopt(self, queue: str, message: Inbound) -> Job | None:
         """A job another AMQP client published by binding PUSH: into the store it goes."""
@@ -523,23 +663,36 @@ class JobEngine:
             if job is None and ref.job_id and not ours:
                 body = orjson.loads(message.body)
                 job = await self._adopt_envelope(body, ref.job_id, message.routing_key)
-            if job is not None:
+            if job is not None and codec.death_reason(message.headers) == codec.DELIVERY_LIMIT:
+                await self._worker_rejected(job, ref.copy, codec.DELIVERY_LIMIT,
+                                            _delivery_limit_message(message.headers))  # fmt: skip
+            elif job is not None:
                 await self._worker_rejected(job, ref.copy)
         except (OjsError, orjson.JSONDecodeError) as exc:
             log.warning("could not archive a dead letter: %s", exc)
         self.settle(message)
 
-    async def _worker_rejected(self, job: Job, copy: int | None) -> None:
+    async def _worker_rejected(
+        self, job: Job, copy: int | None, code: str = "rejected", reason: str = ""
+    ) -> None:
+        """A worker's Basic.Nack(requeue=false), or (code `delivery_limit`) the broker
+        dead-lettered the job because its workers returned it past the queue's delivery
+        limit: a native worker that dies on the job, typically. The daemon's own returns
+        never get there (`_renew`)."""
         if copy is not None and copy != job.copy:
             return
         leased = job.id in self._leases
         active = job if leased else self._native_start(job, copy, self._now(), None)
         if active is None or active.state is not JobState.ACTIVE:
             return
-        new = lifecycle.worker_discard(active, self._now(), "rejected by a worker")
+        new = lifecycle.worker_discard(active, self._now(), reason or "rejected by a worker", code)
         if await self.store.update(new, expect_copy=job.copy):
             self._drop_lease(job.id)
             self.metrics.discarded(new)
+            if code == codec.DELIVERY_LIMIT:
+                self.metrics.delivery_limit_reached(new)
+                log.warning("job %s (queue %s) was dead-lettered by the broker: %s",
+                            job.id, job.queue, new.error and new.error.get("message"))  # fmt: skip
             if self.tracing is not None:
                 self.tracing.finished(active, new, "discarded")
             self.events.emit("job.discarded", new, self._now())
@@ -630,6 +783,7 @@ class JobEngine:
             self._announce_adopted(adopted)
         elif job is None:
             job = await self._known_or_adopted(report.job_id, report.envelope, queue)
+        job = self._with_progress(job)
         now = self._now()
         active = self._native_start(job, report.copy, report.started_at_ms or now, report.worker_id)
         if active is None:
@@ -653,6 +807,10 @@ class JobEngine:
                     self.tracing.finished(active, new, "completed")
         else:
             assert report.failure is not None
+            if report.attempt is not None and active.attempt < report.attempt:
+                # The worker counted attempts the daemon never saw: deliveries of this copy
+                # that went back to the queue with a worker that died (x-delivery-count).
+                active = replace(active, attempt=min(report.attempt, MAX_ATTEMPTS_LIMIT))
             new = lifecycle.fail(active, now, report.failure, self._rng)
             written = await self._advance(new, None, job.copy)
             if written:
@@ -668,6 +826,8 @@ class JobEngine:
         assert beat.job_id is not None
         job = await self._known_or_adopted(beat.job_id, beat.envelope, queue)
         now = self._now()
+        if beat.started and beat.copy == job.copy and job.id not in self._leases:
+            return await self._native_restart(job, beat, now)
         if job.state is JobState.AVAILABLE:
             active = self._native_start(job, beat.copy, now, beat.worker_id)
             if active is not None and await self.store.update(active, expect_copy=job.copy):
@@ -677,6 +837,43 @@ class JobEngine:
         if job.state is JobState.ACTIVE:
             self.events.emit("job.heartbeat", job, now, worker_id=beat.worker_id)
         return job
+
+    async def _native_restart(self, job: Job, beat: ControlMessage, now: int) -> Job:
+        """A native worker is about to run a copy that went back to its queue unfinished
+        (`x-delivery-count` >= 1), and asks first: the answer is the job as it then stands,
+        and the worker runs it only if it is active. A previous start of this copy that never
+        reported died with its worker: a failed attempt (ojs-retry §9.2), so a job that kills
+        every worker ends per `on_exhaustion` instead of looping. A copy never started here
+        before may still have run unannounced once (a first delivery does not ask): that is
+        counted too, but never so as to discard a job that may not have run."""
+        if job.state is JobState.AVAILABLE:
+            active = self._native_start(job, beat.copy, now, beat.worker_id)
+            if active is None:
+                return job
+            charged = active.attempt < job.retry.max_attempts
+            if charged:
+                active = lifecycle.worker_lost(active, now, beat.worker_id, beat.delivery_count)
+            if await self.store.update(active, expect_copy=job.copy):
+                if charged:
+                    self.metrics.lease_expired(job, "worker_lost")
+                if self.tracing is not None:
+                    self.tracing.started(active)
+                return active
+            return await self.get(job.id)
+        if job.state is not JobState.ACTIVE:
+            return job
+        new = lifecycle.worker_lost(job, now, beat.worker_id, beat.delivery_count)
+        if new.state is JobState.ACTIVE:
+            written = await self.store.update(new, expect_copy=job.copy)
+        else:
+            written = await self._advance(new, None, job.copy)
+        if not written:
+            return await self.get(job.id)
+        self.metrics.lease_expired(job, "worker_lost")
+        self._after_failure_events(new, now)
+        if self.tracing is not None and new.state is not JobState.ACTIVE:
+            self.tracing.finished(job, new, "failed")
+        return new
 
     async def binding_retry(
         self, ref: codec.CopyRef, body: Any, queue: str, delay_ms: int, report: FailureReport
@@ -706,6 +903,9 @@ class JobEngine:
     ) -> list[Job]:
         if not queues:
             raise InvalidRequest("queues must list at least one queue")
+        self.workers.seen(worker_id, self._now())
+        if not self.workers.fetching(worker_id):
+            return []  # quiet or draining: no new jobs (ojs-graceful-shutdown §5.1)
         now_mono = time.monotonic()
         for queue in queues:
             if queue in self._gateways:  # consumed already: the usual case
@@ -816,6 +1016,7 @@ class JobEngine:
         if lease is None or job is None or job.state is not JobState.ACTIVE:
             self._leases.pop(job_id, None)
             return
+        job = self._with_progress(job)
         now = self._now()
         new = lifecycle.lease_expired(job, now, kind, self._rng)
         try:
@@ -842,7 +1043,7 @@ class JobEngine:
 
     async def _owned_active(self, job_id: str, worker_id: str | None) -> tuple[Job, Lease | None]:
         lease = self._leases.get(job_id)
-        job = lease.job if lease is not None else await self.get(job_id)
+        job = self._with_progress(lease.job) if lease is not None else await self.get(job_id)
         if job.state is not JobState.ACTIVE:
             raise Conflict(
                 f"job {job_id} is {job.state.value}, not active",
@@ -941,6 +1142,105 @@ class JobEngine:
             raise InvalidRequest(f"directive must be one of {', '.join(_DIRECTIVES)}")
         self._worker_directives[worker_id] = directive
 
+    # --- progress (ojs-progress) and worker beats (ojs-graceful-shutdown) --------------------
+
+    def _with_progress(self, job: Job) -> Job:
+        """The job with its latest reported progress, which may not be in the store yet."""
+        latest = self._progress.get(job.id)
+        if latest is None or job.state is not JobState.ACTIVE or latest["attempt"] != job.attempt:
+            return job
+        return evolve(job, progress=latest)
+
+    async def report_progress(
+        self, job_id: str, update: ProgressUpdate, worker_id: str | None = None
+    ) -> tuple[Job, bool]:
+        """Take a progress report for an active job: (the job as it now reads, applied).
+
+        A report for a job that is not active (finished, cancelled, back in its queue) or is
+        held by another worker changes nothing and is not an error: progress is
+        fire-and-forget (PRG-007). It counts as a heartbeat (PRG-008). It is not written to
+        the store here: `_flush_progress` writes the latest once a second, and every move
+        out of `active` takes it along (`_with_progress`)."""
+        job = await self.get(job_id)
+        if job.state is not JobState.ACTIVE or (
+            worker_id and job.worker_id and worker_id != job.worker_id
+        ):
+            return job, False
+        now = self._now()
+        merged = progress.merge(job.progress, update, job.attempt, now)
+        self._progress[job_id] = merged
+        lease = self._leases.get(job_id)
+        if lease is not None:
+            lease.visibility_deadline = time.monotonic() + lease.visibility_ms / 1000
+            self._arm(lease)
+        job = evolve(job, progress=merged)
+        self._announce_progress(job)
+        return job, True
+
+    async def native_progress(self, report: ControlMessage, queue: str | None) -> Job:
+        """A native worker's `ojs.control.progress`: a heartbeat (the first marks the job
+        active, as `native_heartbeat` does) carrying a progress report."""
+        assert report.job_id is not None and report.progress is not None
+        await self.native_heartbeat(report, queue)
+        job, _ = await self.report_progress(report.job_id, report.progress, report.worker_id)
+        return job
+
+    def _announce_progress(self, job: Job) -> None:
+        """At most one `progress.updated` event per job per PROGRESS_FLUSH_S; a report in
+        between is announced by the next flush (the latest value, not each one)."""
+        last = self._progress_announced.get(job.id)
+        mono = time.monotonic()
+        if last is not None and mono - last < PROGRESS_FLUSH_S:
+            self._progress_unannounced.add(job.id)
+            return
+        self._progress_announced[job.id] = mono
+        self._progress_unannounced.discard(job.id)
+        wire = progress.to_wire(job.progress)
+        self.events.emit(
+            "progress.updated", job, self._now(), progress=wire["progress"],
+            message=wire["message"], data=wire["data"],
+        )  # fmt: skip
+
+    async def _flush_progress(self) -> None:
+        """Write the latest progress of each job reported since the last flush (one store
+        write per job per second, however often its worker reports). A job that left
+        `active` (or started another attempt) meanwhile is skipped: its move took the
+        progress along. The read and the write below run without yielding to another task
+        (SQLite store calls do not suspend before their write), so no move slips between;
+        the value leaves memory only once the store has it."""
+        unannounced, self._progress_unannounced = self._progress_unannounced, set()
+        for job_id, latest in list(self._progress.items()):
+            job = await self.store.get(job_id)
+            current = job is not None and job.state is JobState.ACTIVE
+            if job is not None and current and job.attempt == latest["attempt"]:
+                current = await self.store.update(
+                    evolve(job, progress=latest), expect_copy=job.copy
+                )
+                lease = self._leases.get(job_id)
+                if current and lease is not None and lease.job.attempt == job.attempt:
+                    lease.job = evolve(lease.job, progress=latest)
+            else:
+                current = False
+            if self._progress.get(job_id) is latest:
+                del self._progress[job_id]
+            if not current:
+                self._progress_announced.pop(job_id, None)
+            elif job_id in unannounced and job is not None:
+                self._progress_announced.pop(job_id, None)
+                self._announce_progress(evolve(job, progress=latest))
+        stale = time.monotonic() - 2 * PROGRESS_FLUSH_S
+        for job_id, announced in list(self._progress_announced.items()):
+            if announced < stale:
+                del self._progress_announced[job_id]
+
+    def worker_beat(
+        self, worker_id: str, state: str | None, active_jobs: int | None
+    ) -> tuple[str, str]:
+        """A worker's beat with its state (`drain` when it shuts down): (its state as
+        recorded, the directive for it)."""
+        recorded = self.workers.beat(worker_id, state, active_jobs, self._now())
+        return recorded, self._worker_directives.get(worker_id, "running")
+
     # --- timers ----------------------------------------------------------------------------
 
     async def _on_due(self, message: Inbound) -> None:
@@ -950,10 +1250,13 @@ class JobEngine:
         now = self._now()
         due_at = ref.due_at_ms if ref.due_at_ms is not None else now
         level = ladder_level_for(due_at - now)
-        if level is not None:
-            # Came back early from a long level: ride the next one down.
+        if level is not None or codec.delivery_count(message.headers) > 0:
+            # Came back early from a long level: ride the next one down. Or returned by the
+            # broker (a lost connection, a restart): published afresh, so returns never add
+            # up to the due queue's delivery limit (past it, a quorum queue with no
+            # dead-letter exchange drops the message, and with it the job's timer).
             repark = codec.Outgoing(message.body, codec.properties_of(message))
-            key = ladder_routing_key(level)
+            key = DUE_ROUTING_KEY if level is None else ladder_routing_key(level)
             await self.broker.publish(self.broker.topology.delay_exchange, key, repark)
             self.settle(message)
             return
@@ -1012,11 +1315,13 @@ class JobEngine:
                     await self._park(lease.job, self._lease_deadline_ms(lease) + TIMER_RETRY_MS)
                 self.settle(message)
                 return
-            new = lifecycle.lease_expired(job, self._now(), "visibility", self._rng)
+            now = self._now()
+            new = lifecycle.lease_expired(job, now, "visibility", self._rng)
             if await self._advance(new, message, job.copy):
                 self.metrics.lease_expired(job, "visibility")
                 if self.tracing is not None:
                     self.tracing.finished(job, new, "lease_expired")
+                self._after_failure_events(new, now)
         except OjsError as exc:  # broker away: keep holding the timer, try again shortly
             log.warning("lease timer of job %s could not fire (%s); retrying", job.id, exc.message)
             self._hold(key_id, message, ref, TIMER_RETRY_MS)
@@ -1112,29 +1417,215 @@ class JobEngine:
         prefetch = max(1, self.settings.prefetch)
         return {queue: min(1.0, count / prefetch) for queue, count in counts.items()}
 
+    def _start_deletes(
+        self, queues: set[str], names: set[str], hold: asyncio.Future[None]
+    ) -> list[asyncio.Future[None]]:
+        """Start deleting the broker queues of `queues` (`names`), each OJS queue's at once
+        with the others', and any other non-fixed queue declared. `hold` is what uses of
+        the queues wait for until then."""
+        fixed = set(self.broker.topology.all_fixed_queues())
+        strays = [n for n in self.broker.declared_queues() if n not in fixed and n not in names]
+        deletes = [self._delete_in_background(queue, hold=hold) for queue in queues]
+        if strays:  # declared for a queue the store never recorded (a failed first use)
+            deletes.append(self._delete_in_background("", strays))
+        return deletes
+
+    @staticmethod
+    async def _wait_for_deletes(deletes: list[asyncio.Future[None]], budget_s: float) -> None:
+        """Wait at most `budget_s`; deletes still running then finish in the background (a
+        use of their queue waits for them)."""
+        if deletes:
+            _, running = await asyncio.wait(deletes, timeout=budget_s)
+            if running:
+                log.warning("%d of %d queue deletes still running after %.0fs; they go on in "
+                            "the background", len(running), len(deletes), budget_s)  # fmt: skip
+
+    def _delete_in_background(
+        self,
+        queue: str,
+        names: list[str] | None = None,
+        hold: asyncio.Future[None] | None = None,
+    ) -> asyncio.Future[None]:
+        """Start deleting the broker queues of `queue` (or just `names`), gating its next
+        use until done (in place of `hold`)."""
+        pending = self._deleting.get(queue)
+        if pending is not None and pending is not hold:  # not declared again since
+            return pending
+        if names is None:
+            names = [spec.name for spec in reversed(self.broker.topology.queues_of(queue))]
+        task = asyncio.ensure_future(self.broker.delete_queues(names))
+        self._deleting[queue] = task
+
+        def done(finished: asyncio.Future[None]) -> None:
+            if self._deleting.get(queue) is finished:
+                del self._deleting[queue]
+            if not finished.cancelled() and finished.exception() is not None:
+                log.warning("deleting %s failed: %s", ", ".join(names), finished.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    async def delete_queue(self, queue: str, force: bool) -> dict[str, Any]:
+        """Remove an OJS queue: its broker queues (job, control, dead-letter) and its store
+        rows. Refused (409) while it holds unfinished jobs, unless `force`, which cancels
+        them first. What the daemon holds for it (gateway, buffer, leases, consumers) goes
+        too; timers of its jobs on the delay ladder find no job when due and are dropped. A
+        later push or fetch simply declares the queue again."""
+        validate_queue(queue)
+        if queue in self._deleting:
+            raise Conflict(f"queue {queue!r} is being deleted; retry shortly",
+                           details={"queue": queue})  # fmt: skip
+        known = queue in self._queues_ready or any(
+            info.name == queue for info in await self.store.queues()
+        )
+        if not known and not await self.store.unfinished(queue):
+            raise NotFound(f"queue {queue!r} not found",
+                           details={"resource_type": "queue", "resource_id": queue})  # fmt: skip
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._deleting[queue] = gate  # from here on, a first use of the queue waits
+        was_ready = queue in self._queues_ready
+        self._queues_ready.discard(queue)
+        try:
+            await self._drain_moves(queue)
+            open_jobs = await self.store.unfinished(queue)
+            if open_jobs and not force:
+                by_state: dict[str, int] = {}
+                for job in open_jobs:
+                    by_state[job.state.value] = by_state.get(job.state.value, 0) + 1
+                if was_ready:
+                    self._queues_ready.add(queue)
+                raise QueueNotEmpty(
+                    f"queue {queue!r} holds {len(open_jobs)} unfinished jobs; delete with "
+                    "force=true to cancel them and delete it anyway",
+                    details={"queue": queue, "open_jobs": by_state},
+                )
+            cancelled = await self._cancel_all(open_jobs)
+            await self._let_go_of(queue)
+            names = [spec.name for spec in reversed(self.broker.topology.queues_of(queue))]
+            await self.broker.delete_queues(names)
+            removed = await self.store.delete_queue(queue)
+        finally:
+            if self._deleting.get(queue) is gate:
+                del self._deleting[queue]
+            gate.set_result(None)
+        self._depths.clear()
+        log.info("deleted queue %s: %d broker queues, %d jobs (%d of them cancelled)",
+                 queue, len(names), removed, cancelled)  # fmt: skip
+        return {"queue": queue, "deleted": True, "broker_queues": names,
+                "jobs_deleted": removed, "jobs_cancelled": cancelled}  # fmt: skip
+
+    async def _drain_moves(self, queue: str) -> None:
+        """Wait (bounded) for moves of the queue's jobs already publishing their next copy:
+        once recorded, they are counted (and cancelled if forced) like any other job."""
+        deadline = time.monotonic() + DELETE_DRAIN_S
+        while time.monotonic() < deadline:
+            moving = [await self.store.get(job_id) for job_id in list(self._recording)]
+            if not any(job is not None and job.queue == queue for job in moving):
+                return
+            await asyncio.sleep(0.01)
+
+    async def _cancel_all(self, jobs: list[Job]) -> int:
+        """Cancel every job given (a forced queue delete), as `cancel` would, each with its
+        job.cancelled event; a job that moved meanwhile is read again and cancelled then."""
+        cancelled = 0
+        for start in range(0, len(jobs), 500):
+            chunk = jobs[start : start + 500]
+            results = await asyncio.gather(*(self._cancel_for_delete(job) for job in chunk))
+            cancelled += sum(results)
+        return cancelled
+
+    async def _cancel_for_delete(self, job: Job) -> bool:
+        for _ in range(5):
+            if job.state.terminal:
+                return False
+            now = self._now()
+            new = lifecycle.cancel(job, now)
+            if await self.store.update(new, expect_copy=job.copy):
+                lease = self._leases.pop(job.id, None)
+                if lease is not None:
+                    self._stop_lease_timer(lease)
+                elif job.state in (JobState.AVAILABLE, JobState.ACTIVE):
+                    await self._tell_native_workers(new)
+                if self.tracing is not None:
+                    self.tracing.finished(job, new, "cancelled")
+                self.events.emit("job.cancelled", new, now, reason="queue_deleted")
+                return True
+            fresh = await self.store.get(job.id)
+            if fresh is None:
+                return False
+            job = fresh
+        return False
+
+    async def _let_go_of(self, queue: str) -> None:
+        """Stop consuming the queue's broker queues and drop what the daemon holds of them:
+        buffered deliveries and leases (their messages go with the queue)."""
+        t = self.broker.topology
+        self._gateways.pop(queue, None)
+        for name in (t.job_queue(queue), t.control_queue(queue), t.dead_letter_queue(queue)):
+            await self.broker.stop_consumer(name)
+        self._buffers.drop_queue(queue)
+        for job_id in [i for i, lease in self._leases.items() if lease.job.queue == queue]:
+            self._drop_lease(job_id)
+
     async def queue_names(self) -> list[tuple[str, int]]:
         return [(q.name, q.created_at_ms) for q in await self.store.queues()]
 
     async def reset(self) -> None:
-        """Test mode: forget everything, here and on the broker."""
+        """Test mode: forget everything, here and on the broker. The queues of every OJS
+        queue are deleted (a purge would leave them costing the broker file handles); the
+        fixed topology is only purged, as the daemon needs it at once."""
+        started = time.monotonic()
+        t = self.broker.topology
         self._cancel_timers()
-        await self.broker.stop_consumers()
-        self._buffers.clear()
-        self._leases.clear()
-        if self.tracing is not None:
-            self.tracing.close()
+        queues = self._queues_ready | {info.name for info in await self.store.queues()}
         self._queues_ready.clear()
         self._gateways.clear()
-        self._depths.clear()
-        self._unpublished.clear()
-        await self.broker.purge(self.broker.declared_queues())
+        # Until their deletes start, a use of these queues waits (then for the delete).
+        hold: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for queue in queues:
+            self._deleting.setdefault(queue, hold)
+        try:
+            # The queues of OJS queues: their consumers stop with their (bounded) delete.
+            per_queue = {spec.name for queue in queues for spec in t.queues_of(queue)}
+            await self.broker.stop_consumers(exclude=per_queue)
+            self._buffers.clear()
+            self._leases.clear()
+            if self.tracing is not None:
+                self.tracing.close()
+            self._depths.clear()
+            self._unpublished.clear()
+            # Purged first: beside hundreds of deletes, a purge waits seconds for its turn.
+            await self.broker.purge(t.all_fixed_queues())
+            deletes = self._start_deletes(queues, per_queue, hold)
+        finally:
+            for queue in queues:
+                if self._deleting.get(queue) is hold:
+                    del self._deleting[queue]
+            hold.set_result(None)
+        await self._wait_for_deletes(deletes, RESET_DELETE_BUDGET_S)
+        log.info("test-mode reset in %.2fs (the queues of %d OJS queues deleted)",
+                 time.monotonic() - started, len(queues))  # fmt: skip
         await self.store.reset()
         self.events.clear()
         self._worker_directives.clear()
+        self.workers.clear()
+        self._progress.clear()
+        self._progress_announced.clear()
+        self._progress_unannounced.clear()
         t = self.broker.topology
         await self.broker.consume(t.due_queue, t.due_queue_arguments(), 2000, self._on_due)
         for hook in self.on_reset:
             await hook()
+
+
+def _delivery_limit_message(headers: dict[str, Any]) -> str:
+    count = codec.delivery_count(headers)  # RabbitMQ 4.x says how often; 3.x says 0
+    times = f" after {count} deliveries" if count else ""
+    return (
+        f"the broker dead-lettered the job{times}: its workers took it and returned it "
+        "(a crash, a closed channel) more often than the queue's delivery limit allows, "
+        "without reporting an outcome"
+    )
 
 
 def _past_time(value: Any, now_ms: int) -> int:

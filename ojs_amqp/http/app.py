@@ -7,23 +7,35 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
 
 from ojs_amqp import __version__
 from ojs_amqp.clock import now_ms
+from ojs_amqp.core import progress
+from ojs_amqp.core.envelope import UNHONOURED_OPTIONS
 from ojs_amqp.core.ids import UUIDv7Generator
-from ojs_amqp.core.job import JobState, to_wire
+from ojs_amqp.core.job import Job, JobState, to_wire
 from ojs_amqp.core.times import format_ms
 from ojs_amqp.engine.cron import CronScheduler, cron_to_wire
 from ojs_amqp.engine.events import EventFilter
 from ojs_amqp.engine.jobs import JobEngine
-from ojs_amqp.errors import BackendUnavailable, InvalidRequest, NotFound, OjsError
-from ojs_amqp.http import schemas
+from ojs_amqp.engine.workers import WORKER_STATES
+from ojs_amqp.errors import (
+    BackendUnavailable,
+    BrokerStalled,
+    InvalidRequest,
+    NoSuchEndpoint,
+    NotFound,
+    OjsError,
+    Unsupported,
+)
+from ojs_amqp.http import schemas, unsupported
 from ojs_amqp.http.auth import authorize
 from ojs_amqp.http.responses import (
+    CONTENT_TYPE,
     error_response,
     fetched_response,
     json_response,
@@ -38,6 +50,8 @@ log = logging.getLogger("ojs_amqp.http")
 
 BASE = "/ojs/v1"
 SSE_KEEPALIVE_S = 15.0
+#: A broker ping slower than this reports the broker `degraded` (every broker wait is bounded).
+HEALTH_PING_S = 2.0
 Route = Callable[[Request], Awaitable[Response | Stream]]
 
 
@@ -50,24 +64,36 @@ class HttpApi:
         self.settings = settings
         self._started = time.monotonic()
         self._ids = UUIDv7Generator(random.Random().getrandbits)  # unique, not secret
+        #: Set on SIGTERM, before the server stops: /ready answers 503 from then on.
+        self.draining = False
         self.router: Router[Route] = Router()
         for method, path, handler in self._routes():
             self.router.add(method, path, handler)
+        # After the served routes, so that a served route always wins over a table row.
+        for method, path, feature in unsupported.routes():
+            self.router.add(method, path, _refuse_unsupported(feature, method, path))
 
     def _routes(self) -> list[tuple[str, str, Route]]:
         return [
             ("GET", "/ojs/manifest", self.manifest),
             ("GET", f"{BASE}/health", self.health),
+            ("GET", "/health", self.liveness),
+            ("GET", "/ready", self.readiness),
             ("POST", f"{BASE}/jobs", self.push),
             ("GET", f"{BASE}/jobs/{{id}}", self.info),
             ("DELETE", f"{BASE}/jobs/{{id}}", self.cancel),
             ("POST", f"{BASE}/jobs/{{id}}/activate", self.activate),
+            ("PUT", f"{BASE}/jobs/{{id}}/progress", self.put_progress),
+            ("GET", f"{BASE}/jobs/{{id}}/progress", self.get_progress),
             ("POST", f"{BASE}/workers/fetch", self.fetch),
             ("POST", f"{BASE}/workers/ack", self.ack),
             ("POST", f"{BASE}/workers/nack", self.nack),
             ("POST", f"{BASE}/workers/heartbeat", self.heartbeat),
             ("POST", f"{BASE}/workers/{{worker_id}}/directive", self.directive),
+            ("POST", f"{BASE}/workers/beat", self.beat),
+            ("GET", f"{BASE}/workers/{{worker_id}}/health", self.worker_health),
             ("GET", f"{BASE}/queues", self.queues),
+            ("DELETE", f"{BASE}/queues/{{name}}", self.delete_queue),
             ("GET", f"{BASE}/dead-letter", self.dead_letters),
             ("POST", f"{BASE}/dead-letter/{{id}}/retry", self.retry_dead_letter),
             ("DELETE", f"{BASE}/dead-letter/{{id}}", self.delete_dead_letter),
@@ -101,8 +127,7 @@ class HttpApi:
             log.exception("unhandled error on %s %s", request.method, request.path)
             internal = OjsError("internal error; see the daemon's log for request " + request_id)
             response = error_response(internal, request_id)
-        response.headers.append(("OJS-Version", "1.0"))
-        response.headers.append(("X-Request-Id", request_id))
+        self._finish(response, request_id)
         return response
 
     def refused(self, status: int, message: str) -> Response:
@@ -110,9 +135,19 @@ class HttpApi:
         request_id = f"req_{self._ids.new(now_ms())}"
         exc = refusal(status, message, self.settings.max_body_bytes)
         response = error_response(exc, request_id, status)
+        self._finish(response, request_id)
+        return response
+
+    def _finish(self, response: Response | Stream, request_id: str) -> None:
+        """Headers every answer carries; the JSON media type chosen by --response-media-type."""
+        media = self.settings.response_media_type
+        if media != CONTENT_TYPE:
+            response.headers[:] = [
+                ("Content-Type", media) if h == ("Content-Type", CONTENT_TYPE) else h
+                for h in response.headers
+            ]
         response.headers.append(("OJS-Version", "1.0"))
         response.headers.append(("X-Request-Id", request_id))
-        return response
 
     # --- system ----------------------------------------------------------------------------
 
@@ -143,29 +178,103 @@ class HttpApi:
                     "unique_jobs": False,
                     "workflows": False,
                     "pause_resume": False,
+                    **unsupported.capabilities_off(),
                 },
-                "extensions": {"official": [], "experimental": []},
+                "extensions": {
+                    "official": [
+                        {"name": "progress", "uri": "urn:ojs:ext:progress"},
+                        {"name": "observability", "uri": "urn:ojs:ext:observability"},
+                        {"name": "graceful-shutdown", "uri": "urn:ojs:ext:graceful-shutdown"},
+                    ],
+                    "experimental": [],
+                },
+                "unsupported": [f.manifest_entry() for f in unsupported.MISSING],
+                "unsupported_options": [
+                    {"option": name, "feature": feature, "spec": spec}
+                    for name, (feature, spec) in UNHONOURED_OPTIONS.items()
+                ],
                 "limits": {"max_body_bytes": self.settings.max_body_bytes},
             }
         )
 
     async def health(self, request: Request) -> Response:
-        broker = self.engine.broker
-        uptime = int(time.monotonic() - self._started)
-        backend: dict[str, Any] = {"type": "rabbitmq", "version": broker.server_version}
-        try:
-            backend["latency_ms"] = round(await broker.ping(), 2)
-            backend["status"] = "connected"
-            status, code = "ok", 200
-        except Exception as exc:  # any failure to reach the broker means degraded
-            backend["status"] = "disconnected"
-            backend["error"] = str(exc) or type(exc).__name__
-            status, code = "degraded", 503
+        """Overall status and each component's, as `ok` / `degraded` / `unhealthy`
+        (ojs-observability §10): 200 unless something is unhealthy, then 503."""
+        components = {"broker": await self._broker_health(), "store": await self._store_health()}
+        status = _worst(c["status"] for c in components.values())
         return json_response(
-            {"status": status, "version": __version__, "uptime_seconds": uptime,
-             "backend": backend},
-            code,
+            {
+                "status": status,
+                "version": __version__,
+                "uptime_seconds": int(time.monotonic() - self._started),
+                "backend": components["broker"],
+                "components": components,
+                "draining": self.draining,
+                "workers": self.engine.workers.counts(),
+            },
+            503 if status == "unhealthy" else 200,
+        )
+
+    async def _broker_health(self) -> dict[str, Any]:
+        broker = self.engine.broker
+        out: dict[str, Any] = {"type": "rabbitmq", "version": broker.server_version,
+                               "connected": broker.connected}  # fmt: skip
+        if broker.stall is not None and broker.connected:  # answer now, no ping to wait on
+            return {**out, "status": "degraded", "reason": broker.stall}
+        try:
+            out["latency_ms"] = round(await broker.ping(timeout_s=HEALTH_PING_S), 2)
+        except BrokerStalled:  # recorded as a stall: the broker's probe checks the link
+            out["status"] = "degraded"
+            out["reason"] = broker.stall or (
+                f"the broker did not answer a ping within {HEALTH_PING_S:g} s"
+            )
+            return out
+        except Exception as exc:  # any failure to reach the broker: the link is down
+            out["status"] = "unhealthy"
+            out["error"] = str(exc) or type(exc).__name__
+            return out
+        stall = broker.stall
+        out["status"] = "degraded" if stall else "ok"
+        if stall:
+            out["reason"] = stall
+        return out
+
+    async def _store_health(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "sqlite"}
+        start = time.perf_counter()
+        try:
+            await self.engine.store.outbox_size()  # one indexed count: the store answers
+        except Exception as exc:
+            return {**out, "status": "unhealthy", "error": str(exc) or type(exc).__name__}
+        return {**out, "status": "ok", "latency_ms": round((time.perf_counter() - start) * 1000, 2)}
+
+    async def liveness(self, request: Request) -> Response:
+        """`/health` for load balancers and liveness probes: the process serves requests.
+        Deliberately blind to the broker (the daemon reconnects by itself; a restart would
+        not bring a broker back): readiness is what follows the broker."""
+        return json_response(
+            {"status": "ok", "draining": self.draining,
+             "uptime_seconds": int(time.monotonic() - self._started)}
         )  # fmt: skip
+
+    async def readiness(self, request: Request) -> Response:
+        """`/ready`: 200 once the broker link and the store are up, 503 while either is
+        not, and from SIGTERM on (draining), so the pod leaves the Service first."""
+        broker = self.engine.broker
+        store = await self._store_health()
+        reasons = []
+        if self.draining:
+            reasons.append("the daemon is shutting down")
+        if not broker.connected:
+            reasons.append("the broker link is down")
+        if store["status"] != "ok":
+            reasons.append(f"the store does not answer: {store.get('error')}")
+        body: dict[str, Any] = {"status": "unhealthy" if reasons else "ok", "ready": not reasons,
+                                "broker": "ok" if broker.connected else "unhealthy",
+                                "store": store["status"], "draining": self.draining}  # fmt: skip
+        if reasons:
+            body["reasons"] = reasons
+        return json_response(body, 503 if reasons else 200)
 
     async def metrics(self, request: Request) -> Response:
         engine = self.engine
@@ -183,11 +292,15 @@ class HttpApi:
         m.consumer_utilization.clear()
         for queue, ratio in engine.consumer_utilization().items():
             m.consumer_utilization.labels(queue).set(ratio)
-        return Response(m.render(), headers=[("Content-Type", "text/plain; charset=utf-8")])
+        # Exactly `text/plain`, as ext-observability checks; Prometheus reads that as its text
+        # format 0.0.4 (tests/integration/test_probes.py parses it with prometheus_client).
+        return Response(m.render(), headers=[("Content-Type", "text/plain")])
 
     async def reset(self, request: Request) -> Response:
         if not self.settings.test_mode:
-            raise NotFound(f"no such endpoint: {request.path}", details={"path": request.path})
+            raise NoSuchEndpoint(
+                f"no such endpoint: {request.path}", details={"path": request.path}
+            )
         if not self.engine.broker.connected:
             raise BackendUnavailable("the broker is not connected")
         await self.engine.reset()
@@ -210,6 +323,25 @@ class HttpApi:
     async def activate(self, request: Request) -> Response:
         job = await self.engine.activate(request.params["id"])
         return json_response({"job": {**to_wire(job), "previous_state": "pending"}})
+
+    async def put_progress(self, request: Request) -> Response:
+        """ojs-progress: a report on an active job; on any other job it changes nothing and
+        says so (`applied: false`), never an error (PRG-007)."""
+        update = progress.parse_update(read_object(request))
+        job, applied = await self.engine.report_progress(request.params["id"], update)
+        body = _progress_body(job)
+        body["applied"] = applied
+        if not applied:
+            body["reason"] = (
+                f"job {job.id} is {job.state.value}: only an active job takes progress"
+                if job.state is not JobState.ACTIVE
+                else f"job {job.id} is held by another worker"
+            )
+        return json_response(body, headers=_progress_headers(job))
+
+    async def get_progress(self, request: Request) -> Response:
+        job = await self.engine.get(request.params["id"])
+        return json_response(_progress_body(job), headers=_progress_headers(job))
 
     # --- workers ---------------------------------------------------------------------------
 
@@ -265,6 +397,49 @@ class HttpApi:
         self.engine.set_worker_directive(worker_id, body.directive)
         return json_response({"worker_id": worker_id, "directive": body.directive})
 
+    async def beat(self, request: Request) -> Response:
+        """A worker's beat with its state (ojs-graceful-shutdown): `drain` (or `quiet`,
+        `terminate`) stops fetch from handing it new jobs; leases it names are extended."""
+        body = schemas.parse(schemas.BeatIn, read_object(request))
+        if body.state is not None and body.state not in WORKER_STATES:
+            raise InvalidRequest(
+                f"state must be one of {', '.join(WORKER_STATES)}", details={"field": "state"}
+            )
+        state, directive = self.engine.worker_beat(body.worker_id, body.state, body.job_count())
+        extended: list[str] = []
+        if body.job_ids():
+            directive, extended = await self.engine.heartbeat(
+                body.worker_id, body.job_ids(), body.visibility_timeout_ms
+            )
+        return json_response(
+            {
+                "acknowledged": True,
+                "worker_id": body.worker_id,
+                "state": state,
+                "directive": directive,
+                "jobs_extended": extended,
+                "server_time": format_ms(now_ms()),
+            }
+        )
+
+    async def worker_health(self, request: Request) -> Response:
+        """A worker's last announced state: 200 while it runs, 503 once it is quiet,
+        draining or terminating (it takes no new work); 404 for a worker not seen lately."""
+        worker_id = request.params["worker_id"]
+        info = self.engine.workers.get(worker_id)
+        if info is None:
+            raise NotFound(
+                f"no worker {worker_id!r} has been seen lately (fetch, heartbeat or beat)",
+                details={"resource_type": "worker", "resource_id": worker_id},
+            )
+        running = info.state == "running"
+        return json_response(
+            {"worker_id": worker_id, "state": info.state,
+             "status": "ok" if running else "draining",
+             "last_seen_at": format_ms(info.last_seen_ms), "active_jobs": info.active_jobs},
+            200 if running else 503,
+        )  # fmt: skip
+
     # --- queues and dead letters -----------------------------------------------------------
 
     async def queues(self, request: Request) -> Response:
@@ -280,6 +455,17 @@ class HttpApi:
                 "pagination": _pagination(len(names), limit, offset),
             }
         )
+
+    async def delete_queue(self, request: Request) -> Response:
+        """Admin: remove a queue's broker queues and store rows (`?force=true` cancels its
+        unfinished jobs first; without it a queue holding any is refused with 409)."""
+        raw = (request.query_value("force", "false") or "false").lower()
+        if raw not in ("true", "false", "1", "0"):
+            raise InvalidRequest("force must be true or false", details={"field": "force"})
+        if not self.engine.broker.connected:
+            raise BackendUnavailable("the broker is not connected")
+        name = request.params["name"]
+        return json_response(await self.engine.delete_queue(name, raw in ("true", "1")))
 
     async def dead_letters(self, request: Request) -> Response:
         limit, offset = _page(request)
@@ -338,19 +524,56 @@ class HttpApi:
 
     async def register_cron(self, request: Request) -> Response:
         cron, created = await self.cron.register(read_object(request))
-        return json_response({"cron": cron_to_wire(cron)}, 201 if created else 200)
+        return json_response(_one_cron(cron), 201 if created else 200)
 
     async def list_crons(self, request: Request) -> Response:
-        crons = [cron_to_wire(c) for c in await self.cron.list()]
-        return json_response({"crons": crons, "pagination": _pagination(len(crons), len(crons), 0)})
+        limit, offset = _page(request)
+        crons = await self.cron.list()
+        page = [cron_to_wire(c) for c in crons[offset : offset + limit]]
+        return json_response(
+            {"crons": page, "cron_jobs": page, "pagination": _pagination(len(crons), limit, offset)}
+        )
 
     async def get_cron(self, request: Request) -> Response:
-        return json_response({"cron": cron_to_wire(await self.cron.get(request.params["name"]))})
+        return json_response(_one_cron(await self.cron.get(request.params["name"])))
 
     async def delete_cron(self, request: Request) -> Response:
         name = request.params["name"]
         cron = await self.cron.delete(name)
-        return json_response({"cron": cron_to_wire(cron), "deleted": True, "name": name})
+        return json_response({**_one_cron(cron), "deleted": True, "name": name})
+
+
+def _one_cron(cron: dict[str, Any]) -> dict[str, Any]:
+    """`cron` (the OpenAPI document) and `cron_job` (the HTTP binding §13): one object."""
+    wire = cron_to_wire(cron)
+    return {"cron": wire, "cron_job": wire}
+
+
+def _refuse_unsupported(feature: unsupported.MissingFeature, method: str, path: str) -> Route:
+    """The handler of a route in the unsupported table: 422 `unsupported`, naming it."""
+    message = feature.message(method, path)
+
+    async def refuse(request: Request) -> Response:
+        raise Unsupported(message, details={**feature.details(), "path": request.path})
+
+    return refuse
+
+
+def _worst(statuses: Iterable[str]) -> str:
+    order = ("ok", "degraded", "unhealthy")
+    return max(statuses, key=order.index, default="ok")
+
+
+def _progress_body(job: Job) -> dict[str, Any]:
+    return {"job_id": job.id, "state": job.state.value, **progress.to_wire(job.progress)}
+
+
+def _progress_headers(job: Job) -> list[tuple[str, str]]:
+    headers = [("Cache-Control", "no-cache")]
+    value = job.progress.get("progress") if job.progress else None
+    if value is not None:
+        headers.append(("X-OJS-Progress", f"{value:g}"))
+    return headers
 
 
 def _with_trace_context(request: Request, body: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from ojs_amqp.errors import Forbidden, Unauthenticated
 from ojs_amqp.settings import Token
 
 SCOPES = ("producer", "worker", "admin")
-PUBLIC_PATHS = frozenset({"/ojs/manifest", "/ojs/v1/health", "/metrics"})
+PUBLIC_PATHS = frozenset({"/ojs/manifest", "/ojs/v1/health", "/metrics", "/health", "/ready"})
 
 
 def parse_tokens(spec: str) -> tuple[Token, ...]:
@@ -43,7 +43,7 @@ def required_scopes(method: str, path: str) -> frozenset[str]:
     if path.startswith(f"{base}/workers/") and not path.endswith("/directive"):
         return frozenset({"worker", "admin"})
     if path.startswith(f"{base}/jobs"):
-        if method == "GET":
+        if method == "GET" or path.endswith("/progress"):  # workers report progress
             return frozenset({"producer", "worker", "admin"})
         return frozenset({"producer", "admin"})
     if method == "GET" and path.startswith((f"{base}/queues", f"{base}/events", f"{base}/cron")):

@@ -6,7 +6,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from ojs_amqp.errors import MethodNotAllowed, NotFound
+from ojs_amqp.errors import MethodNotAllowed, NoSuchEndpoint
 
 H = TypeVar("H", bound=Callable[..., Awaitable[object]])
 _PARAM = re.compile(r"\{([a-z_]+)\}")
@@ -41,23 +41,26 @@ class Router(Generic[H]):
         return fresh
 
     def resolve(self, method: str, path: str) -> tuple[H, dict[str, str]]:
-        """The handler and path parameters; NotFound or MethodNotAllowed (with Allow)."""
-        params: dict[str, str] = {}
-        methods = self._static.get(path)
-        if methods is None:
-            for pattern, candidates in self._patterns:
-                match = pattern.match(path)
-                if match is not None:
-                    methods, params = candidates, match.groupdict()
-                    break
-        if methods is None:
-            raise NotFound(f"no such endpoint: {path}", details={"path": path})
-        handler = methods.get(method)
-        if handler is None:
-            allowed = ", ".join(sorted(methods))
-            raise MethodNotAllowed(
-                f"{method} is not allowed on {path}; use {allowed}",
-                details={"path": path, "allowed": sorted(methods)},
-                headers={"Allow": allowed},
-            )
-        return handler, params
+        """The handler and path parameters; NoSuchEndpoint or MethodNotAllowed (with Allow).
+
+        Several patterns can match one path (`/jobs/{id}` and a static `/jobs/batch`, or
+        routes added with different parameter names): the first that has the method wins, and
+        405 lists the methods of all of them."""
+        static = self._static.get(path)
+        if static is not None and method in static:
+            return static[method], {}  # the usual case: one dict lookup
+        matched = [] if static is None else [static]
+        for pattern, methods in self._patterns:
+            match = pattern.match(path)
+            if match is not None:
+                if method in methods:
+                    return methods[method], match.groupdict()
+                matched.append(methods)
+        if not matched:
+            raise NoSuchEndpoint(f"no such endpoint: {path}", details={"path": path})
+        allowed = sorted({m for methods in matched for m in methods})
+        raise MethodNotAllowed(
+            f"{method} is not allowed on {path}; use {', '.join(allowed)}",
+            details={"path": path, "allowed": allowed},
+            headers={"Allow": ", ".join(allowed)},
+        )

@@ -54,14 +54,19 @@ class NackIn(_Body):
 
 
 class HeartbeatIn(_Body):
+    """Both dialects: the HTTP binding's `active_jobs` (a list of ids) and the worker
+    protocol's `active_jobs` (a count) with `active_job_ids` (the list), which the official
+    JavaScript and Go SDKs send on every beat; the OpenAPI document's single `job_id` too."""
+
     worker_id: StrictStr | None = None
-    active_jobs: list[StrictStr] | None = None
+    active_jobs: list[StrictStr] | StrictInt | None = None
     active_job_ids: list[StrictStr] | None = None
     job_id: StrictStr | None = None
     visibility_timeout_ms: StrictInt | None = Field(default=None, ge=1000)
 
     def job_ids(self) -> list[str]:
-        ids = [*(self.active_jobs or []), *(self.active_job_ids or [])]
+        listed = self.active_jobs if isinstance(self.active_jobs, list) else []
+        ids = [*listed, *(self.active_job_ids or [])]
         if self.job_id:
             ids.append(self.job_id)
         return ids
@@ -69,6 +74,27 @@ class HeartbeatIn(_Body):
 
 class DirectiveIn(_Body):
     directive: StrictStr
+
+
+class BeatIn(_Body):
+    """`POST /ojs/v1/workers/beat` (ojs-graceful-shutdown): a worker's state with its beat;
+    `active_jobs` is a count (worker protocol) or a list of ids (HTTP binding)."""
+
+    worker_id: StrictStr = Field(min_length=1, max_length=255)
+    state: StrictStr | None = None
+    active_jobs: StrictInt | list[StrictStr] | None = None
+    active_job_ids: list[StrictStr] | None = None
+    visibility_timeout_ms: StrictInt | None = Field(default=None, ge=1000)
+
+    def job_ids(self) -> list[str]:
+        listed = self.active_jobs if isinstance(self.active_jobs, list) else []
+        return [*listed, *(self.active_job_ids or [])]
+
+    def job_count(self) -> int | None:
+        if isinstance(self.active_jobs, int):
+            return self.active_jobs
+        ids = self.job_ids()
+        return len(ids) if ids or self.active_jobs is not None else None
 
 
 M = TypeVar("M", bound=BaseModel)

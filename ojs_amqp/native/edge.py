@@ -40,6 +40,8 @@ CONTROL_PREFETCH = 200
 #: Pause before handing a message back when the broker refused our publish, so a full or
 #: flapping broker is not hammered.
 REQUEUE_PAUSE_S = 1.0
+#: Set on a message `_hand_back` published again: it counts as redelivered.
+H_HANDED_BACK = "x-ojs-handed-back"
 
 
 class NativeEdge:
@@ -89,7 +91,7 @@ class NativeEdge:
             await self._hand_back(message, exc)
             return
         except NotFound as exc:
-            if control.kind == protocol.HEARTBEAT and not message.reply_to:
+            if control.kind in (protocol.HEARTBEAT, protocol.PROGRESS) and not message.reply_to:
                 # A beat for a job not adopted yet (binding PUSH, no envelope): nothing to
                 # extend, nothing wrong with the message.
                 self.engine.settle(message)
@@ -116,6 +118,8 @@ class NativeEdge:
             return await self.engine.apply_report(control, queue)
         if kind == protocol.HEARTBEAT:
             return await self.engine.native_heartbeat(control, queue)
+        if kind == protocol.PROGRESS:
+            return await self.engine.native_progress(control, queue)
         if kind == protocol.CANCEL:
             return await self.engine.cancel(control.job_id)
         return await self.engine.get(control.job_id)
@@ -177,11 +181,12 @@ class NativeEdge:
             except Duplicate:
                 # Redelivered after we stored it but before the ack: it was accepted.
                 existing = _job_id(body)
-                if not (message.redelivered and existing):
+                again = message.redelivered or H_HANDED_BACK in message.headers
+                if not (again and existing):
                     raise
                 job = await self.engine.get(existing)
         except BackendUnavailable as exc:
-            await self._hand_back(message, exc)
+            await self._hand_back(message, exc, renew=True)
             return
         except QueueFull as exc:
             # Backpressure: a caller waiting for a reply is told; otherwise the submission
@@ -189,7 +194,7 @@ class NativeEdge:
             if message.reply_to:
                 await self._refuse(message, exc, "submit")
             else:
-                await self._hand_back(message, exc)
+                await self._hand_back(message, exc, renew=True)
             return
         except OjsError as exc:
             await self._refuse(message, exc, "submit")
@@ -214,7 +219,7 @@ class NativeEdge:
             ref = codec.read_ref(message.headers, message.message_id)
             await self.engine.binding_retry(ref, _json(message.body), queue, int(delay), report)
         except BackendUnavailable as exc:
-            await self._hand_back(message, exc)
+            await self._hand_back(message, exc, renew=True)
             return
         except OjsError as exc:
             await self._refuse(message, exc, "retry")
@@ -267,11 +272,24 @@ class NativeEdge:
         )
         self.metrics.rejected(source)
 
-    async def _hand_back(self, message: Inbound, exc: OjsError) -> None:
+    async def _hand_back(self, message: Inbound, exc: OjsError, renew: bool = False) -> None:
         """We could not act on the message now (broker away, queue full): return it to its
-        queue to try again after a pause."""
+        queue to try again after a pause. With `renew` (a quorum queue: submissions, binding
+        retries) it is published again as it came, a fresh message, and acked: a requeue
+        would count against the queue's delivery limit (20 by default on RabbitMQ 4.x), past
+        which a queue with no dead-letter exchange drops it. Requeued if that fails too."""
         log.warning("returning a message to try again later: %s", exc.message)
         await asyncio.sleep(REQUEUE_PAUSE_S)
+        if renew and not message.void:
+            again = codec.republished(message)
+            again.properties.headers = {**(again.properties.headers or {}), H_HANDED_BACK: 1}
+            try:
+                await self.broker.publish(message.exchange, message.routing_key, again)
+            except OjsError:
+                pass
+            else:
+                self.engine.settle(message)
+                return
         message.reject(requeue=True)  # a closed channel: the broker redelivers it anyway
 
 

@@ -16,6 +16,7 @@ from ojs_amqp.sdk.client import Client
 from ojs_amqp.sdk.context import JobContext
 from ojs_amqp.sdk.errors import (
     BatchPushError,
+    BrokerStalled,
     JobError,
     PublishRejected,
     ReplyTimeout,
@@ -26,6 +27,7 @@ from ojs_amqp.sdk.worker import Worker, WorkerStats
 
 __all__ = [
     "BatchPushError",
+    "BrokerStalled",
     "Client",
     "Handler",
     "JobContext",

@@ -19,6 +19,7 @@ from aiormq.abc import AbstractConnection
 from pamqp.commands import Basic
 
 from ojs_amqp.amqp import codec, frames, protocol
+from ojs_amqp.amqp.bounded import abort, within
 from ojs_amqp.amqp.failures import CONNECTION_ERRORS
 from ojs_amqp.amqp.pipe import Pipe, confirmation_error
 from ojs_amqp.amqp.topology import Topology
@@ -26,7 +27,7 @@ from ojs_amqp.clock import now_ms
 from ojs_amqp.core.envelope import parse_enqueue
 from ojs_amqp.core.ids import UUIDv7Generator
 from ojs_amqp.core.job import Job, JobState
-from ojs_amqp.errors import BackendUnavailable, InvalidRequest, OjsError
+from ojs_amqp.errors import BackendUnavailable, BrokerStalled, InvalidRequest, OjsError
 from ojs_amqp.logs import redact
 from ojs_amqp.sdk import control
 from ojs_amqp.sdk.announce import announce
@@ -61,7 +62,9 @@ class Client:
     ) -> None:
         self.url = url
         self.topology = Topology(prefix)
-        #: Seconds to wait for a confirm, and for the daemon's answer to an RPC.
+        #: Seconds any broker wait may take (a connection attempt, a channel, the queue
+        #: declarations, a confirm), and the daemon's answer to an RPC: past it a call fails
+        #: with BackendUnavailable (BrokerStalled, ReplyTimeout) instead of hanging.
         self.timeout = timeout
         self._connect_attempts = connect_attempts
         self._name = connection_name
@@ -94,7 +97,10 @@ class Client:
         self._replies.fail_all(BackendUnavailable("the client was closed"))
         connection, self._connection, self._pipe = self._connection, None, None
         if connection is not None and not connection.is_closed:
-            await connection.close()
+            try:
+                await within(self.timeout, "Connection.Close", connection.close())
+            except BrokerStalled:
+                abort(connection)
 
     async def _ensure_pipe(self) -> Pipe:
         pipe = self._pipe
@@ -107,11 +113,19 @@ class Client:
                 raise BackendUnavailable("the client is closed")
             connection = await self._ensure_connection()
             try:
-                channel = await connection.channel(
-                    publisher_confirms=True, frame_buffer_size=frames.CONFIRM_FRAME_BUFFER
-                )
+                channel = await within(
+                    self.timeout, "Channel.Open",
+                    connection.channel(
+                        publisher_confirms=True, frame_buffer_size=frames.CONFIRM_FRAME_BUFFER
+                    ),
+                )  # fmt: skip
                 # Direct reply-to: consume the pseudo-queue (no-ack) before the first request.
-                await channel.basic_consume(REPLY_TO, self._replies.on_message, no_ack=True)
+                await within(
+                    self.timeout, "Basic.Consume of the reply queue",
+                    channel.basic_consume(REPLY_TO, self._replies.on_message, no_ack=True),
+                )  # fmt: skip
+            except BrokerStalled:
+                raise
             except (*CONNECTION_ERRORS, RuntimeError) as exc:
                 raise BackendUnavailable(f"cannot open a channel: {exc!r}") from None
             channel.closing.add_done_callback(self._channel_closed)
@@ -122,8 +136,15 @@ class Client:
         if self._connection is None or self._connection.is_closed:
             try:
                 self._connection = await connect(
-                    self.url, name=self._name, attempts=self._connect_attempts
-                )
+                    self.url, name=self._name, attempts=self._connect_attempts,
+                    attempt_timeout_s=self.timeout,
+                )  # fmt: skip
+            except BrokerStalled as exc:
+                raise BrokerStalled(
+                    f"cannot reach the broker at {redact(self.url)}: {exc.message}",
+                    waited_for=exc.waited_for,
+                    timeout_s=exc.timeout_s,
+                ) from None
             except CONNECTION_ERRORS as exc:
                 raise BackendUnavailable(
                     f"cannot reach the broker at {redact(self.url)}: {exc}"
@@ -152,7 +173,10 @@ class Client:
             done.exception()  # retrieved here; the waiting callers raise it
 
     async def _announce(self, pipe: Pipe, queue: str) -> None:
-        await announce(pipe, self.topology, [queue])
+        await within(
+            self.timeout, f"the hello and the declares of queue {queue}",
+            announce(pipe, self.topology, [queue]),
+        )  # fmt: skip
         self._ready_queues.add(queue)
 
     # --- producing -------------------------------------------------------------------------

@@ -29,6 +29,8 @@ UNKNOWN_TYPE = "unknown_type"
 UNSERIALIZABLE_RESULT = "unserializable_result"
 HANDLER_ERROR = "handler_error"
 TIMEOUT = "timeout"
+#: Code of a failed report for a redelivered job whose attempts all died with their worker.
+WORKER_LOST = "worker_lost"
 
 
 def properties(
@@ -89,6 +91,20 @@ def timeout_error(timeout_ms: Any) -> dict[str, Any]:
         "code": TIMEOUT,
         "message": f"the handler ran longer than the job's timeout_ms ({timeout_ms} ms)",
         "type": TIMEOUT,
+    }
+
+
+def worker_lost_error(spent: int, max_attempts: int, returned: int) -> dict[str, Any]:
+    """A job whose attempts all ended with their worker (killed, crashed, cut off): the
+    delivery count says so, and the job is reported failed instead of run again."""
+    return {
+        "code": WORKER_LOST,
+        "message": (
+            f"attempt {spent} of {max_attempts} was lost with its worker: the job went back "
+            f"to its queue unfinished {returned} times (x-delivery-count)"
+        ),
+        "type": WORKER_LOST,
+        "details": {"delivery_count": returned, "max_attempts": max_attempts},
     }
 
 
@@ -153,6 +169,30 @@ def heartbeat(job_id: str, worker_id: str, envelope: bytes | None = None) -> byt
     body: dict[str, Any] = {"job_id": job_id, "worker_id": worker_id}
     if envelope is not None:
         body["job"] = orjson.Fragment(envelope)
+    return orjson.dumps(body)
+
+
+def progress(job_id: str, worker_id: str, report: dict[str, Any], envelope: bytes | None) -> bytes:
+    """`ojs.control.progress`: a heartbeat with a progress report (`progress`, `message`,
+    `data`); like a heartbeat, it carries the envelope until the daemon has seen the job."""
+    body: dict[str, Any] = {**report, "job_id": job_id, "worker_id": worker_id}
+    if envelope is not None:
+        body["job"] = orjson.Fragment(envelope)
+    return orjson.dumps(body)
+
+
+def restart(
+    job_id: str, worker_id: str, copy: int | None, envelope: bytes, delivery_count: int
+) -> bytes:
+    """The heartbeat a worker sends, asking for the answer, before it runs a copy that came
+    back to its queue unfinished: the daemon counts the attempts lost with earlier workers
+    and answers the job as it stands (run it only if `active`)."""
+    body: dict[str, Any] = {
+        "job_id": job_id, "worker_id": worker_id, "started": True,
+        "delivery_count": delivery_count, "job": orjson.Fragment(envelope),
+    }  # fmt: skip
+    if copy is not None:
+        body["copy"] = copy
     return orjson.dumps(body)
 
 

@@ -21,7 +21,8 @@ from ojs_amqp.errors import (
     Unsupported,
     ValidationFailed,
 )
-from ojs_amqp.errors import PublishRejected as PublishRejected  # re-exported: SDK errors
+from ojs_amqp.errors import BrokerStalled as BrokerStalled  # re-exported: SDK errors
+from ojs_amqp.errors import PublishRejected as PublishRejected
 from ojs_amqp.errors import Unroutable as Unroutable
 
 _KNOWN: tuple[type[OjsError], ...] = (

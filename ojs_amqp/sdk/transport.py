@@ -14,6 +14,7 @@ import aiormq
 from aiormq.abc import AbstractConnection
 
 from ojs_amqp.amqp import frames
+from ojs_amqp.amqp.bounded import connect_within
 from ojs_amqp.amqp.broker import backoff_seconds
 from ojs_amqp.amqp.failures import CONNECTION_ERRORS
 from ojs_amqp.logs import redact
@@ -29,16 +30,19 @@ async def connect(
     name: str,
     attempts: int | None,
     on_failure: Callable[[int, BaseException, float], None] | None = None,
+    attempt_timeout_s: float = 10.0,
 ) -> AbstractConnection:
     """Open a connection, retrying with 1 s doubling to 60 s +-25% jitter (AMQP-025);
-    `attempts=None` retries forever. Raises the last connection error otherwise."""
+    `attempts=None` retries forever. Raises the last connection error otherwise. Each
+    attempt (TCP, TLS, AMQP handshake) ends within `attempt_timeout_s`: a broker that accepts
+    the connection and says nothing fails it with BrokerStalled, saying so."""
     frames.install()
     attempt = 0
     while True:
         attempt += 1
         try:
             connection = aiormq.Connection(url, client_properties={"connection_name": name})
-            await connection.connect()
+            await connect_within(attempt_timeout_s, connection.connect)
             return connection
         except CONNECTION_ERRORS as exc:
             if attempts is not None and attempt >= attempts:

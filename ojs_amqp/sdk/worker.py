@@ -50,6 +50,7 @@ from ojs_amqp.sdk.context import JobContext
 from ojs_amqp.sdk.handlers import H, Handler, HandlerRegistry, Registered
 from ojs_amqp.sdk.recent import RecentIds
 from ojs_amqp.sdk.reports import Outcome, ReportBatcher
+from ojs_amqp.sdk.rpc import REPLY_TO, ReplyRouter, read_reply
 from ojs_amqp.sdk.transport import DEFAULT_URL, connect
 
 log = logging.getLogger("ojs_amqp.sdk.worker")
@@ -65,6 +66,8 @@ REPORT_BATCH_MAX = 100
 #: Default prefetch = concurrency x this: a finished job's delivery stays unacked until its
 #: (batched) report is confirmed, and must not keep the next job from arriving meanwhile.
 PREFETCH_PER_SLOT = 3
+#: A job's progress reports (ctx.progress) go out at most this often; the latest wins.
+PROGRESS_INTERVAL_S = 1.0
 
 
 def default_worker_id() -> str:
@@ -91,18 +94,55 @@ def attempt_of(headers: Mapping[str, Any], envelope: Mapping[str, Any]) -> int:
     return attempt + 1 if isinstance(attempt, int) and not isinstance(attempt, bool) else 1
 
 
+def lost_deliveries(headers: Mapping[str, Any]) -> int:
+    """How often this copy went back to its queue unfinished: the quorum queue's
+    `x-delivery-count` (RabbitMQ 3.10 and 4.0 count every return: a worker that died or was
+    stopped, a reject or nack with requeue). 0 when absent (a first delivery)."""
+    value = headers.get("x-delivery-count")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return 0
+
+
+def max_attempts_of(headers: Mapping[str, Any], envelope: Mapping[str, Any]) -> int | None:
+    """The job's `max_attempts`: `x-ojs-max-attempts`, else the envelope's retry policy;
+    None when neither says (a third-party message: then it is not judged here)."""
+    candidates = [headers.get("x-ojs-max-attempts"), envelope.get("max_attempts")]
+    retry = envelope.get("retry")
+    if isinstance(retry, Mapping):
+        candidates.insert(1, retry.get("max_attempts"))
+    for value in candidates:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def attempts_spent(headers: Mapping[str, Any], envelope: Mapping[str, Any]) -> tuple[int, int]:
+    """(attempts spent before this delivery, max_attempts), counting each return of this copy
+    to its queue as an attempt lost with its worker (ojs-retry §9.2); max_attempts -1 when not
+    known."""
+    spent = attempt_of(headers, envelope) - 1 + lost_deliveries(headers)
+    limit = max_attempts_of(headers, envelope)
+    return spent, -1 if limit is None else max(1, limit)
+
+
 @dataclass
 class WorkerStats:
     completed: int = 0
     failed: int = 0
     cancelled: int = 0
     expired: int = 0
-    #: Deliveries acked without running: cancelled earlier, or undecodable (nacked).
+    #: Deliveries acked without running: cancelled earlier, undecodable (nacked), or
+    #: redelivered copies the daemon already shows finished.
     dropped: int = 0
     #: Reports that could not be published (the delivery was returned to its queue).
     report_failures: int = 0
     #: `ojs.report.batch` messages the broker confirmed (reports sent alone not counted).
     report_batches: int = 0
+    #: Redelivered jobs not run because their attempts were spent on workers that died with
+    #: them (`worker_lost`): the daemon applied `on_exhaustion`, or, when it did not answer,
+    #: was sent the failure to apply it.
+    worker_lost: int = 0
     reconnections: int = 0
 
 
@@ -119,6 +159,8 @@ class _Running:
     next_beat: float = 0.0
     #: A heartbeat with the envelope was confirmed: later beats leave it out.
     introduced: bool = False
+    #: loop.time() before which no further progress report is sent (one a second at most).
+    next_progress: float = 0.0
 
 
 @dataclass(eq=False)
@@ -131,6 +173,8 @@ class _Session:
     #: Set right after construction (it calls back into the session).
     reports: ReportBatcher = field(init=False)
     tags: dict[str, str] = field(default_factory=dict)  # consumer tag -> queue
+    #: Answers to the restart questions of redelivered jobs (direct reply-to on `pipe`).
+    replies: ReplyRouter = field(default_factory=ReplyRouter)
     running: dict[int, _Running] = field(default_factory=dict)  # delivery tag -> job
     waiting: set[asyncio.Task[Any]] = field(default_factory=set)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -337,11 +381,13 @@ class Worker:
             )
             pipe = Pipe(publisher, confirm_timeout=self.publish_timeout)
             await announce(pipe, self.topology, self.queues, worker_id=self.worker_id)
+            replies = ReplyRouter()
+            await publisher.basic_consume(REPLY_TO, replies.on_message, no_ack=True)
             consumer = await connection.channel(
                 publisher_confirms=False,
                 frame_buffer_size=frames.consumer_frame_buffer(self.prefetch),
             )
-            session = _Session(connection, pipe, consumer)
+            session = _Session(connection, pipe, consumer, replies=replies)
             session.reports = ReportBatcher(
                 functools.partial(self._send_reports, pipe),
                 functools.partial(self._reports_settled, session),
@@ -356,8 +402,7 @@ class Worker:
             consumer.on_consumer_cancel_callbacks.add(
                 lambda frame: self._broker_cancelled(session, frame)
             )
-            if self.heartbeat_interval > 0:
-                session.spawn(self._heartbeats(session))
+            session.spawn(self._heartbeats(session))  # also sends ctx.progress reports
         except BaseException:
             await connection.close()
             raise
@@ -489,6 +534,7 @@ class Worker:
         with `reports`, also the outcomes waiting for a batch."""
         session.stopping = True
         session.abandoned = True
+        session.replies.fail_all(OjsError("the connection is gone"))
         if reports:
             session.reports.abandon()
         for running in session.running.values():
@@ -571,10 +617,97 @@ class Worker:
         if not await self._acquire_slot(session, tag, channel):
             return
         try:
+            lost = lost_deliveries(headers)
+            if lost and not await self._may_restart(session, tag, ctx, ref.copy, message, lost):
+                return
             await self._execute(session, tag, channel, ctx, ref.copy, message.body)
         finally:
             assert self._slots is not None
             self._slots.release()
+
+    async def _may_restart(
+        self, session: _Session, tag: int, ctx: JobContext, copy: int | None,
+        message: DeliveredMessage, lost: int,
+    ) -> bool:  # fmt: skip
+        """A copy that went back to its queue `lost` times unfinished: earlier attempts may
+        have died with their workers (a job that kills its worker would otherwise loop for
+        ever). Ask the daemon, which counts those attempts, before running it: run only if it
+        answers the job active (then at its attempt). Without an answer, judge by the
+        delivery count alone, which also counts copies only prefetched by a worker that
+        died (docs/sdk.md, "Jobs that kill their worker")."""
+        body = control.restart(ctx.id, self.worker_id, copy, message.body, lost)
+        try:
+            answer = await self._ask(session, ctx.queue, body)
+        except OjsError as exc:
+            if session.abandoned:
+                return False  # the delivery died with the connection
+            log.warning("the daemon did not answer for redelivered job %s (%s); judging by its "
+                        "delivery count", ctx.id, exc.message)  # fmt: skip
+            headers = message.header.properties.headers or {}
+            spent, limit = attempts_spent(headers, ctx.envelope)
+            if 0 < limit <= spent:
+                self._lost(session, tag, ctx, copy, message.body, spent, limit, lost)
+                return False
+            return True
+        job = answer.get("job")
+        state = job.get("state") if isinstance(job, dict) else None
+        if state != "active":
+            # Finished meanwhile: exhausted by lost attempts (discarded), or cancelled,
+            # completed, or a stale copy. The daemon's record is the outcome: ack.
+            if state == "discarded":
+                self.stats.worker_lost += 1
+                log.warning("job %s came back with its attempts spent on lost workers: "
+                            "discarded (worker_lost), not run again", ctx.id)  # fmt: skip
+            else:
+                self.stats.dropped += 1
+            await session.pipe.ack(message.channel, tag)
+            return False
+        attempt = job.get("attempt") if isinstance(job, dict) else None
+        if isinstance(attempt, int) and attempt >= 1:
+            ctx.attempt = attempt
+        return True
+
+    async def _ask(self, session: _Session, queue: str, body: bytes) -> dict[str, Any]:
+        """A control message with a reply (direct reply-to), within `publish_timeout`."""
+        correlation_id, answer = session.replies.expect()
+        properties = control.properties(protocol.HEARTBEAT)
+        properties.reply_to = REPLY_TO
+        properties.correlation_id = correlation_id
+        try:
+            await session.pipe.publish(
+                body, exchange=self.topology.direct_exchange,
+                routing_key=self._report_keys.get(queue) or CONTROL_KEY_PREFIX + queue,
+                properties=properties,
+            )  # fmt: skip
+            try:
+                async with asyncio.timeout(self.publish_timeout):
+                    raw = await answer
+            except TimeoutError:
+                raise OjsError(f"no answer within {self.publish_timeout:g}s") from None
+        finally:
+            session.replies.forget(correlation_id)
+            if answer.done() and not answer.cancelled():
+                answer.exception()  # retrieved: a failed, unawaited answer must not warn
+        return read_reply(raw)
+
+    def _lost(
+        self, session: _Session, tag: int, ctx: JobContext, copy: int | None, body: bytes,
+        spent: int, limit: int, lost: int,
+    ) -> None:  # fmt: skip
+        """The job came back after its workers died with it on every attempt it had (by the
+        delivery count): running it again could loop for ever. Report the last lost attempt
+        as failed instead, so the daemon applies `on_exhaustion`; acked once the report is
+        confirmed, like any outcome."""
+        self.stats.worker_lost += 1
+        error = control.worker_lost_error(spent, limit, lost)
+        ctx.attempt = spent
+        report, kind = self._report(ctx, copy, self._clock(), body, False, error)
+        log.warning("job %s came back with all %d attempts spent on lost workers; reporting "
+                    "it failed (worker_lost)", ctx.id, limit)  # fmt: skip
+        session.reports.add(
+            self._report_keys.get(ctx.queue) or CONTROL_KEY_PREFIX + ctx.queue,
+            Outcome(tag, ctx.id, kind, report),
+        )
 
     async def _acquire_slot(self, session: _Session, tag: int, channel: AbstractChannel) -> bool:
         """Wait for one of `concurrency` slots (several queues share them); a stop meanwhile
@@ -749,26 +882,47 @@ class Worker:
         """One ticker for all running jobs (cheaper than a timer per job): a job that has run
         `heartbeat_interval` since its start or last beat gets a heartbeat."""
         loop = asyncio.get_running_loop()
-        tick = max(0.01, min(1.0, self.heartbeat_interval / 4))
+        beats = self.heartbeat_interval > 0
+        every = PROGRESS_INTERVAL_S / 2  # a report waits at most this past its second
+        tick = max(0.01, min(every, self.heartbeat_interval / 4)) if beats else every
         while not session.abandoned:
             await asyncio.sleep(tick)
             now = loop.time()
             for running in list(session.running.values()):
-                if not running.finished and running.next_beat <= now:
+                if running.finished:
+                    continue
+                report = running.ctx.pending_progress
+                if report is not None and running.next_progress <= now:
+                    # A progress report is a heartbeat too: it stands in for the next beat.
+                    running.ctx.pending_progress = None
+                    running.next_progress = now + PROGRESS_INTERVAL_S
+                    running.next_beat = now + self.heartbeat_interval
+                    session.spawn(self._send_heartbeat(session, running, report))
+                elif beats and running.next_beat <= now:
                     running.next_beat = now + self.heartbeat_interval
                     session.spawn(self._send_heartbeat(session, running))
 
-    async def _send_heartbeat(self, session: _Session, running: _Running) -> None:
+    async def _send_heartbeat(
+        self, session: _Session, running: _Running, report: dict[str, Any] | None = None
+    ) -> None:
         """Until one is confirmed, a job's heartbeats carry its envelope: the daemon may never
-        have seen a job pushed by binding PUSH, and adopts it from the beat."""
+        have seen a job pushed by binding PUSH, and adopts it from the beat. With `report`,
+        the beat is an `ojs.control.progress`."""
         ctx = running.ctx
         envelope = None if running.introduced else running.body
+        if report is None:
+            kind, body = protocol.HEARTBEAT, control.heartbeat(ctx.id, self.worker_id, envelope)
+        else:
+            kind, body = (
+                protocol.PROGRESS,
+                control.progress(ctx.id, self.worker_id, report, envelope),
+            )
         try:
             await session.pipe.publish(
-                control.heartbeat(ctx.id, self.worker_id, envelope),
+                body,
                 exchange=self.topology.direct_exchange,
                 routing_key=self._report_keys.get(ctx.queue) or CONTROL_KEY_PREFIX + ctx.queue,
-                properties=control.properties(protocol.HEARTBEAT),
+                properties=control.properties(kind),
             )
         except OjsError as exc:
             log.warning("heartbeat for job %s failed: %s", ctx.id, exc.message)

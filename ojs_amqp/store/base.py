@@ -63,6 +63,15 @@ class JobStore(Protocol):
         """Jobs of `queue` not yet in a terminal state (backpressure's max_depth)."""
         ...
 
+    async def unfinished(self, queue: str) -> list[Job]:
+        """Every job of `queue` not yet in a terminal state (pending included)."""
+        ...
+
+    async def delete_queue(self, queue: str) -> int:
+        """Forget a queue: its row and every finished job of it (unfinished jobs stay, as
+        they may have been pushed while it was being deleted); returns the jobs deleted."""
+        ...
+
     async def available(self, queue: str) -> list[Job]:
         """Every available job of `queue` (to republish them if the broker lost the queue)."""
         ...

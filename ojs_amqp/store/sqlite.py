@@ -272,6 +272,20 @@ class SqliteJobStore:
         ).fetchone()
         return int(row[0])
 
+    async def unfinished(self, queue: str) -> list[Job]:
+        rows = self.db.execute(
+            "SELECT doc FROM jobs WHERE queue = ? AND finished_at_ms IS NULL", (queue,)
+        )
+        return [_job(row[0]) for row in rows]
+
+    async def delete_queue(self, queue: str) -> int:
+        deleted = self._write(
+            "DELETE FROM jobs WHERE queue = ? AND finished_at_ms IS NOT NULL", (queue,)
+        ).rowcount
+        self._write("DELETE FROM queues WHERE name = ?", (queue,))
+        await self._committed()
+        return deleted
+
     async def available(self, queue: str) -> list[Job]:
         rows = self.db.execute(
             "SELECT doc FROM jobs WHERE queue = ? AND finished_at_ms IS NULL AND state = ?",

@@ -2,7 +2,7 @@
 resets every connection and refuses new ones), or the broker application restarts
 (`rabbitmqctl stop_app` / `start_app` on the private node).
 
-While the broker is away, GET /ojs/v1/health answers 503 `degraded` and pushes answer 503
+While the broker is away, GET /ojs/v1/health answers 503 `unhealthy` and pushes answer 503
 at once; afterwards the daemon has reconnected by itself (counted in
 `ojs_amqp_reconnections_total`) and every accepted job ends in the one terminal state its
 kind requires.

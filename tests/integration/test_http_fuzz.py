@@ -149,6 +149,8 @@ WRONG = {
     "dict": st.booleans() | ints | floats | strings | lists,
     # ISO 8601 text or a number of milliseconds
     "duration": st.booleans() | lists | dicts,
+    # heartbeat active_jobs: a list of ids (HTTP binding) or a count (worker protocol)
+    "list_or_count": st.booleans() | floats.filter(lambda f: f != int(f)) | strings | dicts,
 }
 
 VALID_RETRY = {"max_attempts": 3, "initial_interval": "PT1S", "backoff_coefficient": 2.0,
@@ -205,7 +207,8 @@ WORKER_FIELDS: dict[str, tuple[dict[str, Any], dict[tuple[str, ...], str]]] = {
     ),
     "/ojs/v1/workers/heartbeat": (
         {"worker_id": "w", "active_jobs": ["j"], "visibility_timeout_ms": 5000},
-        {("worker_id",): "str", ("active_jobs",): "list", ("visibility_timeout_ms",): "int"},
+        {("worker_id",): "str", ("active_jobs",): "list_or_count",
+         ("visibility_timeout_ms",): "int"},
     ),
 }  # fmt: skip
 # Elements of lists that must hold strings.

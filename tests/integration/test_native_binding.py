@@ -455,15 +455,13 @@ async def test_the_daemon_lets_go_of_a_queue_once_http_workers_stop_fetching(
     status, _ = request("POST", f"{native_daemon.url}/ojs/v1/workers/fetch", {"queues": [queue]})
     assert status == 200
     ids = {_push(native_daemon, queue)["id"] for _ in range(3)}
-    # After the idle period (and the 5 s sweep) the buffered jobs go back to RabbitMQ,
-    # where a native worker gets every one
+    # After the idle period (and the 5 s sweep) the buffered jobs go back to RabbitMQ (each
+    # renewed as a fresh copy, one after the other), where a native worker gets every one
     jobs_queue = await client.job_queue(queue)
-    got = set()
-    for _ in ids:
-        message = await _get(jobs_queue, within=15)
-        got.add(message.message_id)
+    held = [await _get(jobs_queue, within=15) for _ in ids]
+    assert {message.message_id for message in held} == ids
+    for message in held:
         await message.reject(requeue=True)
-    assert got == ids
 
 
 async def test_a_worker_nack_without_requeue_dead_letters_the_job(
@@ -543,3 +541,25 @@ async def test_a_batch_of_reports_applies_each_and_refuses_only_the_bad_one(
 def test_the_manifest_names_the_amqp_protocol(native_daemon: Daemon) -> None:
     status, body = request("GET", f"{native_daemon.url}/ojs/manifest")
     assert status == 200 and body["protocols"] == ["http", "amqp"]
+
+
+async def test_a_progress_message_marks_the_job_active_and_records_its_progress(
+    native_daemon: Daemon, client: Client
+) -> None:
+    queue, job, message = await _taken(native_daemon, client)
+    report = {"job_id": job["id"], "worker_id": "w-p", "progress": 0.3, "message": "third"}
+    answer = await client.control(protocol.PROGRESS, report, queue=queue)
+    assert answer["job"]["state"] == "active" and answer["job"]["worker_id"] == "w-p"
+    assert answer["job"]["progress"]["progress"] == 0.3
+    lower = await client.control(protocol.PROGRESS, {**report, "progress": 0.1}, queue=queue)
+    assert lower["job"]["progress"]["progress"] == 0.3  # never goes down
+    refused = await client.control(protocol.PROGRESS, {"job_id": job["id"]}, queue=queue)
+    assert refused["error"]["code"] == "invalid_request"
+    assert "progress" in refused["error"]["message"]
+    await client.control(protocol.COMPLETED, _report(protocol.COMPLETED, message), queue=queue)
+    await message.ack()
+    status, done = request("GET", f"{native_daemon.url}/ojs/v1/jobs/{job['id']}/progress")
+    assert status == 200 and done["state"] == "completed" and done["progress"] == 1.0
+    assert done["message"] == "third"
+    late = await client.control(protocol.PROGRESS, {**report, "progress": 0.9}, queue=queue)
+    assert late["job"]["state"] == "completed" and late["job"]["progress"]["progress"] == 1.0

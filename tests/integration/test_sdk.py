@@ -557,7 +557,9 @@ async def test_cli_worker_gives_unfinished_jobs_back_after_the_grace_period(
     code, out = await asyncio.to_thread(_finish, proc, 15)
     assert code == 0, out
     assert time.monotonic() - began < 10
-    # The delivery went back to the queue: another worker gets it (attempt not counted).
+    # The delivery went back to the queue: another worker gets it. The job was running when
+    # its worker let go of it, so that attempt counts as lost (ojs-worker-protocol: jobs left
+    # at shutdown are failed, and retried).
     attempts: list[int] = []
 
     async def quick(ctx: JobContext) -> str:
@@ -567,7 +569,8 @@ async def test_cli_worker_gives_unfinished_jobs_back_after_the_grace_period(
     await start_worker(queue, {"sdk.slow": quick})
     done = await wait_state(module_daemon, job.id, {"completed"})
     assert done["result"] == "second worker"
-    assert attempts == [1]  # a shutdown is not a failed attempt
+    assert attempts == [2]
+    assert [(e["code"], e["attempt"]) for e in done["errors"]] == [("worker_lost", 1)]
 
 
 async def test_cli_worker_stops_at_once_on_a_second_sigint_even_with_threads(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ojs_amqp.cli import _parser, settings_from
+from ojs_amqp.runtime import broker_timeouts
 from ojs_amqp.settings import Settings
 
 
@@ -58,3 +59,27 @@ def test_retention_that_makes_no_sense_is_rejected_at_start(
 ) -> None:
     with pytest.raises(SystemExit, match=complaint):
         settings_from(_parser().parse_args(["serve", *flags]))
+
+
+def test_broker_timeouts_come_from_flags_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults, expected = settings_from(_parser().parse_args(["serve"])), Settings()
+    assert (
+        defaults.amqp_connect_timeout_ms, defaults.amqp_channel_timeout_ms,
+        defaults.amqp_declare_timeout_ms, defaults.amqp_confirm_timeout_ms,
+        defaults.amqp_rpc_timeout_ms,
+    ) == (
+        expected.amqp_connect_timeout_ms, expected.amqp_channel_timeout_ms,
+        expected.amqp_declare_timeout_ms, expected.amqp_confirm_timeout_ms,
+        expected.amqp_rpc_timeout_ms,
+    ) == (10_000, 5_000, 10_000, 10_000, 10_000)  # fmt: skip
+    monkeypatch.setenv("OJS_AMQP_CONFIRM_TIMEOUT_MS", "2500")
+    args = _parser().parse_args(["serve", "--amqp-connect-timeout-ms", "1500"])
+    settings = settings_from(args)
+    assert (settings.amqp_connect_timeout_ms, settings.amqp_confirm_timeout_ms) == (1500, 2500)
+    timeouts = broker_timeouts(settings)
+    assert (timeouts.connect_s, timeouts.channel_s, timeouts.confirm_s) == (1.5, 5.0, 2.5)
+
+
+def test_a_broker_timeout_below_100_ms_is_rejected_at_start() -> None:
+    with pytest.raises(SystemExit, match="--amqp-rpc-timeout-ms must be at least 100"):
+        settings_from(_parser().parse_args(["serve", "--amqp-rpc-timeout-ms", "50"]))

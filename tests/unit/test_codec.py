@@ -46,3 +46,27 @@ def test_read_ref_falls_back_to_message_id_and_ignores_mistyped_headers() -> Non
     assert ref.job_id == "mid" and ref.copy is None and ref.due_at_ms is None
     ref = read_ref({"x-ojs-job-id": b"abc", "x-ojs-copy": 3}, None)
     assert ref.job_id == "abc" and ref.copy == 3
+
+
+def test_the_broker_return_count_is_read_from_x_delivery_count() -> None:
+    from ojs_amqp.amqp.codec import delivery_count
+
+    assert delivery_count(None) == delivery_count({}) == 0
+    assert delivery_count({"x-delivery-count": 21}) == 21
+    assert (
+        delivery_count({"x-delivery-count": "3"}) == delivery_count({"x-delivery-count": -1}) == 0
+    )
+
+
+def test_the_death_reason_is_the_latest_death_on_3_10_and_4_x() -> None:
+    from ojs_amqp.amqp.codec import DELIVERY_LIMIT, death_reason
+
+    # As measured: 3.10 sends x-death and x-first-death-*; 4.0.5 adds x-last-death-*
+    on_310 = {"x-death": [{"count": 1, "reason": "delivery_limit", "queue": "q"}],
+              "x-first-death-reason": "delivery_limit"}  # fmt: skip
+    assert death_reason(on_310) == DELIVERY_LIMIT
+    assert death_reason({"x-last-death-reason": b"delivery_limit"}) == DELIVERY_LIMIT
+    later = {"x-death": [{"reason": "rejected"}, {"reason": "delivery_limit"}],
+             "x-first-death-reason": "delivery_limit"}  # fmt: skip
+    assert death_reason(later) == "rejected"
+    assert death_reason({"x-death": "junk"}) is None and death_reason(None) is None

@@ -545,8 +545,12 @@ def test_kubernetes_deployment() -> None:
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
     assert container["resources"]["requests"] and container["resources"]["limits"]
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"]["path"] == "/ojs/v1/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["startupProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    # The drain before stopping fits in the grace period Kubernetes gives.
+    delay_s = int(objects["ConfigMap"]["data"]["OJS_SHUTDOWN_DELAY_MS"]) / 1000
+    assert delay_s + 10 <= pod["terminationGracePeriodSeconds"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     (data,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/data"]
     claim = volumes[data["name"]]["persistentVolumeClaim"]["claimName"]

@@ -160,3 +160,31 @@ def test_a_lease_is_handed_over_before_its_delivery_is_held_too_long() -> None:
     assert lease.next_event(hold_s=600) == (now + 600, "handover")
     lease.message, lease.held_since = None, None  # handed over: only deadlines are left
     assert lease.next_event(hold_s=600) == (now + 1800, "timeout")
+
+
+def test_a_job_being_renewed_is_awaited_even_when_others_are_buffered() -> None:
+    # Given a queue with one job buffered and one taken out to be renewed
+    buffers = ReadyBuffers()
+    old, young = _delivery("old", priority=5), _delivery("young")
+    old.since = time.monotonic() - 100
+    buffers.add(old)
+    buffers.add(young)
+    buffers.take_older_than(time.monotonic() - 50)
+
+    # Then FETCH waits for the renewed copy (it may outrank what is buffered), until it is
+    # buffered again or the wait grows stale
+    assert buffers.awaiting(["q"])
+    assert not buffers.awaiting(["other"])
+    buffers.add(_delivery("old", priority=5))
+    assert not buffers.awaiting(["q"])
+    buffers.take_older_than(time.monotonic() + 1)
+    assert not buffers.awaiting(["q"], max_age_s=-1)
+
+
+def test_a_closing_gateway_takes_its_jobs_in_the_order_fetch_would_hand_them_out() -> None:
+    buffers = ReadyBuffers()
+    for job_id, priority in [("a", 0), ("b", 5), ("c", 0), ("x", 9), ("e", -3)]:
+        buffers.add(_delivery(job_id, priority, "other" if job_id == "x" else "q"))
+    assert [d.job_id for d in buffers.take_queue("q")] == ["b", "a", "c", "e"]
+    assert buffers.sizes() == {"other": 1}
+    assert buffers.pop("q") is None

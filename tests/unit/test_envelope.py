@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from ojs_amqp.core.envelope import (
     RESERVED_QUEUE_PREFIXES,
+    UNHONOURED_OPTIONS,
     RetryIn,
     build_retry_policy,
     parse_enqueue,
@@ -21,7 +22,7 @@ from ojs_amqp.core.ids import UUIDv7Generator, is_uuidv7
 from ojs_amqp.core.job import JobState, to_wire
 from ojs_amqp.core.retry import RetryPolicy
 from ojs_amqp.core.times import format_ms, parse_rfc3339_ms
-from ojs_amqp.errors import InvalidRequest, OjsError, ValidationFailed
+from ojs_amqp.errors import InvalidRequest, OjsError, Unsupported, ValidationFailed
 
 NOW = 1_700_000_000_000  # 2023-11-14T22:13:20.000Z
 NEW_ID = UUIDv7Generator().new(NOW)
@@ -317,9 +318,40 @@ def test_top_level_metadata_is_merged_into_meta() -> None:
     assert parse(meta={"a": 1}, metadata={"b": 2}).meta == {"a": 1, "b": 2}
 
 
-def test_tags_and_unique_are_taken_from_options() -> None:
-    job = parse_options(tags=["x", "y"], unique={"key": "k1"})
-    assert (job.tags, job.unique) == (["x", "y"], {"key": "k1"})
+def test_tags_are_taken_from_options() -> None:
+    assert parse_options(tags=["x", "y"]).tags == ["x", "y"]
+
+
+@pytest.mark.parametrize("name", sorted(UNHONOURED_OPTIONS))
+@pytest.mark.parametrize("where", ["options", "top level"])
+def test_an_option_the_daemon_cannot_honour_is_refused_not_ignored(name: str, where: str) -> None:
+    value: Any = {"keys": ["args"]} if name in ("unique", "rate_limit") else 60
+    with pytest.raises(Unsupported) as raised:
+        parse_options(**{name: value}) if where == "options" else parse(**{name: value})
+    field = f"options.{name}" if where == "options" else name
+    assert raised.value.http_status == 422 and raised.value.code == "unsupported"
+    assert raised.value.details["field"] == field
+    feature, spec = UNHONOURED_OPTIONS[name]
+    assert field in raised.value.message and feature in raised.value.message
+    assert spec in raised.value.message and "not enqueued" in raised.value.message
+
+
+def test_a_null_unhonoured_option_counts_as_absent() -> None:
+    job = parse(unique=None, options={"unique": None, "rate_limit": None})
+    assert job.unique is None and "rate_limit" not in to_wire(job)
+
+
+def test_unknown_fields_still_travel_with_the_job_next_to_the_refusals() -> None:
+    job = parse(x_custom={"a": 1}, ext_ml_gpu_count=2)
+    assert to_wire(job)["x_custom"] == {"a": 1} and to_wire(job)["ext_ml_gpu_count"] == 2
+
+
+def test_the_unique_policy_is_refused_before_it_could_be_silently_dropped() -> None:
+    # Structural errors still come first: a malformed unique policy is a 400.
+    with pytest.raises(InvalidRequest):
+        parse_options(unique="yes")
+    with pytest.raises(Unsupported, match="unique jobs"):
+        parse_options(unique={"keys": ["type", "args"], "on_conflict": "reject"})
 
 
 # --- retry policy -------------------------------------------------------------------------

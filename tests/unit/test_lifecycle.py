@@ -57,6 +57,7 @@ MOVES: dict[Move, Callable[[Job], Job]] = {
     Move.EXPIRE: lambda j: lifecycle.expire(j, NOW),
     Move.RETRY_DEAD_LETTER: lambda j: lifecycle.retry_dead_letter(j, NOW),
     Move.WORKER_DISCARD: lambda j: lifecycle.worker_discard(j, NOW, "bad payload"),
+    Move.WORKER_LOST: lambda j: lifecycle.worker_lost(j, NOW, "w-2", 1),
 }
 
 #: The spec's state machine, written out independently of the implementation.
@@ -67,6 +68,7 @@ EXPECTED = {
     (S.ACTIVE, Move.LEASE_EXPIRED): {S.AVAILABLE, S.DISCARDED},
     (S.ACTIVE, Move.REQUEUE): {S.AVAILABLE},
     (S.ACTIVE, Move.WORKER_DISCARD): {S.DISCARDED},
+    (S.ACTIVE, Move.WORKER_LOST): {S.ACTIVE, S.DISCARDED},
     (S.PENDING, Move.ACTIVATE): {S.AVAILABLE},
     (S.SCHEDULED, Move.TIMER_DUE): {S.AVAILABLE},
     (S.RETRYABLE, Move.TIMER_DUE): {S.AVAILABLE},
@@ -258,6 +260,61 @@ def test_visibility_timeout_puts_the_job_straight_back_to_available() -> None:
     assert job.errors[-1]["attempt"] == 1
 
 
+def test_a_visibility_timeout_on_the_last_attempt_discards_the_job() -> None:
+    # Given a job on its second and last attempt, with one visibility timeout behind it
+    first = lifecycle.lease_expired(active(copy=1), NOW, "visibility", rng)
+    job = lifecycle.fetch(first, NOW + 10, "w-2")
+    policy = RetryPolicy(max_attempts=2)
+    job = replace(job, retry=policy)
+    # When its lease lapses again
+    job = lifecycle.lease_expired(job, NOW + 20, "visibility", rng)
+    # Then the attempts are spent: discarded (not a dead letter, the default), both
+    # timeouts in its history, nothing left to wait for
+    assert (job.state, job.attempt, job.dead_letter) == (S.DISCARDED, 2, False)
+    assert [(e["code"], e["attempt"]) for e in job.errors] == [
+        ("visibility_timeout", 1), ("visibility_timeout", 2),
+    ]  # fmt: skip
+    assert job.discarded_at_ms == NOW + 20 and job.worker_id is None
+    assert job.next_attempt_at_ms is None
+
+
+def test_an_exhausted_visibility_timeout_dead_letters_under_a_dead_letter_policy() -> None:
+    policy = RetryPolicy(max_attempts=1, on_exhaustion="dead_letter")
+    job = lifecycle.lease_expired(active(retry=policy), NOW, "visibility", rng)
+    assert (job.state, job.dead_letter) == (S.DISCARDED, True)
+    assert job.error is not None and job.error["code"] == "visibility_timeout"
+
+
+@pytest.mark.parametrize("max_attempts", [0, 1])
+def test_a_job_with_at_most_one_attempt_is_discarded_on_its_first_visibility_timeout(
+    max_attempts: int,
+) -> None:
+    job = active(retry=RetryPolicy(max_attempts=max_attempts))
+    assert lifecycle.lease_expired(job, NOW, "visibility", rng).state is S.DISCARDED
+
+
+def test_a_visibility_timeout_ignores_non_retryable_errors() -> None:
+    # ojs-retry §9.2: a timeout is always retryable while attempts remain
+    policy = RetryPolicy(max_attempts=3, non_retryable_errors=("visibility_timeout",))
+    job = lifecycle.lease_expired(active(retry=policy), NOW, "visibility", rng)
+    assert job.state is S.AVAILABLE
+
+
+def test_a_lost_native_attempt_starts_the_next_one_on_the_same_copy() -> None:
+    job = lifecycle.worker_lost(active(copy=4, retry=RetryPolicy(max_attempts=3)), NOW, "w-2", 1)
+    assert (job.state, job.attempt, job.copy, job.worker_id) == (S.ACTIVE, 2, 4, "w-2")
+    assert job.started_at_ms == NOW
+    assert job.errors[-1]["code"] == "worker_lost" and job.errors[-1]["attempt"] == 1
+    assert job.errors[-1]["details"] == {"delivery_count": 1}
+
+
+def test_a_lost_last_native_attempt_applies_on_exhaustion() -> None:
+    policy = RetryPolicy(max_attempts=2, on_exhaustion="dead_letter")
+    job = lifecycle.worker_lost(active(attempt=2, copy=4, retry=policy), NOW, "w-3", 2)
+    assert (job.state, job.dead_letter, job.copy, job.attempt) == (S.DISCARDED, True, 5, 2)
+    assert job.error is not None and job.error["code"] == "worker_lost"
+
+
 def test_execution_timeout_counts_as_a_failed_attempt() -> None:
     job = lifecycle.lease_expired(active(), NOW, "timeout", rng)
     assert job.state is S.RETRYABLE
@@ -340,6 +397,15 @@ def test_worker_discard_dead_letters_the_job_with_the_reason() -> None:
     assert (job.discarded_at_ms, job.completed_at_ms) == (NOW, NOW)
     assert job.errors[-1]["message"] == "poison message"
     assert job.errors[-1]["attempt"] == 1
+    assert job.error is not None and job.error["code"] == "rejected"
+
+
+def test_a_broker_delivery_limit_discard_carries_its_own_error_code() -> None:
+    job = lifecycle.worker_discard(active(), NOW, "dead-lettered after 21 deliveries",
+                                   "delivery_limit")  # fmt: skip
+    assert (job.state, job.dead_letter) == (S.DISCARDED, True)
+    assert job.error is not None
+    assert (job.error["code"], job.error["type"]) == ("delivery_limit", "delivery_limit")
 
 
 def test_retry_from_the_dead_letter_list_starts_afresh_but_keeps_history() -> None:

@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from ojs_amqp.amqp import protocol
+from ojs_amqp.amqp.control import parse_control
 from ojs_amqp.core.times import format_ms
 from ojs_amqp.sdk import control
 from ojs_amqp.sdk.errors import JobError
@@ -119,3 +120,28 @@ def test_timeout_error_uses_the_daemons_code() -> None:
     error = control.timeout_error(250)
     assert error["code"] == error["type"] == "timeout"
     assert "250" in error["message"]
+
+
+def test_a_restart_question_is_a_heartbeat_the_daemon_parses_as_started() -> None:
+    body = control.restart("j1", "w1", 4, b'{"type":"t","args":[]}', 2)
+    parsed = parse_control(protocol.HEARTBEAT, body)
+    assert (parsed.job_id, parsed.worker_id, parsed.copy) == ("j1", "w1", 4)
+    assert (parsed.started, parsed.delivery_count) == (True, 2)
+    assert parsed.envelope == {"type": "t", "args": []}
+    plain = parse_control(protocol.HEARTBEAT, control.heartbeat("j1", "w1"))
+    assert (plain.started, plain.delivery_count) == (False, 0)
+
+
+def test_a_worker_lost_error_names_the_attempts_and_the_delivery_count() -> None:
+    error = control.worker_lost_error(3, 3, 2)
+    assert (error["code"], error["type"]) == ("worker_lost", "worker_lost")
+    assert error["details"] == {"delivery_count": 2, "max_attempts": 3}
+    assert "attempt 3 of 3" in error["message"]
+
+
+def test_a_failed_report_carries_its_attempt_to_the_daemon() -> None:
+    report = control.failed_report(
+        job_id="j1", worker_id="w1", copy=1, attempt=3, started_at_ms=0,
+        error=control.worker_lost_error(3, 3, 2), envelope=None,
+    )  # fmt: skip
+    assert parse_control(protocol.FAILED, report).attempt == 3

@@ -10,7 +10,7 @@ import pytest
 from ojs_amqp.core.envelope import parse_enqueue
 from ojs_amqp.core.job import Job, JobState, to_wire
 from ojs_amqp.core.times import format_ms
-from ojs_amqp.errors import InvalidRequest, ValidationFailed
+from ojs_amqp.errors import InvalidRequest, Unsupported, ValidationFailed
 from ojs_amqp.sdk.client import Client, needs_daemon
 from ojs_amqp.sdk.wire import job_from_wire, request_envelope, submission_envelope
 
@@ -71,7 +71,6 @@ def test_build_raises_the_http_apis_errors() -> None:
         ({"delay": 5}, False),
         ({"scheduled_at": format_ms(NOW + 1000)}, False),
         ({"pending": True}, False),
-        ({"unique": {"keys": ["args"]}}, False),
     ],
 )
 def test_only_jobs_that_can_run_now_go_by_binding_push(
@@ -79,6 +78,11 @@ def test_only_jobs_that_can_run_now_go_by_binding_push(
 ) -> None:
     job = _client().build("a.b", [1], "q", **options)
     assert needs_daemon(job) is not binding_push
+
+
+def test_a_unique_job_is_refused_before_anything_is_sent_while_unique_jobs_are_off() -> None:
+    with pytest.raises(Unsupported, match="unique jobs"):
+        _client().build("a.b", [1], "q", unique={"keys": ["args"]})
 
 
 def _reparsed(job: Job) -> Job:
@@ -90,7 +94,7 @@ def _reparsed(job: Job) -> Job:
     [
         {"delay": 30, "retry": {"max_attempts": 7, "initial_interval": "PT2S"}},
         {"pending": True, "meta": {"k": "v"}, "tags": ["t"]},
-        {"unique": {"keys": ["args"]}, "priority": -5, "timeout_ms": 5000},
+        {"priority": -5, "timeout_ms": 5000},
         {"scheduled_at": "2031-05-06T07:08:09+02:00", "expires_at": "+PT1H", "x-custom": 1},
     ],
 )

@@ -13,7 +13,13 @@ from ojs_amqp.core.times import format_ms
 from ojs_amqp.errors import InvalidRequest
 from ojs_amqp.sdk import JobContext, Worker
 from ojs_amqp.sdk.handlers import HandlerRegistry, is_async
-from ojs_amqp.sdk.worker import attempt_of, expired
+from ojs_amqp.sdk.worker import (
+    attempt_of,
+    attempts_spent,
+    expired,
+    lost_deliveries,
+    max_attempts_of,
+)
 
 NOW = 1_800_000_000_000
 
@@ -113,6 +119,27 @@ def test_attempt_comes_from_the_header_else_the_envelope() -> None:
 
 def _ctx() -> JobContext:
     return JobContext("j1", "a.b", "q", [1], 2, "w1", {"id": "j1", "meta": {"k": "v"}})
+
+
+def test_lost_deliveries_come_from_the_quorum_queue_delivery_count() -> None:
+    assert lost_deliveries({"x-delivery-count": 2}) == 2
+    assert lost_deliveries({}) == 0
+    assert lost_deliveries({"x-delivery-count": True}) == 0
+    assert lost_deliveries({"x-delivery-count": -1}) == 0
+
+
+def test_max_attempts_comes_from_the_header_else_the_retry_policy_else_is_unknown() -> None:
+    assert max_attempts_of({"x-ojs-max-attempts": 2}, {"retry": {"max_attempts": 5}}) == 2
+    assert max_attempts_of({}, {"retry": {"max_attempts": 5}}) == 5
+    assert max_attempts_of({}, {"max_attempts": 4}) == 4
+    assert max_attempts_of({}, {"retry": "x"}) is None
+
+
+def test_attempts_spent_counts_each_return_of_the_copy_as_a_lost_attempt() -> None:
+    headers = {"x-ojs-attempt": 2, "x-ojs-max-attempts": 3, "x-delivery-count": 1}
+    assert attempts_spent(headers, {}) == (2, 3)
+    assert attempts_spent({"x-ojs-max-attempts": 0}, {}) == (0, 1)
+    assert attempts_spent({"x-delivery-count": 9}, {}) == (9, -1)
 
 
 def test_context_meta() -> None:
