@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -10,10 +11,20 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.daemon import AMQP_URL, Daemon, delete_topology
-from tests.rabbit_node import RabbitNode, new_node
+from tests.daemon import AMQP_URL, RABBITMQCTL, Daemon, delete_topology
+from tests.rabbit_node import BROKER, RabbitNode, new_node
 
 SESSION_PREFIX = f"t{uuid.uuid4().hex[:8]}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM ends the run as Ctrl-C does, so fixtures still stop their daemons and private
+    nodes (.ci/run stops its background passes that way; they start with SIGINT ignored)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -24,6 +35,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if soak:
         config.hook.pytest_deselected(items=soak)
         items[:] = [item for item in items if not item.get_closest_marker("soak")]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which broker this pass tests (.ci/run runs one pass per broker series)."""
+    return (
+        f"broker under test: RabbitMQ {BROKER} (OJS_TEST_BROKER) at {AMQP_URL}, "
+        f"rabbitmqctl: {' '.join(RABBITMQCTL)}; private nodes: RabbitMQ {BROKER}"
+    )
+
+
+def _broker_version() -> str:
+    """The version the broker at AMQP_URL announces in its AMQP handshake."""
+    import pika
+
+    params = pika.URLParameters(AMQP_URL)
+    params.socket_timeout = params.blocked_connection_timeout = 10
+    connection = pika.BlockingConnection(params)
+    try:
+        version = connection._impl.server_properties.get("version", b"?")
+    finally:
+        connection.close()
+    return version.decode() if isinstance(version, bytes) else str(version)
 
 
 def _broker_reachable() -> bool:
@@ -42,6 +75,10 @@ def broker() -> str:
         if os.environ.get("CI"):
             pytest.fail(f"RabbitMQ is not reachable at {AMQP_URL}")
         pytest.skip(f"RabbitMQ is not reachable at {AMQP_URL}")
+    if "OJS_TEST_BROKER" in os.environ:  # a pass that names its broker must really test it
+        version = _broker_version()
+        if not version.startswith(BROKER + "."):
+            pytest.fail(f"OJS_TEST_BROKER={BROKER} but {AMQP_URL} is RabbitMQ {version}")
     return AMQP_URL
 
 

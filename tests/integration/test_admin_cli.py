@@ -15,7 +15,7 @@ import pika
 import pytest
 
 from ojs_amqp.amqp.topology import LADDER_LEVELS, Topology
-from tests.daemon import AMQP_URL, Daemon, delete_topology, free_port, request
+from tests.daemon import AMQP_URL, RABBITMQCTL, Daemon, delete_topology, free_port, request
 
 pytestmark = pytest.mark.integration
 
@@ -280,7 +280,7 @@ def test_topology_json_matches_the_topology_module() -> None:
 
 def _queues_on_broker(prefix: str) -> dict[str, str]:
     out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "name", "type"],
+        [*RABBITMQCTL, "-q", "list_queues", "name", "type"],
         capture_output=True,
         text=True,
         check=True,

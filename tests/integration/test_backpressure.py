@@ -17,7 +17,7 @@ import pika
 import pytest
 
 from ojs_amqp.core.ids import UUIDv7Generator
-from tests.daemon import AMQP_URL, Daemon, request, shared_daemon
+from tests.daemon import AMQP_URL, RABBITMQCTL, Daemon, request, shared_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +69,7 @@ def test_a_queue_at_its_max_depth_answers_429_until_a_job_finishes(bounded: Daem
 
 def _ctl(*args: str) -> str:
     return subprocess.run(
-        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, check=True, timeout=60
+        [*RABBITMQCTL, "-q", *args], capture_output=True, text=True, check=True, timeout=60
     ).stdout
 
 

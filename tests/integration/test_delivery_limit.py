@@ -1,4 +1,4 @@
-"""Quorum-queue delivery limits on the broker under test (docs/operations.d/delivery-limits.md).
+"""Quorum-queue delivery limits on the broker under test (docs/operations.md#delivery-limits).
 
 Every return to a quorum queue (reject or nack with requeue, a closed channel, a lost
 connection) counts against its delivery limit: 20 by default on RabbitMQ 4.x, none on 3.10

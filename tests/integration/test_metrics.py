@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon import Daemon, request
+from tests.daemon import RABBITMQCTL, Daemon, request
 
 
 def _scrape(daemon: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -94,7 +94,7 @@ def _wait_for(
 def _broker_side_channels(prefix: str) -> int:
     """Channels RabbitMQ counts on the daemon's two connections (named after its prefix)."""
     out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "client_properties", "channels"],
+        [*RABBITMQCTL, "-q", "list_connections", "client_properties", "channels"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     return sum(int(line.rsplit("\t", 1)[1]) for line in out.splitlines() if f"/{prefix}-" in line)

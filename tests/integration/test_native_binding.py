@@ -21,7 +21,7 @@ from ojs_amqp.amqp.broker import Broker
 from ojs_amqp.amqp.codec import Outgoing
 from ojs_amqp.amqp.topology import Topology
 from ojs_amqp.errors import BackendUnavailable
-from tests.daemon import AMQP_URL, Daemon, request, shared_daemon
+from tests.daemon import AMQP_URL, RABBITMQCTL, Daemon, request, shared_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -155,7 +155,7 @@ def _report(kind: str, message: AbstractIncomingMessage, **fields: Any) -> dict[
 
 def _ctl_json(*args: str) -> list[dict[str, Any]]:
     out = subprocess.run(
-        ["rabbitmqctl", "-q", *args, "--formatter", "json"],
+        [*RABBITMQCTL, "-q", *args, "--formatter", "json"],
         capture_output=True, text=True, check=True, timeout=60,
     ).stdout  # fmt: skip
     rows: list[dict[str, Any]] = json.loads(out)

@@ -22,7 +22,7 @@ from ojs_amqp.amqp import protocol
 from ojs_amqp.amqp.topology import Topology
 from ojs_amqp.errors import Conflict, NotFound
 from ojs_amqp.sdk import Client, JobContext, JobError, ReplyTimeout, Unroutable, Worker
-from tests.daemon import AMQP_URL, Daemon, close_connections, request
+from tests.daemon import AMQP_URL, RABBITMQCTL, Daemon, close_connections, request
 
 pytestmark = pytest.mark.integration
 
@@ -250,7 +250,7 @@ async def _ready_and_unacked(daemon: Daemon, queue: str) -> int:
     name = Topology(daemon.prefix).job_queue(queue)
     out = await asyncio.to_thread(
         subprocess.run,
-        ["rabbitmqctl", "-q", "list_queues", "name", "messages"],
+        [*RABBITMQCTL, "-q", "list_queues", "name", "messages"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     for line in out.stdout.splitlines():

@@ -313,6 +313,37 @@ def test_healthcheck_fails_when_nothing_listens() -> None:
     assert _run_healthcheck(port) != 0
 
 
+# --- broker versions ------------------------------------------------------------------------
+
+#: The RabbitMQ versions .ci/run runs the suite against (the host's Debian 12 package, and
+#: Debian 13's in a trixie root: tests/rabbit_node.py); a deployment file names no other.
+TESTED_RABBITMQ = {"3.10": "3.10.8", "4.0": "4.0.5"}
+
+
+def _rabbitmq_image_tags() -> dict[str, str]:
+    """Every `rabbitmq:<tag>` image reference in the deployment files, by file (not the
+    `rabbitmq:15692` host:port targets)."""
+    files = [COMPOSE, *(p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix != ".json")]
+    tags = {}
+    for path in files:
+        for match in re.finditer(r"\brabbitmq:(\d[\w.-]*)", path.read_text()):
+            if not (match.group(1).isdigit() and int(match.group(1)) > 99):
+                tags[f"{path.relative_to(ROOT)}:{match.start()}"] = match.group(1)
+    return tags
+
+
+def test_deploy_files_name_only_tested_rabbitmq_versions() -> None:
+    from tests.rabbit_node import BROKERS
+
+    assert set(TESTED_RABBITMQ) == set(BROKERS), "the harness and this list disagree"
+    tags = _rabbitmq_image_tags()
+    assert any(where.startswith("docker-compose.yml") for where in tags), tags
+    for where, tag in tags.items():
+        version = tag.removesuffix("-management")
+        # a full, pinned version: a bare series tag (4.0) would pull an untested patch release
+        assert version in TESTED_RABBITMQ.values(), f"{where}: rabbitmq:{tag} is not tested"
+
+
 # --- docker-compose.yml --------------------------------------------------------------------
 
 
@@ -322,7 +353,7 @@ def test_compose_services_and_wiring() -> None:
     assert set(services) == {"rabbitmq", "ojs-amqp", "prometheus", "grafana"}
 
     rabbit = services["rabbitmq"]
-    assert re.fullmatch(r"rabbitmq:3(\.\d+)*-management", rabbit["image"])
+    assert re.fullmatch(r"rabbitmq:[\d.]+-management", rabbit["image"])
     assert _published(rabbit) >= {5672, 15672, 15692}
     assert rabbit["healthcheck"]["test"][-3:] == ["rabbitmq-diagnostics", "-q", "ping"]
     plugins_src = _bind_mounts(rabbit)["/etc/rabbitmq/enabled_plugins"]
