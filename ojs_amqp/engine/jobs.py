@@ -591,8 +591,12 @@ class JobEngine:
                 return
             self._arm(lease)
             return
-        # The daemon restarted while a worker held the job: the lease is gone, so this is a
-        # visibility timeout, with the same rule (discarded once attempts are spent).
+        # The daemon restarted while a worker held the job: the lease is gone.
+        await self._lost_lease_expired(job, message)
+
+    async def _lost_lease_expired(self, job: Job, message: Inbound) -> None:
+        """A lease that no daemon holds any more (a restart, a dead daemon's lease timer) is a
+        visibility timeout, with the same rule: discarded once its attempts are spent."""
         now = self._now()
         new = lifecycle.lease_expired(job, now, "visibility", self._rng)
         if await self._advance(new, message, job.copy):
@@ -1315,13 +1319,7 @@ class JobEngine:
                     await self._park(lease.job, self._lease_deadline_ms(lease) + TIMER_RETRY_MS)
                 self.settle(message)
                 return
-            now = self._now()
-            new = lifecycle.lease_expired(job, now, "visibility", self._rng)
-            if await self._advance(new, message, job.copy):
-                self.metrics.lease_expired(job, "visibility")
-                if self.tracing is not None:
-                    self.tracing.finished(job, new, "lease_expired")
-                self._after_failure_events(new, now)
+            await self._lost_lease_expired(job, message)
         except OjsError as exc:  # broker away: keep holding the timer, try again shortly
             log.warning("lease timer of job %s could not fire (%s); retrying", job.id, exc.message)
             self._hold(key_id, message, ref, TIMER_RETRY_MS)

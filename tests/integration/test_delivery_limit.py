@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import shlex
 import subprocess
 import time
 import uuid
@@ -31,9 +29,8 @@ from ojs_amqp.amqp import codec
 from ojs_amqp.core.job import JobState
 from ojs_amqp.engine.jobs import JobEngine
 from tests.conftest import SESSION_PREFIX
-from tests.daemon import Daemon, delete_topology, request
+from tests.daemon import RABBITMQCTL, Daemon, delete_topology, request
 
-RABBITMQCTL = shlex.split(os.environ.get("OJS_TEST_RABBITMQCTL", "rabbitmqctl"))
 #: RabbitMQ 4.x's default delivery limit for quorum queues; set by policy on 3.10.
 DEFAULT_LIMIT = 20
 
