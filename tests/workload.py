@@ -349,7 +349,7 @@ class Ledger:
             codes = [e.get("code") for e in job.get("errors") or []]
             spare = set(codes) - set(kind.errors) - {"visibility_timeout"}
             if not kind.runs <= attempt <= max(fetched + lost_leases, kind.runs):
-                out[job_id] = f"{kind_name}: attempt {attempt}, fetched {fetched}"
+                out[job_id] = f"{kind_name}: attempt {attempt}, fetched {fetched}, errors {codes}"
             elif missing := [c for c in kind.errors if c not in codes]:
                 out[job_id] = f"{kind_name}: no {missing} in errors {codes}"
             elif spare:
