@@ -15,7 +15,7 @@ from pamqp.commands import Basic
 from ojs_amqp.amqp import protocol
 from ojs_amqp.amqp.control import ControlMessage, parse_control
 from ojs_amqp.amqp.pipe import confirm_error, settle_frame
-from ojs_amqp.errors import BackendUnavailable, OjsError
+from ojs_amqp.errors import BackendUnavailable, InvalidRequest, OjsError
 from ojs_amqp.sdk import control
 from ojs_amqp.sdk.errors import PublishRejected, Unroutable
 from ojs_amqp.sdk.reports import Outcome, ReportBatcher, encode
@@ -80,6 +80,16 @@ def test_a_batch_is_what_the_daemon_parses_back_into_each_report() -> None:
     assert first.envelope == orjson.loads(ENVELOPE)
     assert second.failure is not None and second.failure.code == "boom"
     assert body.count(ENVELOPE) == 3  # spliced verbatim, not re-encoded
+
+
+@pytest.mark.parametrize("kind", [[], {}, ["ojs.report.completed"], 5, None])
+def test_a_batched_report_whose_type_is_not_a_string_is_refused_alone(kind: object) -> None:
+    """Found by the AMQP fuzz: an unhashable `type` crashed the control consumer."""
+    fine_report = {"type": protocol.COMPLETED, "job_id": "j2"}
+    body = orjson.dumps({"reports": [{"type": kind, "job_id": "j"}, fine_report]})
+    refused, fine = parse_control(protocol.BATCH, body).reports
+    assert isinstance(refused, InvalidRequest) and refused.details == {"field": "type"}
+    assert isinstance(fine, ControlMessage) and fine.job_id == "j2"
 
 
 def test_batch_limits() -> None:
