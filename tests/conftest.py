@@ -37,11 +37,13 @@ def _broker_reachable() -> bool:
 
 @pytest.fixture(scope="session")
 def broker() -> str:
-    """The broker URL; integration tests fail in CI (and skip locally) without a broker."""
+    """The broker URL. Without a broker the tests that need one fail, so a run cannot pass
+    with half the suite skipped; OJS_TEST_NO_BROKER=1 skips them instead, on purpose (never
+    set by .ci/run)."""
     if not _broker_reachable():
-        if os.environ.get("CI"):
-            pytest.fail(f"RabbitMQ is not reachable at {AMQP_URL}")
-        pytest.skip(f"RabbitMQ is not reachable at {AMQP_URL}")
+        if os.environ.get("OJS_TEST_NO_BROKER") == "1":
+            pytest.skip(f"RabbitMQ is not reachable at {AMQP_URL} (OJS_TEST_NO_BROKER=1)")
+        pytest.fail(f"RabbitMQ is not reachable at {AMQP_URL}; OJS_TEST_NO_BROKER=1 skips")
     return AMQP_URL
 
 
@@ -71,8 +73,12 @@ def daemon_factory(
     finally:
         for daemon in made:
             daemon.stop()
-        for daemon in made:
-            cleanup(daemon.prefix)
+        try:
+            for daemon in made:
+                cleanup(daemon.prefix)
+        finally:
+            for daemon in made:
+                daemon.check()
 
 
 @pytest.fixture
