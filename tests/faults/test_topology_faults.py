@@ -115,6 +115,7 @@ def test_precondition_failed_on_one_queue_leaves_the_others_working(
 ) -> None:
     # Given a queue declared with other arguments before the daemon starts
     daemon = make_node_daemon(start=False)
+    daemon.expected_errors.append("already exists with different arguments")
     topology = Topology(daemon.prefix)
     asyncio.run(_declare_conflicting(rabbit_node.amqp_url, topology.job_queue("before")))
     daemon.start()
