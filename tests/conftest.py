@@ -54,7 +54,9 @@ def daemon_factory(
     """Each daemon made gets its own topology prefix and store; both vanish afterwards."""
     made: list[Daemon] = []
 
-    def factory(*extra_args: str, start: bool = True, amqp: str = amqp_url) -> Daemon:
+    def factory(
+        *extra_args: str, start: bool = True, amqp: str = amqp_url, test_mode: bool = True
+    ) -> Daemon:
         prefix = f"{SESSION_PREFIX}-{len(made)}-{uuid.uuid4().hex[:6]}"
         daemon = Daemon(
             prefix=prefix,
@@ -62,6 +64,7 @@ def daemon_factory(
             log_path=tmp_path / f"{prefix}.log",
             extra_args=list(extra_args),
             amqp_url=amqp,
+            test_mode=test_mode,
         )
         made.append(daemon)
         if start:

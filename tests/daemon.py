@@ -44,6 +44,8 @@ class Daemon:
     #: ERROR from the daemon's own loggers).
     expected_errors: list[str] = field(default_factory=list)
     killed: bool = False  # the last process was SIGKILLed on purpose
+    #: `--test-mode` (the reset route); False runs the daemon as it is deployed
+    test_mode: bool = True
 
     @property
     def url(self) -> str:
@@ -57,7 +59,7 @@ class Daemon:
             "--store", str(self.store),
             "--prefix", self.prefix,
             "--amqp-url", self.amqp_url,
-            "--test-mode",
+            *(["--test-mode"] if self.test_mode else []),
             *self.extra_args,
         ]  # fmt: skip
         with open(self.log_path or os.devnull, "ab") as log:

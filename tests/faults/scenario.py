@@ -41,6 +41,11 @@ SIZES = pytest.mark.parametrize(
     ],
 )
 
+#: The requests that publish a copy (a push; a nack puts the retry on the delay ladder):
+#: while the broker is away or the topology is being repaired they may be answered 503, and
+#: the client retries. Every other request (fetch, ack, cancel) must not be.
+PUBLISHES = ("jobs", "nack")
+
 #: A push while the broker is away must be refused within this (not hang until a timeout).
 FAST_REFUSAL_S = 2.0
 

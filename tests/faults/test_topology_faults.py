@@ -23,13 +23,9 @@ import aio_pika
 
 from ojs_amqp.amqp.topology import Topology
 from tests.daemon import Daemon, request
-from tests.faults.scenario import CI, STALL_S, seeded, workload
+from tests.faults.scenario import CI, PUBLISHES, STALL_S, seeded, workload
 from tests.rabbit_node import RabbitNode
 from tests.workload import KINDS
-
-#: The requests that publish a copy (a push; a retryable nack puts one on the delay ladder):
-#: while the topology is being repaired they may be answered 503, and the client retries.
-PUBLISHES = ("jobs", "nack")
 
 
 async def _delete_queue(amqp_url: str, name: str) -> int:
