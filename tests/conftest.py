@@ -70,11 +70,13 @@ def _broker_reachable() -> bool:
 
 @pytest.fixture(scope="session")
 def broker() -> str:
-    """The broker URL; integration tests fail in CI (and skip locally) without a broker."""
+    """The broker URL. Without a broker the tests that need one fail, so a run cannot pass
+    with half the suite skipped; OJS_TEST_NO_BROKER=1 skips them instead, on purpose (never
+    set by .ci/run)."""
     if not _broker_reachable():
-        if os.environ.get("CI"):
-            pytest.fail(f"RabbitMQ is not reachable at {AMQP_URL}")
-        pytest.skip(f"RabbitMQ is not reachable at {AMQP_URL}")
+        if os.environ.get("OJS_TEST_NO_BROKER") == "1":
+            pytest.skip(f"RabbitMQ is not reachable at {AMQP_URL} (OJS_TEST_NO_BROKER=1)")
+        pytest.fail(f"RabbitMQ is not reachable at {AMQP_URL}; OJS_TEST_NO_BROKER=1 skips")
     if "OJS_TEST_BROKER" in os.environ:  # a pass that names its broker must really test it
         version = _broker_version()
         if not version.startswith(BROKER + "."):
@@ -89,7 +91,9 @@ def daemon_factory(
     """Each daemon made gets its own topology prefix and store; both vanish afterwards."""
     made: list[Daemon] = []
 
-    def factory(*extra_args: str, start: bool = True, amqp: str = amqp_url) -> Daemon:
+    def factory(
+        *extra_args: str, start: bool = True, amqp: str = amqp_url, test_mode: bool = True
+    ) -> Daemon:
         prefix = f"{SESSION_PREFIX}-{len(made)}-{uuid.uuid4().hex[:6]}"
         daemon = Daemon(
             prefix=prefix,
@@ -97,6 +101,7 @@ def daemon_factory(
             log_path=tmp_path / f"{prefix}.log",
             extra_args=list(extra_args),
             amqp_url=amqp,
+            test_mode=test_mode,
         )
         made.append(daemon)
         if start:
@@ -108,8 +113,12 @@ def daemon_factory(
     finally:
         for daemon in made:
             daemon.stop()
-        for daemon in made:
-            cleanup(daemon.prefix)
+        try:
+            for daemon in made:
+                cleanup(daemon.prefix)
+        finally:
+            for daemon in made:
+                daemon.check()
 
 
 @pytest.fixture

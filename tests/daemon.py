@@ -44,6 +44,12 @@ class Daemon:
     amqp_url: str = AMQP_URL
     #: Set for a daemon serving HTTPS: the client context that trusts its certificate.
     https: ssl.SSLContext | None = None
+    #: Substrings of the ERROR lines a test provokes on purpose (`check` refuses any other
+    #: ERROR from the daemon's own loggers).
+    expected_errors: list[str] = field(default_factory=list)
+    killed: bool = False  # the last process was SIGKILLed on purpose
+    #: `--test-mode` (the reset route); False runs the daemon as it is deployed
+    test_mode: bool = True
 
     @property
     def url(self) -> str:
@@ -57,11 +63,12 @@ class Daemon:
             "--store", str(self.store),
             "--prefix", self.prefix,
             "--amqp-url", self.amqp_url,
-            "--test-mode",
+            *(["--test-mode"] if self.test_mode else []),
             *self.extra_args,
         ]  # fmt: skip
         with open(self.log_path or os.devnull, "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.killed = False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -82,6 +89,7 @@ class Daemon:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
+            self.killed = True
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -90,6 +98,40 @@ class Daemon:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+                self.killed = False  # not on purpose: `check` reports it
+
+    def check(self) -> None:
+        """After `stop`: the daemon exited 0 on SIGTERM (unless the test killed it), and its
+        log has no Traceback (but aiormq's WARNING about a lost connection, which the daemon
+        rides out) and no ERROR line of its own the test did not expect."""
+        if self.process is not None and not self.killed:
+            code = self.process.returncode
+            assert code == 0, f"the daemon exited with {code}; see {self.log_path}"
+        if self.log_path is None or not self.log_path.exists():
+            return
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        tracebacks = [
+            n for n, line in enumerate(lines)
+            if line.startswith("Traceback") and not _lost_link(lines, n)
+        ]  # fmt: skip
+        assert not tracebacks, "a Traceback in the daemon's log:\n" + "\n".join(
+            lines[max(0, tracebacks[0] - 2) : tracebacks[0] + 20]
+        )
+        unexpected = [
+            line for line in lines
+            if re.match(r"\S+ \S+ (ERROR|CRITICAL) ojs_amqp", line)
+            and not any(text in line for text in self.expected_errors)
+        ]  # fmt: skip
+        assert not unexpected, f"unexpected ERROR lines in the daemon's log: {unexpected[:5]}"
+
+
+def _lost_link(lines: list[str], traceback_at: int) -> bool:
+    """Whether the log record a Traceback belongs to is aiormq's WARNING that a connection
+    broke (a fault the test injected; the daemon reconnects)."""
+    for line in reversed(lines[:traceback_at]):
+        if re.match(r"\d{4}-\d\d-\d\d ", line):
+            return " WARNING aiormq.connection " in line
+    return False
 
 
 def request(
@@ -158,7 +200,10 @@ def shared_daemon(tmp: Path, prefix: str, *extra_args: str) -> Iterator[Daemon]:
         yield daemon
     finally:
         daemon.stop()
-        delete_topology(prefix)
+        try:
+            delete_topology(prefix)
+        finally:
+            daemon.check()
 
 
 def close_connections(name_prefix: str) -> int:

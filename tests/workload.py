@@ -26,7 +26,9 @@ from ojs_amqp.core.ids import UUIDv7Generator
 from tests.daemon import request
 
 TERMINAL = frozenset({"completed", "discarded", "cancelled"})
-TRANSPORT_ERRORS = (OSError, http.client.HTTPException, ValueError)
+#: What a client sees when the daemon is unreachable. Not ValueError: a garbled 2xx body from
+#: a live daemon is a bug, recorded as unexpected, not an outage.
+TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
 
 
 @dataclass(frozen=True)
@@ -36,17 +38,20 @@ class Kind:
     name: str
     final_state: str
     runs: int  # executions when nothing goes wrong; more are duplicates
+    #: error codes its history must hold, whatever else happened
+    errors: tuple[str, ...] = ()
 
 
 KINDS = {
     k.name: k
     for k in (
         Kind("ack", "completed", 1),  # immediate, succeeds
-        Kind("fail", "discarded", 1),  # fails for good (max_attempts 1)
-        Kind("retry", "completed", 2),  # first attempt fails (retryable), the second succeeds
+        Kind("fail", "discarded", 1, ("boom",)),  # fails for good (max_attempts 1)
+        Kind("retry", "completed", 2, ("boom",)),  # first attempt fails, the second succeeds
         Kind("scheduled", "completed", 1),  # due a few seconds after the push
         Kind("cancel", "cancelled", 0),  # scheduled far ahead, cancelled by the producer
-        Kind("abandon", "completed", 2),  # first worker "crashes" holding it; lease runs out
+        # the first worker "crashes" holding it; its lease runs out
+        Kind("abandon", "completed", 2, ("visibility_timeout",)),
     )
 }
 #: The fault suite's mix, in parts per 20.
@@ -81,25 +86,41 @@ class Workload:
     accepted: set[str] = field(default_factory=set)
     created: set[str] = field(default_factory=set)  # answered 201 (the rest: 409 duplicate)
     push_attempts: Counter[str] = field(default_factory=Counter)
-    push_unavailable: int = 0  # 503 answers to pushes
     push_throttled: int = 0  # 429 answers to pushes
     fetches: Counter[str] = field(default_factory=Counter)
     reported: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     refused_settles: int = 0  # 409 on ack/nack: the lease was lost to a fault
     transport_errors: int = 0
+    unavailable: Counter[str] = field(default_factory=Counter)  # 503 answers, per operation
     unexpected: list[str] = field(default_factory=list)  # answers no fault explains
     threads: list[threading.Thread] = field(default_factory=list)
 
     # --- client threads --------------------------------------------------------------------
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any] | None:
-        """One request; None when the daemon is unreachable (an outage)."""
+        """One request; None when it must be retried: the daemon is unreachable (an outage) or
+        answered 503. Any other 5xx, and a 2xx whose body is not JSON, is recorded as
+        unexpected (and retried, so the run goes on and shows the rest)."""
         try:
-            return request(method, self.url + path, body, timeout=10.0)
+            status, reply = request(method, self.url + path, body, timeout=10.0)
         except TRANSPORT_ERRORS:
             with self.lock:
                 self.transport_errors += 1
             return None
+        except ValueError as exc:  # json.loads of a 2xx body
+            self._unexpected(f"{method} {path} answered a 2xx that is not JSON: {exc}")
+            return None
+        if status == 503:
+            with self.lock:
+                self.unavailable[path.rsplit("/", 1)[-1] if method != "DELETE" else "cancel"] += 1
+            return None
+        if status >= 500:
+            self._unexpected(f"{method} {path} answered {status} {reply}")
+            return None
+        if 200 <= status < 300 and not isinstance(reply, dict):
+            self._unexpected(f"{method} {path} answered {status} with {reply!r}")
+            return None
+        return status, reply
 
     def body(self, job_id: str, kind: str) -> dict[str, Any]:
         options: dict[str, Any] = {
@@ -132,19 +153,19 @@ class Workload:
             answer = self.call("POST", "/ojs/v1/jobs", self.body(job_id, kind))
             if answer is not None:
                 status, body = answer
+                if status == 201 and body.get("job", {}).get("id") != job_id:
+                    self._unexpected(f"push of {job_id} answered 201 {body}")
+                    return False
                 if status == 201 or (status == 409 and body["error"]["code"] == "duplicate"):
                     with self.lock:
                         self.accepted.add(job_id)
                         if status == 201:
                             self.created.add(job_id)
                     return True
-                if status == 503:
-                    with self.lock:
-                        self.push_unavailable += 1
-                elif status == 429:  # backpressure: retried, as its Retry-After invites
+                if status == 429:  # backpressure: retried, as its Retry-After invites
                     with self.lock:
                         self.push_throttled += 1
-                elif status < 500:
+                else:
                     self._unexpected(f"push of {job_id} answered {status} {body}")
                     return False
             time.sleep(0.05)
@@ -154,7 +175,7 @@ class Workload:
         deadline = time.monotonic() + self.settle_deadline_s
         while time.monotonic() < deadline and not self.stop.is_set():
             answer = self.call("DELETE", f"/ojs/v1/jobs/{job_id}")
-            if answer is None or answer[0] >= 500:
+            if answer is None:
                 time.sleep(0.1)
                 continue
             status, body = answer
@@ -175,11 +196,11 @@ class Workload:
                 "POST", "/ojs/v1/workers/fetch",
                 {"queues": [self.queue], "count": self.fetch_count, "worker_id": worker_id},
             )  # fmt: skip
-            if answer is None or answer[0] >= 500:
+            if answer is None:
                 time.sleep(0.1)
                 continue
             status, body = answer
-            if status != 200:
+            if status != 200 or not isinstance(body.get("jobs"), list):
                 self._unexpected(f"fetch answered {status} {body}")
                 time.sleep(0.1)
                 continue
@@ -205,7 +226,7 @@ class Workload:
         deadline = time.monotonic() + self.settle_deadline_s
         while time.monotonic() < deadline and not self.stop.is_set():
             answer = self.call("POST", path, body)
-            if answer is None or answer[0] >= 500:
+            if answer is None:
                 time.sleep(0.1)
                 continue
             status, reply = answer
@@ -313,10 +334,44 @@ class Ledger:
                 out[job_id] = extra
         return out
 
-    def check(self) -> None:
-        """At-least-once, nothing lost, one terminal state each: fail with the evidence."""
+    def miscounted(self, lost_leases: int = 0) -> dict[str, str]:
+        """Jobs whose attempt or error history does not fit their kind. The attempt is one per
+        lease handed out: at least what the kind needs, at most what the workers fetched (plus
+        `lost_leases`, leases whose answer a killed daemon never sent). An error code the kind
+        does not cause is only allowed for a lease that lapsed or was cut by a crash; a failed
+        job's last error is the worker's."""
+        out = {}
+        for job_id, kind_name in self.run.plan.items():
+            job, kind = self.jobs.get(job_id), KINDS[kind_name]
+            if job is None or job["state"] not in TERMINAL:
+                continue  # reported as lost or stuck
+            attempt, fetched = job.get("attempt", 0), self.run.fetches[job_id]
+            codes = [e.get("code") for e in job.get("errors") or []]
+            spare = set(codes) - set(kind.errors) - {"visibility_timeout"}
+            if not kind.runs <= attempt <= max(fetched + lost_leases, kind.runs):
+                out[job_id] = f"{kind_name}: attempt {attempt}, fetched {fetched}, errors {codes}"
+            elif missing := [c for c in kind.errors if c not in codes]:
+                out[job_id] = f"{kind_name}: no {missing} in errors {codes}"
+            elif spare:
+                out[job_id] = f"{kind_name}: unexplained errors {codes}"
+            elif kind_name == "fail" and (job.get("error") or {}).get("code") != "boom":
+                out[job_id] = f"fail: last error {job.get('error')}"
+        return out
+
+    def check(
+        self,
+        max_duplicate_runs: int | None = None,
+        lost_leases: int = 0,
+        unavailable_ok: tuple[str, ...] = ("jobs",),
+    ) -> None:
+        """At-least-once, nothing lost, one terminal state each, attempts and errors as the
+        kind says, duplicates bounded (default: 5 % of the jobs), 503 only where the fault
+        explains it (`unavailable_ok`: the last path segment, "cancel" for DELETE): fail with
+        the evidence."""
         run = self.run
         assert not run.unexpected, f"unexplained answers: {run.unexpected[:5]}"
+        refused = {op: n for op, n in run.unavailable.items() if op not in unavailable_ok}
+        assert not refused, f"503 where the fault does not explain it: {refused}"
         assert run.accepted == set(run.plan), "some pushes were never accepted"
         lost = self.lost()
         assert not lost, f"{len(lost)} accepted jobs are gone: {lost[:5]}"
@@ -332,6 +387,13 @@ class Ledger:
         assert not never, f"jobs finished without ever being fetched: {never[:5]}"
         ran_cancelled = [i for i, k in run.plan.items() if k == "cancel" and run.fetches[i]]
         assert not ran_cancelled, f"cancelled jobs were handed to workers: {ran_cancelled}"
+        miscounted = self.miscounted(lost_leases)
+        assert not miscounted, f"{len(miscounted)} with the wrong attempt or errors: " + str(
+            list(miscounted.items())[:5]
+        )
+        bound = len(run.plan) // 20 if max_duplicate_runs is None else max_duplicate_runs
+        extra = sum(self.duplicates().values())
+        assert extra <= bound, f"{extra} duplicate executions, more than {bound}"
 
     def line(self, scenario: str, seconds: float, **extra: Any) -> str:
         dups = self.duplicates()
@@ -340,7 +402,7 @@ class Ledger:
             f"{scenario}: {len(self.run.plan)} jobs, lost {len(self.lost())}, "
             f"stuck {sum(self.stuck().values())}, wrong {len(self.wrong())}, duplicate "
             f"executions {len(dups)} jobs ({sum(dups.values())} extra runs), "
-            f"push 503s {self.run.push_unavailable}, push 429s {self.run.push_throttled}, "
+            f"503s {dict(self.run.unavailable)}, push 429s {self.run.push_throttled}, "
             f"push 409-duplicate "
             f"{len(self.run.accepted - self.run.created)}, refused acks "
             f"{self.run.refused_settles}, {seconds:.1f}s{notes}"

@@ -106,7 +106,7 @@ def _batch(data: Any) -> ControlMessage:
     for item in reports:
         kind = item.get("type") if isinstance(item, dict) else None
         try:
-            if kind not in protocol.REPORT_TYPES:
+            if not isinstance(kind, str) or kind not in protocol.REPORT_TYPES:
                 raise InvalidRequest(
                     f"a batched report's 'type' must be {protocol.COMPLETED} or {protocol.FAILED}",
                     details={"field": "type"},

@@ -402,7 +402,9 @@ class JobEngine:
             await self._publish_copy(new)
             written = await self.store.update(new, expect_copy=expect_copy)
         finally:
-            del self._recording[new.id]
+            # (two moves of one job may overlap, e.g. a timer redelivered after a reconnect
+            # while its first delivery is still firing: the first to finish removes the mark)
+            self._recording.pop(new.id, None)
             for redo in self._deferred.pop(new.id, []):
                 self._spawn(redo)
         if written:

@@ -41,6 +41,11 @@ SIZES = pytest.mark.parametrize(
     ],
 )
 
+#: The requests that publish a copy (a push; a nack puts the retry on the delay ladder):
+#: while the broker is away or the topology is being repaired they may be answered 503, and
+#: the client retries. Every other request (fetch, ack, cancel) must not be.
+PUBLISHES = ("jobs", "nack")
+
 #: A push while the broker is away must be refused within this (not hang until a timeout).
 FAST_REFUSAL_S = 2.0
 
@@ -63,6 +68,11 @@ class Outage:
     degraded_after_s: float = -1.0  # health first answered 503
     back_after_s: float = -1.0  # health answered 200 again, counted from the restore
     probes: list[tuple[str, int, float]] = field(default_factory=list)  # id, status, seconds
+    #: what fetch, ack (of a lease held from before) and cancel answered during the outage
+    during: dict[str, tuple[int, Any]] = field(default_factory=dict)
+    #: the jobs those were about: "held" (leased, then acked), "waiting" (available in the
+    #: fetched queue), "scheduled" (cancelled)
+    jobs: dict[str, str] = field(default_factory=dict)
 
     def slowest_probe_s(self) -> float:
         return max((s for _, _, s in self.probes), default=0.0)
@@ -75,6 +85,7 @@ def ride_out(
     it back and wait until the daemon reports healthy again."""
     seen = Outage()
     ids = UUIDv7Generator()
+    seen.jobs = _prepare_probes(url, ids)
     take_down()
     down_at = time.monotonic()
     while time.monotonic() - down_at < outage_s or seen.degraded_after_s < 0:
@@ -92,6 +103,8 @@ def ride_out(
                 timeout=30,
             )  # fmt: skip
             seen.probes.append((probe, status, time.monotonic() - sent))
+            if not seen.during:
+                seen.during = _probe_the_rest(url, seen.jobs)
         time.sleep(0.2)
     bring_back()
     back_at = time.monotonic()
@@ -100,6 +113,43 @@ def ride_out(
         time.sleep(0.1)
     seen.back_after_s = time.monotonic() - back_at
     return seen
+
+
+def _push(url: str, job_id: str, queue: str, **options: Any) -> None:
+    body = {"id": job_id, "type": "fault.probe", "args": [], "options": {"queue": queue, **options}}
+    status, reply = request("POST", f"{url}/ojs/v1/jobs", body, timeout=10)
+    assert status == 201, reply
+
+
+def _prepare_probes(url: str, ids: UUIDv7Generator) -> dict[str, str]:
+    """Before the outage: a job leased and held, one waiting in its queue, one scheduled."""
+    jobs = {name: ids.new(int(time.time() * 1000)) for name in ("held", "waiting", "scheduled")}
+    _push(url, jobs["held"], "probe-held")
+    status, body = request(
+        "POST", f"{url}/ojs/v1/workers/fetch",
+        {"queues": ["probe-held"], "worker_id": "probe", "visibility_timeout_ms": 120_000},
+    )  # fmt: skip
+    assert status == 200 and [j["id"] for j in body["jobs"]] == [jobs["held"]], body
+    status, body = request("POST", f"{url}/ojs/v1/workers/fetch", {"queues": ["probe-waiting"]})
+    assert (status, body) == (200, {"jobs": []})  # the daemon consumes the queue from now on
+    _push(url, jobs["waiting"], "probe-waiting")
+    _push(url, jobs["scheduled"], "probe-scheduled", delay_until="+PT300S")
+    return jobs
+
+
+def _probe_the_rest(url: str, jobs: dict[str, str]) -> dict[str, tuple[int, Any]]:
+    """During the outage: fetch the queue that has a job waiting, and one never used (which the
+    daemon would have to declare first), ack the held lease, cancel the scheduled job."""
+    fetch = {"queues": ["probe-waiting"], "worker_id": "probe"}
+    ack = {"job_id": jobs["held"], "worker_id": "probe"}
+    return {
+        "fetch": request("POST", f"{url}/ojs/v1/workers/fetch", fetch, timeout=10),
+        "fetch new queue": request(
+            "POST", f"{url}/ojs/v1/workers/fetch", {"queues": ["probe-new"]}, timeout=10
+        ),
+        "ack": request("POST", f"{url}/ojs/v1/workers/ack", ack, timeout=10),
+        "cancel": request("DELETE", f"{url}/ojs/v1/jobs/{jobs['scheduled']}", timeout=10),
+    }
 
 
 def summary(outages: list[Outage]) -> str:
@@ -133,3 +183,34 @@ def check_outages(url: str, outages: list[Outage]) -> None:
             assert request("POST", f"{url}/ojs/v1/workers/ack", {"job_id": job["id"]})[0] == 200
     assert set(fetched) <= ids, "jobs nobody pushed showed up"
     assert len(fetched) == len(set(fetched)), "a refused push was enqueued twice"
+    for outage in outages:
+        _check_the_rest(url, outage)
+
+
+def _check_the_rest(url: str, outage: Outage) -> None:
+    """As docs/reliability.md says: while the broker is away fetch answers `{"jobs": []}` (503
+    `backend_error` for a queue the daemon never consumed) and ack and cancel work; afterwards
+    the acked and cancelled jobs stay so and the waiting job is handed out once."""
+    during, jobs = outage.during, outage.jobs
+    assert during["fetch"] == (200, {"jobs": []}), f"fetch during the outage: {during['fetch']}"
+    status, body = during["fetch new queue"]
+    assert status == 503 and body["error"]["code"] == "backend_error", (status, body)
+    status, body = during["ack"]
+    assert status == 200 and body["state"] == "completed", f"ack during the outage: {body}"
+    status, body = during["cancel"]
+    assert status == 200 and body["job"]["state"] == "cancelled", f"cancel: {body}"
+    for name, state in (("held", "completed"), ("scheduled", "cancelled")):
+        status, body = request("GET", f"{url}/ojs/v1/jobs/{jobs[name]}")
+        assert status == 200 and body["job"]["state"] == state, (name, body)
+    handed: list[str] = []
+    deadline = time.monotonic() + 15
+    while not handed and time.monotonic() < deadline:
+        status, body = request(
+            "POST", f"{url}/ojs/v1/workers/fetch", {"queues": ["probe-waiting"], "count": 10}
+        )
+        assert status == 200, body
+        handed += [j["id"] for j in body["jobs"]]
+        if not handed:
+            time.sleep(0.2)
+    assert handed == [jobs["waiting"]], f"the waiting job after the outage: {handed}"
+    assert request("POST", f"{url}/ojs/v1/workers/ack", {"job_id": handed[0]})[0] == 200

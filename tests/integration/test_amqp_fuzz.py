@@ -18,6 +18,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pika
@@ -86,6 +87,9 @@ header_values = (
     st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1)
     | st.text(max_size=20) | st.binary(max_size=20)
     | st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1), max_size=3)
+    | st.decimals(min_value=-(10**6), max_value=10**6, places=3)  # pika's float-like type
+    | st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2100, 1, 1))
+    | st.dictionaries(st.text(max_size=8), st.integers(-5, 5) | st.text(max_size=8), max_size=3)
 )  # fmt: skip
 headers = st.dictionaries(
     st.sampled_from(["x-ojs-copy", "x-ojs-job-id", "x-ojs-attempt", "x-ojs-error-code",
@@ -138,14 +142,29 @@ def edge(module_daemon: Daemon) -> Iterator[Edge]:
     connection.close()
 
 
-def _assert_answer(answer: dict[str, Any]) -> None:
+STATES = {"scheduled", "available", "pending", "active", "completed", "retryable", "cancelled",
+          "discarded"}  # fmt: skip
+
+
+def _assert_answer(answer: dict[str, Any], daemon: Daemon | None = None) -> None:
+    """An OJS error that is not the daemon's fault (the broker is up all along: no
+    backend_error either), or a result; a job it names exists when read back over HTTP."""
     if "error" in answer:
         error = answer["error"]
         assert isinstance(error["code"], str) and error["code"]
         assert isinstance(error["message"], str)
-        assert error["code"] not in ("internal_error",), answer
+        assert error["code"] not in ("internal_error", "backend_error"), answer
+    elif "results" in answer:
+        assert set(answer) == {"results"} and answer["results"], answer
+        for result in answer["results"]:
+            _assert_answer(result, daemon)
     else:
         assert set(answer) <= {"job", "queues"} and answer, answer
+        if "job" in answer:
+            assert answer["job"]["state"] in STATES, answer
+            if daemon is not None:
+                status, body = request("GET", f"{daemon.url}/ojs/v1/jobs/{answer['job']['id']}")
+                assert status == 200, (answer, body)
 
 
 @FUZZ
@@ -157,7 +176,7 @@ def test_every_submission_is_answered_with_a_job_or_an_ojs_error(
         (edge.t.submit_exchange, "fuzz"), [(body, None, h) for body, h in batch]
     )
     for answer in answers:
-        _assert_answer(answer)
+        _assert_answer(answer, edge.daemon)
 
 
 @FUZZ
@@ -166,7 +185,69 @@ def test_every_control_message_is_answered_with_a_result_or_an_ojs_error(
     edge: Edge, batch: list[tuple[bytes, Any, Any]]
 ) -> None:
     for answer in edge.rpc_batch(("", edge.t.global_control_queue), batch):
-        _assert_answer(answer)
+        _assert_answer(answer, edge.daemon)
+
+
+REPORT_QUEUE = "fuzzr"
+REPORT_KINDS = [protocol.COMPLETED, protocol.FAILED, protocol.HEARTBEAT, protocol.CANCEL,
+                protocol.INFO]  # fmt: skip
+
+
+def _report(job_ids: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """A report or control body about one of `job_ids`, its other fields right or wrong."""
+    return st.fixed_dictionaries(
+        {"job_id": st.sampled_from(job_ids)},
+        optional={
+            "type": st.sampled_from(REPORT_KINDS) | json_values,
+            "worker_id": st.sampled_from(["fz", "other"]) | json_values,
+            "copy": st.integers(-1, 4) | json_values,
+            "attempt": st.integers(-1, 4) | json_values,
+            "started_at": st.sampled_from(["2026-01-01T00:00:00Z", "later"]) | json_values,
+            "result": json_values,
+            "error": st.fixed_dictionaries(
+                {"code": st.sampled_from(["boom", ""]) | json_values},
+                optional={"message": json_values, "retryable": json_values},
+            )
+            | json_values,
+        },
+    )
+
+
+@settings(FUZZ, max_examples=max(1, FUZZ.max_examples // 5))
+@given(data=st.data())
+def test_reports_on_real_jobs_of_a_control_queue_are_answered_and_leave_valid_jobs(
+    edge: Edge, data: st.DataObject
+) -> None:
+    """Reports and control messages (single and batched) naming real jobs, some leased,
+    sent to `control.{q}`: each is answered, and every job reads back in a valid state."""
+    url = edge.daemon.url
+    ids = []
+    for _ in range(6):
+        status, body = request(
+            "POST", f"{url}/ojs/v1/jobs",
+            {"type": "fuzz.report", "args": [], "options": {"queue": REPORT_QUEUE}},
+        )  # fmt: skip
+        assert status == 201, body
+        ids.append(body["job"]["id"])
+    request(
+        "POST", f"{url}/ojs/v1/workers/fetch",
+        {"queues": [REPORT_QUEUE], "count": 3, "worker_id": "fz"},
+    )  # fmt: skip
+    singles = data.draw(
+        st.lists(st.tuples(_report(ids), st.sampled_from(REPORT_KINDS)), min_size=20, max_size=20)
+    )
+    batches = data.draw(st.lists(st.lists(_report(ids), min_size=1, max_size=5), max_size=5))
+    messages = [(json.dumps(body).encode(), kind, None) for body, kind in singles]
+    messages += [(json.dumps({"reports": b}).encode(), protocol.BATCH, None) for b in batches]
+    route = (edge.t.direct_exchange, f"control.{REPORT_QUEUE}")
+    for answer in edge.rpc_batch(route, messages):
+        _assert_answer(answer, edge.daemon)
+    for job_id in ids:
+        status, body = request("GET", f"{url}/ojs/v1/jobs/{job_id}")
+        assert status == 200 and body["job"]["state"] in STATES, body
+    # clean up what is still open, so the next example starts on an empty queue
+    for job_id in ids:
+        request("DELETE", f"{url}/ojs/v1/jobs/{job_id}")
 
 
 def _drain(channel: BlockingChannel, queue: str, want: int) -> list[pika.BasicProperties]:

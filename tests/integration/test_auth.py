@@ -33,7 +33,7 @@ def _call(
 def test_scoped_tokens_guard_the_api(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"admin:{ADMIN}\nproducer:{PRODUCER}\nworker:{WORKER}\n")
-    daemon = make_daemon("--auth-tokens-file", str(tokens))
+    daemon = make_daemon("--auth-tokens-file", str(tokens), test_mode=False)
     push = {"type": "a.job", "args": []}
 
     # Unauthenticated: 401 with an OJS error; health stays open for probes
@@ -61,11 +61,15 @@ def test_scoped_tokens_guard_the_api(make_daemon: Callable[..., Daemon], tmp_pat
 def test_secrets_never_reach_the_log(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"admin:{ADMIN}\n")
-    daemon = make_daemon("--auth-tokens-file", str(tokens), "--log-level", "DEBUG")
-    _call(daemon, "POST", "/ojs/v1/jobs", ADMIN, {"type": "a.job", "args": []})
-    _call(daemon, "POST", "/ojs/v1/jobs", "bad-" + "x" * 20, {"type": "a.job", "args": []})
+    daemon = make_daemon(
+        "--auth-tokens-file", str(tokens), "--log-level", "DEBUG", test_mode=False
+    )  # fmt: skip
+    rejected = "bad-" + "x" * 20
+    assert _call(daemon, "POST", "/ojs/v1/jobs", ADMIN, {"type": "a.job", "args": []})[0] == 201
+    assert _call(daemon, "POST", "/ojs/v1/jobs", rejected, {"type": "a.job", "args": []})[0] == 401
     daemon.stop()
     assert daemon.log_path is not None
     log = daemon.log_path.read_text()
     assert "listening on" in log
     assert ADMIN not in log and "guest:guest" not in log
+    assert rejected not in log, "a rejected token was logged"

@@ -16,6 +16,7 @@ from typing import Any
 import pika
 import pytest
 
+from ojs_amqp.amqp.topology import Topology
 from ojs_amqp.core.ids import UUIDv7Generator
 from tests.daemon import AMQP_URL, RABBITMQCTL, Daemon, request, shared_daemon
 
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def bounded(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     tmp = tmp_path_factory.mktemp("bp")
-    with shared_daemon(tmp, f"bp{uuid.uuid4().hex[:10]}", "--max-depth", "1000,tight=2") as d:
+    bounds = "1000,tight=2,fullw=1,fullr=1"
+    with shared_daemon(tmp, f"bp{uuid.uuid4().hex[:10]}", "--max-depth", bounds) as d:
         yield d
 
 
@@ -120,16 +122,95 @@ def test_a_nack_soon_after_the_queue_was_declared_is_tried_again_before_it_count
         # When the next push is nacked and the queue has room again 150 ms later
         connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
         try:
-            started = time.monotonic()
             pusher = concurrent.futures.ThreadPoolExecutor(1).submit(_push, bounded, queue)
             time.sleep(0.15)
+            waiting = not pusher.done()  # still publishing again, not yet answered
             connection.channel().queue_purge(name)
             status, _, body = pusher.result(timeout=10)
-            waited = time.monotonic() - started
         finally:
             connection.close()
         # Then the daemon published again and the push was accepted, late but not refused
+        assert waiting, f"the push was answered before the queue had room: {pusher.result()}"
         assert status == 201, body
-        assert waited >= 0.15
     finally:
         _ctl("clear_policy", policy)
+
+
+def _submit(daemon: Daemon, envelope: dict[str, Any], reply: bool) -> dict[str, Any] | None:
+    """Publish a submission to ojs.exchange.submit; with `reply`, wait for the answer on
+    direct reply-to."""
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        channel = connection.channel()
+        answers: list[bytes] = []
+        props = pika.BasicProperties(content_type="application/json", delivery_mode=2)
+        if reply:
+            channel.basic_consume(
+                "amq.rabbitmq.reply-to", lambda _c, _m, _p, body: answers.append(body), True
+            )
+            props.reply_to, props.correlation_id = "amq.rabbitmq.reply-to", "bp-1"
+        channel.confirm_delivery()
+        exchange = Topology(daemon.prefix).submit_exchange
+        channel.basic_publish(exchange, "", json.dumps(envelope).encode(), props)
+        if not reply:
+            return None
+        deadline = time.monotonic() + 10
+        while not answers:
+            assert time.monotonic() < deadline, "no answer to the submission"
+            connection.process_data_events(time_limit=0.2)
+        return dict(json.loads(answers[0]))
+    finally:
+        connection.close()
+
+
+def _fill(daemon: Daemon, queue: str) -> str:
+    """Push the one job `queue`'s bound allows; return its id."""
+    status, _, body = _push(daemon, queue)
+    assert status == 201, body
+    return str(body["job"]["id"])
+
+
+def test_an_amqp_submission_to_a_full_queue_with_reply_to_is_answered_queue_full(
+    bounded: Daemon,
+) -> None:
+    # Given a queue at its bound of one open job
+    _fill(bounded, "fullr")
+    job_id = UUIDv7Generator().new(int(time.time() * 1000))
+    # When a submission that asks for a reply would exceed it
+    answer = _submit(bounded, {"id": job_id, "type": "bp.amqp", "args": [], "queue": "fullr"}, True)
+    # Then it is told, and the job is not kept
+    assert answer is not None and answer["error"]["code"] == "queue_full", answer
+    assert request("GET", f"{bounded.url}/ojs/v1/jobs/{job_id}")[0] == 404
+
+
+def test_an_amqp_submission_to_a_full_queue_waits_in_ojs_submit_until_there_is_room(
+    bounded: Daemon,
+) -> None:
+    # Given a queue at its bound of one open job
+    first = _fill(bounded, "fullw")
+    job_id = UUIDv7Generator().new(int(time.time() * 1000))
+    assert bounded.log_path is not None
+    hand_back = "returning a message to try again later: "
+    before = bounded.log_path.read_text().count(hand_back)
+    # When a submission without reply_to would exceed it
+    _submit(bounded, {"id": job_id, "type": "bp.amqp", "args": [], "queue": "fullw"}, False)
+    # Then it is not taken while the queue is full (handed back to ojs.submit, tried again)
+    deadline = time.monotonic() + 10
+    while bounded.log_path.read_text().count(hand_back) == before:
+        assert time.monotonic() < deadline, "the daemon never handed the submission back"
+        time.sleep(0.1)
+    assert request("GET", f"{bounded.url}/ojs/v1/jobs/{job_id}")[0] == 404
+    # and once a job finishes and makes room, it is taken, once
+    fetched = request("POST", f"{bounded.url}/ojs/v1/workers/fetch", {"queues": ["fullw"]})[1]
+    assert [j["id"] for j in fetched["jobs"]] == [first]
+    assert request("POST", f"{bounded.url}/ojs/v1/workers/ack", {"job_id": first})[0] == 200
+    deadline = time.monotonic() + 15
+    while (status := request("GET", f"{bounded.url}/ojs/v1/jobs/{job_id}")[0]) == 404:
+        assert time.monotonic() < deadline, "the waiting submission never became a job"
+        time.sleep(0.1)
+    assert status == 200
+    fetched = request("POST", f"{bounded.url}/ojs/v1/workers/fetch", {"queues": ["fullw"]})[1]
+    assert [j["id"] for j in fetched["jobs"]] == [job_id]
+    assert request("POST", f"{bounded.url}/ojs/v1/workers/ack", {"job_id": job_id})[0] == 200
+    again = request("POST", f"{bounded.url}/ojs/v1/workers/fetch", {"queues": ["fullw"]})[1]
+    assert again["jobs"] == [], "the submission became more than one job"

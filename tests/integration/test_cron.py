@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -11,6 +12,7 @@ import orjson
 from ojs_amqp.engine.cron import CronScheduler
 from ojs_amqp.engine.events import EventFilter
 from ojs_amqp.engine.jobs import JobEngine
+from tests.daemon import Daemon, request
 from tests.integration.conftest import FakeClock
 
 NY = ZoneInfo("America/New_York")
@@ -65,9 +67,11 @@ async def test_a_daily_tick_in_the_hour_skipped_by_spring_forward_fires_once_aft
     assert stored is not None and stored["run_count"] == 2
 
 
-async def test_two_daemons_firing_the_same_tick_make_one_job(
+async def test_a_tick_fired_twice_on_one_store_makes_one_job(
     engine: tuple[JobEngine, FakeClock],
 ) -> None:
+    """The idempotence a failover relies on: two schedulers sharing a store (as a daemon and
+    its restart do) fire the same tick; the derived job id makes it one job."""
     eng, clock = engine
     first, second = _leader(eng, clock), _leader(eng, clock)
     await first.register(
@@ -97,3 +101,35 @@ async def test_overlap_skip_does_not_enqueue_while_the_previous_run_is_unfinishe
     assert len(await _cron_jobs(eng, "slow")) == 1
     skipped, _, _ = eng.events.query(EventFilter(types=frozenset({"cron.skipped"})))
     assert len(skipped) == 2
+
+
+def test_two_daemons_with_their_own_stores_on_one_prefix_fire_each_tick_once(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """With separate stores nothing but leadership (single active consumer of
+    ojs.cron.leader) keeps the second daemon from firing the same schedule."""
+    # Given two daemons on one topology prefix, each with its own store, and the same
+    # every-second schedule registered on both
+    first = make_daemon()
+    second = make_daemon(start=False)
+    second.prefix = first.prefix  # one topology; its own store, port and log
+    second.start()
+    schedule = {
+        "name": "shared",
+        "expression": "@every 1s",
+        "overlap_policy": "allow",
+        "job_template": {"type": "t.shared", "args": [], "options": {"queue": "cron-2"}},
+    }
+    for daemon in (first, second):
+        status, body = request("POST", f"{daemon.url}/ojs/v1/cron", schedule)
+        assert status in (200, 201), body
+    # When several ticks pass
+    time.sleep(5)
+    runs = {}
+    for daemon in (first, second):
+        status, body = request("GET", f"{daemon.url}/ojs/v1/cron/shared")
+        assert status == 200, body
+        runs[daemon.port] = body["cron"].get("run_count", 0)
+    # Then exactly one daemon fired them: one job per tick, not two
+    fired = sorted(runs.values())
+    assert fired[0] == 0 and fired[1] >= 3, f"run counts per daemon: {runs}"

@@ -386,6 +386,31 @@ async def test_a_late_report_on_an_older_copy_changes_nothing(
     assert _job(native_daemon, job["id"])["state"] == "completed"
 
 
+async def test_a_late_completed_report_on_a_copy_the_job_has_moved_past_changes_nothing(
+    native_daemon: Daemon, client: Client
+) -> None:
+    """The copy number itself: the job failed once and is `available` again at a newer copy,
+    so only `copy` tells the daemon this success report is about the superseded delivery."""
+    queue = _queue()
+    retry = {"max_attempts": 3, "initial_interval": "PT0.1S", "jitter": False}
+    job = _push(native_daemon, queue, retry=retry)
+    jobs_queue = await client.job_queue(queue)
+    message = await _get(jobs_queue)
+    failed = _report(protocol.FAILED, message, error={"code": "x", "retryable": True})
+    await client.control(protocol.FAILED, failed, queue=queue)
+    await message.ack()
+    await _until(native_daemon, job["id"], "available")
+    # When the first delivery's worker reports success after all
+    late = _report(protocol.COMPLETED, message, result=1)
+    assert late["copy"] is not None
+    answer = await client.control(protocol.COMPLETED, late, queue=queue)
+    # Then nothing changes: the job waits for its next run
+    assert answer["job"]["state"] == "available", answer
+    stored = _job(native_daemon, job["id"])
+    assert stored["state"] == "available" and "result" not in stored, stored
+    assert (await _get(jobs_queue)).headers["x-ojs-copy"] != late["copy"]
+
+
 async def test_a_heartbeat_marks_the_job_active_under_its_worker(
     native_daemon: Daemon, client: Client
 ) -> None:

@@ -209,6 +209,7 @@ async def test_node_binding_push_then_the_sdk_worker_completes(
         "--type", "math.square",
     )  # fmt: skip
     ids = [e["job_id"] for e in output if e["event"] == "pushed"]
+    assert len(set(ids)) == 3, f"the producer should report three pushes: {output}"
 
     async def square(ctx: JobContext) -> dict[str, int]:
         return {"square": ctx.args[0] ** 2, "attempt": ctx.attempt}

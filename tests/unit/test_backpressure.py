@@ -1,6 +1,9 @@
+from types import SimpleNamespace
+
 import pytest
 
 from ojs_amqp.cli import parse_max_depth
+from ojs_amqp.engine import backpressure
 from ojs_amqp.engine.backpressure import DepthCache
 from ojs_amqp.settings import Settings
 
@@ -38,3 +41,19 @@ async def test_the_depth_is_read_once_a_second_and_pushes_are_added_on_top() -> 
     assert store.reads == 1
     depths.clear()
     assert await depths.depth("q") == 1
+
+
+async def test_the_depth_is_read_again_once_a_second_has_passed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The one-second refresh on a fake clock: cached before, read from the store after."""
+    now = [100.0]
+    monkeypatch.setattr(backpressure, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    store = CountingStore()
+    depths = DepthCache(store)  # type: ignore[arg-type]
+    assert await depths.depth("q") == 5
+    store.count = 1
+    now[0] += backpressure.REFRESH_S - 0.001
+    assert await depths.depth("q") == 5 and store.reads == 1
+    now[0] += 0.002
+    assert await depths.depth("q") == 1 and store.reads == 2
