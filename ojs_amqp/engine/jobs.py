@@ -390,7 +390,13 @@ class JobEngine:
         message = codec.encode(job, due_at_ms=due_at_ms)
         await self.broker.publish(self.broker.topology.delay_exchange, key, message)
 
-    async def _advance(self, new: Job, current: Inbound | None, expect_copy: int) -> bool:
+    async def _advance(
+        self,
+        new: Job,
+        current: Inbound | None,
+        expect_copy: int,
+        expect_state: JobState | None = None,
+    ) -> bool:
         """The one move rule: publish the next copy, record it, then ack the current copy.
 
         Between the publish and the record, the new copy can already be delivered back to
@@ -400,7 +406,9 @@ class JobEngine:
         self._recording[new.id] = new.copy
         try:
             await self._publish_copy(new)
-            written = await self.store.update(new, expect_copy=expect_copy)
+            written = await self.store.update(
+                new, expect_copy=expect_copy, expect_state=expect_state
+            )
         finally:
             # (two moves of one job may overlap, e.g. a timer redelivered after a reconnect
             # while its first delivery is still firing: the first to finish removes the mark)
@@ -736,7 +744,9 @@ class JobEngine:
             return
         jobs = await self.store.available(queue)
         for job in jobs:
-            await self._advance(replace(job, copy=job.copy + 1), None, job.copy)
+            # A job leased since the read keeps its copy number: only its state tells.
+            new = replace(job, copy=job.copy + 1)
+            await self._advance(new, None, job.copy, JobState.AVAILABLE)
         log.warning("queue %s was lost on the broker: republished %d available jobs from the "
                     "store", queue_name, len(jobs))  # fmt: skip
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ojs_amqp.core.job import Job
+from ojs_amqp.core.job import Job, JobState
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,10 +29,16 @@ class JobStore(Protocol):
     async def get(self, job_id: str) -> Job | None: ...
 
     async def update(
-        self, job: Job, *, expect_copy: int | None = None, published: bool = True
+        self,
+        job: Job,
+        *,
+        expect_copy: int | None = None,
+        expect_state: JobState | None = None,
+        published: bool = True,
     ) -> bool:
-        """Replace the job's row. With `expect_copy`, only if the stored copy number still
-        matches (compare-and-set); return whether the row was written."""  # fmt: skip
+        """Replace the job's row. With `expect_copy` (and `expect_state`), only if the stored
+        copy number (and state) still match (compare-and-set); return whether it was written.
+        The state matters where a move keeps the copy number (a lease of a delivered copy)."""
 
     async def mark_published(self, job_ids: list[str]) -> None: ...
 

@@ -177,7 +177,12 @@ class SqliteJobStore:
         return _job(row[0]) if row else None
 
     async def update(
-        self, job: Job, *, expect_copy: int | None = None, published: bool = True
+        self,
+        job: Job,
+        *,
+        expect_copy: int | None = None,
+        expect_state: JobState | None = None,
+        published: bool = True,
     ) -> bool:
         values = _row(job, published)
         sql = (
@@ -188,6 +193,9 @@ class SqliteJobStore:
         if expect_copy is not None:
             sql += " AND copy=?"
             params = (*params, expect_copy)
+        if expect_state is not None:
+            sql += " AND state=?"
+            params = (*params, expect_state.value)
         written = self._write(sql, params).rowcount == 1
         await self._committed()
         return written

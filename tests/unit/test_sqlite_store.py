@@ -46,6 +46,18 @@ async def test_update_with_a_stale_copy_number_writes_nothing(store: SqliteJobSt
     assert (await store.get(job.id)).state is JobState.CANCELLED  # type: ignore[union-attr]
 
 
+async def test_a_state_check_refuses_a_move_of_a_job_leased_on_the_same_copy(
+    store: SqliteJobStore,
+) -> None:
+    """A lease keeps the copy number, so a republish read before it must check the state."""
+    job = _job()
+    await store.insert(job, published=True)
+    assert await store.update(replace(job, state=JobState.ACTIVE), expect_copy=1)
+    republished = replace(job, copy=2)
+    assert not await store.update(republished, expect_copy=1, expect_state=JobState.AVAILABLE)
+    assert (await store.get(job.id)).state is JobState.ACTIVE  # type: ignore[union-attr]
+
+
 async def test_outbox_rows_stay_unpublished_until_marked(store: SqliteJobStore) -> None:
     await store.insert(_job(1), published=False)
     await store.insert(_job(2), published=True)
