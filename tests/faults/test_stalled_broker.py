@@ -192,6 +192,8 @@ def test_a_broker_frozen_mid_run_bounds_every_push_and_loses_nothing_accepted(
     daemon = make_node_daemon(
         *waits, "--fetch-wait-ms", "200", amqp=proxy.url(rabbit_node.amqp_url)
     )
+    # What the freeze must make it say: the probe found the link dead and dropped it.
+    daemon.expected_errors.append("does not answer (the broker did not answer a liveness probe")
     url = daemon.url
     pusher = Pusher(url)
     for _ in range(20):
