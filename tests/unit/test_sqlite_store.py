@@ -143,3 +143,32 @@ async def test_dead_letter_retention_removes_the_old_and_all_but_the_newest_of_e
     jobs, total = await store.dead_letters(None, 10, 0)
     assert [j.id for j in jobs] == [dead(5, 0).id, dead(4, 0).id, dead(3, 0).id] and total == 3
     assert await store.get(_job(6).id) is not None  # not a dead letter: prune_finished's
+
+
+# --- deleting a queue: its unfinished jobs, then its row and finished jobs -------------
+
+
+async def test_deleting_a_queue_removes_its_row_and_finished_jobs_only(
+    store: SqliteJobStore,
+) -> None:
+    await store.add_queue("mail", 1)
+    await store.add_queue("other", 1)
+    jobs = [
+        _job(1, queue="mail", state=JobState.PENDING),
+        _job(2, queue="mail", state=JobState.SCHEDULED, scheduled_at_ms=9_999),
+        _job(3, queue="mail", state=JobState.ACTIVE),
+        _job(4, queue="mail", state=JobState.COMPLETED, completed_at_ms=10),
+        _job(5, queue="mail", state=JobState.DISCARDED, dead_letter=True, discarded_at_ms=10),
+        _job(6, queue="mail", state=JobState.CANCELLED, cancelled_at_ms=10),
+        _job(7, queue="other", state=JobState.COMPLETED, completed_at_ms=10),
+    ]
+    for job in jobs:
+        await store.insert(job, published=True)
+    assert sorted(j.id for j in await store.unfinished("mail")) == [j.id for j in jobs[:3]]
+    assert await store.delete_queue("mail") == 3
+    assert [q.name for q in await store.queues()] == ["other"]
+    assert sorted(j.id for j in await store.unfinished("mail")) == [j.id for j in jobs[:3]]
+    for job in jobs[3:6]:
+        assert await store.get(job.id) is None
+    assert await store.get(jobs[6].id) is not None
+    assert await store.delete_queue("mail") == 0
