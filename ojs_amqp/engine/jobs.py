@@ -672,9 +672,14 @@ class JobEngine:
         """
         try:
             ref = codec.read_ref(message.headers, message.message_id)
+            if (message.headers or {}).get(codec.H_STATE) == JobState.DISCARDED.value:
+                # Ours, never a worker's: recorded by its move, or left by a crash before the
+                # record, when a later move may reuse its copy number (a renewal, a lease
+                # lost with the daemon) and the copy check alone would not tell.
+                self.settle(message)
+                return
             job = await self.store.get(ref.job_id) if ref.job_id else None
-            ours = (message.headers or {}).get(codec.H_STATE) == JobState.DISCARDED.value
-            if job is None and ref.job_id and not ours:
+            if job is None and ref.job_id:
                 body = orjson.loads(message.body)
                 job = await self._adopt_envelope(body, ref.job_id, message.routing_key)
             if job is not None and codec.death_reason(message.headers) == codec.DELIVERY_LIMIT:

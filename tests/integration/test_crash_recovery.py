@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import aio_pika
@@ -79,14 +80,20 @@ def test_sigkill_mid_run_loses_no_job_and_leaves_none_stuck(daemon: Daemon) -> N
     ledger.check(lost_leases=1)
 
 
-async def _publish_unrecorded_discard(prefix: str, store: Path, job_id: str) -> None:
+async def _publish_unrecorded_discard(
+    prefix: str, store: Path, job_id: str, *, reused_copy: bool = False
+) -> None:
     """Publish exactly the copy `JobEngine.nack` publishes for a final failure, as if the
-    daemon died after the broker confirmed it and before the store recorded the move."""
+    daemon died after the broker confirmed it and before the store recorded the move. With
+    `reused_copy`, its copy number is the one the job has now, as when a later move (a
+    renewal, a lease lost with the daemon) has taken the number the lost discard had."""
     row = sqlite3.connect(store).execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
     job = from_record(orjson.loads(row[0]))
     assert job.state is JobState.ACTIVE
     report = FailureReport(code="boom", message="told to fail", retryable=False)
     discarded = lifecycle.fail(job, int(time.time() * 1000), report, lambda: 0.5)
+    if reused_copy:
+        discarded = replace(discarded, copy=job.copy)
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
@@ -149,3 +156,46 @@ def test_a_final_nack_cut_short_by_sigkill_is_recovered_cleanly(
         if " ERROR " in line or line.startswith(("ojs_amqp.errors.", "Traceback"))
     ]
     assert not failures, "\n".join(failures[:6])
+
+
+def test_a_lost_discard_whose_copy_number_was_reused_is_not_taken_for_a_worker_rejection(
+    daemon: Daemon,
+) -> None:
+    # Given an active job, and a discarded copy of it on the dead-letter exchange that was
+    # never recorded and carries the copy number the job has now
+    push = {"type": "crash.test", "args": [], "options": {"queue": "reuse"}}
+    status, _ = request("POST", f"{daemon.url}/ojs/v1/jobs", push)
+    assert status == 201
+    status, body = request(
+        "POST", f"{daemon.url}/ojs/v1/workers/fetch", {"queues": ["reuse"], "worker_id": "w1"}
+    )
+    job_id = body["jobs"][0]["id"]
+    asyncio.run(_publish_unrecorded_discard(daemon.prefix, daemon.store, job_id, reused_copy=True))
+    # When the daemon's dead-letter consumer has taken it (the dead-letter queue is empty)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _ready(daemon, "reuse") != 0:
+        time.sleep(0.1)
+    assert _ready(daemon, "reuse") == 0
+    time.sleep(1)  # (a rejection would be recorded within milliseconds of the delivery)
+    # Then the job is still w1's, and w1's ack completes it: no made-up rejection
+    status, body = request("GET", f"{daemon.url}/ojs/v1/jobs/{job_id}")
+    assert body["job"]["state"] == "active", body["job"].get("errors")
+    status, body = request("POST", f"{daemon.url}/ojs/v1/workers/ack",
+                           {"job_id": job_id, "worker_id": "w1", "result": {}})  # fmt: skip
+    assert status == 200, body
+    status, body = request("GET", f"{daemon.url}/ojs/v1/jobs/{job_id}")
+    assert body["job"]["state"] == "completed"
+
+
+def _ready(daemon: Daemon, queue: str) -> int:
+    """Messages ready in the queue's dead-letter queue, by a passive declare."""
+
+    async def count() -> int:
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            channel = await connection.channel()
+            name = Topology(daemon.prefix).dead_letter_queue(queue)
+            declared = await channel.declare_queue(name, passive=True)
+            return int(declared.declaration_result.message_count)
+
+    return asyncio.run(count())
