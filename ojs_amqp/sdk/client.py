@@ -32,7 +32,7 @@ from ojs_amqp.logs import redact
 from ojs_amqp.sdk import control
 from ojs_amqp.sdk.announce import announce
 from ojs_amqp.sdk.errors import BatchPushError, PublishRejected, ReplyTimeout, Unroutable
-from ojs_amqp.sdk.rpc import REPLY_TO, ReplyRouter, read_reply
+from ojs_amqp.sdk.rpc import REPLY_TO, ReplyRouter
 from ojs_amqp.sdk.transport import DEFAULT_URL, connect
 from ojs_amqp.sdk.wire import job_from_wire, request_envelope, submission_envelope
 
@@ -347,26 +347,14 @@ class Client:
         routing_key: str,
         properties: Basic.Properties,
     ) -> dict[str, Any]:
-        correlation_id, answer = self._replies.expect()
-        properties.reply_to = REPLY_TO
-        properties.correlation_id = correlation_id
-        try:
-            await pipe.publish(
-                body, exchange=exchange, routing_key=routing_key, properties=properties
-            )
-            try:
-                async with asyncio.timeout(self.timeout):
-                    raw = await answer
-            except TimeoutError:
-                raise ReplyTimeout(
-                    f"the daemon did not answer within {self.timeout:g}s "
-                    f"(is it running with prefix {self.topology.prefix!r}?)"
-                ) from None
-        finally:
-            self._replies.forget(correlation_id)
-            if answer.done() and not answer.cancelled():
-                answer.exception()  # retrieved: a failed, unawaited answer must not warn
-        return read_reply(raw)
+        return await self._replies.call(
+            pipe, body, exchange=exchange, routing_key=routing_key, properties=properties,
+            timeout_s=self.timeout,
+            timed_out=lambda: ReplyTimeout(
+                f"the daemon did not answer within {self.timeout:g}s "
+                f"(is it running with prefix {self.topology.prefix!r}?)"
+            ),
+        )  # fmt: skip
 
 
 def _relay(

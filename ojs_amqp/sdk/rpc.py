@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiormq.abc import DeliveredMessage
 
 from ojs_amqp.errors import OjsError
+
+if TYPE_CHECKING:
+    from pamqp.commands import Basic
+
+    from ojs_amqp.amqp.pipe import Pipe
 from ojs_amqp.sdk.errors import error_from_reply
 
 REPLY_TO = "amq.rabbitmq.reply-to"
@@ -68,3 +74,34 @@ class ReplyRouter:
 
     def __len__(self) -> int:
         return len(self._waiting)
+
+    async def call(
+        self,
+        pipe: Pipe,
+        body: bytes,
+        *,
+        exchange: str,
+        routing_key: str,
+        properties: Basic.Properties,
+        timeout_s: float,
+        timed_out: Callable[[], OjsError],
+    ) -> dict[str, Any]:
+        """Publish a request whose answer comes to REPLY_TO on this router's channel, and
+        read it within `timeout_s` (else the error `timed_out` makes)."""
+        correlation_id, answer = self.expect()
+        properties.reply_to = REPLY_TO
+        properties.correlation_id = correlation_id
+        try:
+            await pipe.publish(
+                body, exchange=exchange, routing_key=routing_key, properties=properties
+            )
+            try:
+                async with asyncio.timeout(timeout_s):
+                    raw = await answer
+            except TimeoutError:
+                raise timed_out() from None
+        finally:
+            self.forget(correlation_id)
+            if answer.done() and not answer.cancelled():
+                answer.exception()  # retrieved: a failed, unawaited answer must not warn
+        return read_reply(raw)

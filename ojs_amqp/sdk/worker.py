@@ -50,7 +50,7 @@ from ojs_amqp.sdk.context import JobContext
 from ojs_amqp.sdk.handlers import H, Handler, HandlerRegistry, Registered
 from ojs_amqp.sdk.recent import RecentIds
 from ojs_amqp.sdk.reports import Outcome, ReportBatcher
-from ojs_amqp.sdk.rpc import REPLY_TO, ReplyRouter, read_reply
+from ojs_amqp.sdk.rpc import REPLY_TO, ReplyRouter
 from ojs_amqp.sdk.transport import DEFAULT_URL, connect
 
 log = logging.getLogger("ojs_amqp.sdk.worker")
@@ -669,26 +669,12 @@ class Worker:
 
     async def _ask(self, session: _Session, queue: str, body: bytes) -> dict[str, Any]:
         """A control message with a reply (direct reply-to), within `publish_timeout`."""
-        correlation_id, answer = session.replies.expect()
-        properties = control.properties(protocol.HEARTBEAT)
-        properties.reply_to = REPLY_TO
-        properties.correlation_id = correlation_id
-        try:
-            await session.pipe.publish(
-                body, exchange=self.topology.direct_exchange,
-                routing_key=self._report_keys.get(queue) or CONTROL_KEY_PREFIX + queue,
-                properties=properties,
-            )  # fmt: skip
-            try:
-                async with asyncio.timeout(self.publish_timeout):
-                    raw = await answer
-            except TimeoutError:
-                raise OjsError(f"no answer within {self.publish_timeout:g}s") from None
-        finally:
-            session.replies.forget(correlation_id)
-            if answer.done() and not answer.cancelled():
-                answer.exception()  # retrieved: a failed, unawaited answer must not warn
-        return read_reply(raw)
+        return await session.replies.call(
+            session.pipe, body, exchange=self.topology.direct_exchange,
+            routing_key=self._report_keys.get(queue) or CONTROL_KEY_PREFIX + queue,
+            properties=control.properties(protocol.HEARTBEAT), timeout_s=self.publish_timeout,
+            timed_out=lambda: OjsError(f"no answer within {self.publish_timeout:g}s"),
+        )  # fmt: skip
 
     def _lost(
         self, session: _Session, tag: int, ctx: JobContext, copy: int | None, body: bytes,
