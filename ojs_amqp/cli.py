@@ -12,7 +12,7 @@ from typing import Any
 from ojs_amqp import admin
 from ojs_amqp.amqp.failures import CONNECTION_ERRORS
 from ojs_amqp.core.durations import parse_duration_ms
-from ojs_amqp.errors import OjsError
+from ojs_amqp.errors import describe
 from ojs_amqp.http.auth import parse_tokens
 from ojs_amqp.logs import configure, redact
 from ojs_amqp.runtime import serve
@@ -344,10 +344,6 @@ def _check_exposure(settings: Settings) -> None:
         )
 
 
-def _said(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, OjsError) else str(exc) or type(exc).__name__
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if admin.handles(args):
@@ -377,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         attempts = settings.connect_attempts
         print(
             f"ojs-amqp: cannot reach the broker at {redact(settings.amqp_url)} after "
-            f"{attempts} attempt{'s' if attempts != 1 else ''}: {_said(exc)}",
+            f"{attempts} attempt{'s' if attempts != 1 else ''}: {describe(exc)}",
             file=sys.stderr,
         )
         return 2

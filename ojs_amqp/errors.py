@@ -214,3 +214,11 @@ class InvalidTransition(Conflict):
             f"job {job_id} is {state}; {operation} is not allowed from that state",
             details={"job_id": job_id, "current_state": state, "operation": operation},
         )
+
+
+def describe(exc: BaseException) -> str:
+    """An error as an operator reads it: our own messages as they are, others as their text,
+    or their type where they have none."""
+    if isinstance(exc, OjsError):
+        return exc.message
+    return str(exc) or type(exc).__name__

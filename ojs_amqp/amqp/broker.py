@@ -45,6 +45,7 @@ from ojs_amqp.errors import (
     PublishRejected,
     QueueFull,
     Unroutable,
+    describe,
 )
 from ojs_amqp.logs import redact
 from ojs_amqp.tls import is_permanent_tls_failure
@@ -122,13 +123,6 @@ def _worth_retrying(exc: BaseException) -> bool:
     """Connection errors are retried at start, except TLS verdicts that no retry can change
     (a certificate the other side refuses): those stop the daemon at once."""
     return isinstance(exc, CONNECTION_ERRORS) and not is_permanent_tls_failure(exc)
-
-
-def _said(exc: BaseException) -> str:
-    """An error as an operator reads it: our own messages as they are, others with their type."""
-    if isinstance(exc, OjsError):
-        return exc.message
-    return str(exc) or type(exc).__name__
 
 
 def _link(conn: AbstractConnection) -> aiormq.abc.AbstractConnection:
@@ -240,13 +234,13 @@ class Broker:
                 if attempt >= attempts:
                     log.error(
                         "broker %s, attempt %d of %d failed: %s; giving up",
-                        where, attempt, attempts, _said(exc),
+                        where, attempt, attempts, describe(exc),
                     )  # fmt: skip
                     raise
                 delay = backoff_seconds(attempt)
                 log.warning(
                     "broker %s, attempt %d of %d failed: %s; next attempt in %.1fs",
-                    where, attempt, attempts, _said(exc), delay,
+                    where, attempt, attempts, describe(exc), delay,
                 )  # fmt: skip
                 await asyncio.sleep(delay)
         self._watch_task = asyncio.create_task(self._watch(), name="broker-watch")
@@ -427,7 +421,7 @@ class Broker:
                 except (BrokerStalled, *CONNECTION_ERRORS, aiormq.exceptions.AMQPError) as exc:
                     log.error(
                         "the broker connection %s does not answer (%s); treating it as lost",
-                        redact(self._url), _said(exc),
+                        redact(self._url), describe(exc),
                     )  # fmt: skip
                     self._drop()
                     return
@@ -486,7 +480,7 @@ class Broker:
                     delay = backoff_seconds(attempt)
                     log.warning(
                         "broker %s, reconnect attempt %d failed: %s; next in %.1fs",
-                        redact(self._url), attempt, _said(exc), delay,
+                        redact(self._url), attempt, describe(exc), delay,
                     )  # fmt: skip
                     await asyncio.sleep(delay)
             self.reconnections += 1
