@@ -29,7 +29,7 @@ from ojs_amqp.amqp import codec
 from ojs_amqp.core.job import JobState
 from ojs_amqp.engine.jobs import JobEngine
 from tests.conftest import SESSION_PREFIX
-from tests.daemon import RABBITMQCTL, Daemon, delete_topology, request
+from tests.daemon import RABBITMQCTL, Daemon, request
 
 #: RabbitMQ 4.x's default delivery limit for quorum queues; set by policy on 3.10.
 DEFAULT_LIMIT = 20
@@ -262,60 +262,43 @@ async def test_a_job_that_kills_its_native_worker_ends_discarded_by_the_delivery
         assert _metric(live_engine, discards) == 1
 
 
-@contextlib.contextmanager
-def _daemon_on_broker(tmp_path: Path, url: str, *args: str) -> Iterator[Daemon]:
-    prefix = f"{SESSION_PREFIX}-dl-{uuid.uuid4().hex[:6]}"
-    daemon = Daemon(
-        prefix=prefix, store=tmp_path / f"{prefix}.db", log_path=tmp_path / f"{prefix}.log",
-        amqp_url=url, extra_args=list(args),
-    )  # fmt: skip
-    daemon.start()
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-        delete_topology(prefix, url, _ctl)
-
-
 def test_jobs_waiting_behind_a_short_hold_are_never_discarded(
-    broker: str, tmp_path: Path, queue: str
+    make_daemon: Callable[..., Daemon], queue: str
 ) -> None:
     # Given the issue's scenario, shortened: a daemon with --delivery-hold-ms 1000, 20 jobs
     # pushed to one queue, and a delivery limit of 3 on it (by policy, on any broker: with
     # returns every 1.25 s, the old refresh dead-lettered them within 5 s)
-    with _daemon_on_broker(tmp_path, broker, "--delivery-hold-ms", "1000") as daemon:
-        ids = []
-        for i in range(20):
-            status, body = request("POST", f"{daemon.url}/ojs/v1/jobs",
-                                   {"type": "dl.wait", "args": [i], "queue": queue})  # fmt: skip
-            assert status == 201, body
-            ids.append(body["job"]["id"])
-        with delivery_limit_policy(f"{daemon.prefix}.ojs.queue.{queue}", 3):
-            # When a worker keeps the gateway open with one FETCH a second, for 10 s
-            fetched = 0
-            for _ in range(10):
-                status, body = request(
-                    "POST", f"{daemon.url}/ojs/v1/workers/fetch",
-                    {"queues": [queue], "count": 1, "worker_id": "w1",
-                     "visibility_timeout_ms": 600_000},
-                )  # fmt: skip
-                assert status == 200, body
-                fetched += len(body["jobs"])
-                time.sleep(1)
+    daemon = make_daemon("--delivery-hold-ms", "1000")
+    ids = []
+    for i in range(20):
+        status, body = request("POST", f"{daemon.url}/ojs/v1/jobs",
+                               {"type": "dl.wait", "args": [i], "queue": queue})  # fmt: skip
+        assert status == 201, body
+        ids.append(body["job"]["id"])
+    with delivery_limit_policy(f"{daemon.prefix}.ojs.queue.{queue}", 3):
+        # When a worker keeps the gateway open with one FETCH a second, for 10 s
+        fetched = 0
+        for _ in range(10):
+            status, body = request(
+                "POST", f"{daemon.url}/ojs/v1/workers/fetch",
+                {"queues": [queue], "count": 1, "worker_id": "w1",
+                 "visibility_timeout_ms": 600_000},
+            )  # fmt: skip
+            assert status == 200, body
+            fetched += len(body["jobs"])
+            time.sleep(1)
 
-            # Then every job is active (fetched) or available, none discarded, and the
-            # refresh did renew them (many times)
-            states: dict[str, int] = {}
-            for job_id in ids:
-                _, body = request("GET", f"{daemon.url}/ojs/v1/jobs/{job_id}")
-                states[body["job"]["state"]] = states.get(body["job"]["state"], 0) + 1
-            assert states == {"active": fetched, "available": 20 - fetched}
-            assert fetched == 10
-            _, metrics = _raw(f"{daemon.url}/metrics")
-            renewed = re.search(
-                r'ojs_amqp_deliveries_renewed_total\{reason="hold"\} (\S+)', metrics
-            )
-            assert renewed is not None and float(renewed.group(1)) >= 3 * (20 - fetched)
+        # Then every job is active (fetched) or available, none discarded, and the
+        # refresh did renew them (many times)
+        states: dict[str, int] = {}
+        for job_id in ids:
+            _, body = request("GET", f"{daemon.url}/ojs/v1/jobs/{job_id}")
+            states[body["job"]["state"]] = states.get(body["job"]["state"], 0) + 1
+        assert states == {"active": fetched, "available": 20 - fetched}
+        assert fetched == 10
+        _, metrics = _raw(f"{daemon.url}/metrics")
+        renewed = re.search(r'ojs_amqp_deliveries_renewed_total\{reason="hold"\} (\S+)', metrics)
+        assert renewed is not None and float(renewed.group(1)) >= 3 * (20 - fetched)
 
 
 def _raw(url: str) -> tuple[int, str]:
@@ -338,32 +321,32 @@ async def _submit(url: str, exchange: str, routing_key: str, body: bytes) -> Non
 
 
 def test_a_submission_waiting_for_room_is_never_dropped_at_the_delivery_limit(
-    broker: str, tmp_path: Path, queue: str
+    broker: str, make_daemon: Callable[..., Daemon], queue: str
 ) -> None:
     # Given a queue at its --max-depth bound of 1, and a delivery limit of 2 on ojs.submit (a
     # quorum queue with no dead-letter exchange: past its limit a message is dropped)
-    with _daemon_on_broker(tmp_path, broker, "--max-depth", f"1000,{queue}=1") as daemon:
-        status, body = request("POST", f"{daemon.url}/ojs/v1/jobs",
-                               {"type": "dl.first", "args": [], "queue": queue})  # fmt: skip
-        assert status == 201, body
-        first = body["job"]["id"]
-        with delivery_limit_policy(f"{daemon.prefix}.ojs.submit", 2):
-            # When a submission for that queue arrives and waits in ojs.submit for 6 s (handed
-            # back once a second while the queue is full)
-            submission = b'{"type": "dl.second", "args": [7]}'
-            asyncio.run(_submit(broker, f"{daemon.prefix}.ojs.exchange.submit", queue, submission))
-            time.sleep(6)
+    daemon = make_daemon("--max-depth", f"1000,{queue}=1")
+    status, body = request("POST", f"{daemon.url}/ojs/v1/jobs",
+                           {"type": "dl.first", "args": [], "queue": queue})  # fmt: skip
+    assert status == 201, body
+    first = body["job"]["id"]
+    with delivery_limit_policy(f"{daemon.prefix}.ojs.submit", 2):
+        # When a submission for that queue arrives and waits in ojs.submit for 6 s (handed
+        # back once a second while the queue is full)
+        submission = b'{"type": "dl.second", "args": [7]}'
+        asyncio.run(_submit(broker, f"{daemon.prefix}.ojs.exchange.submit", queue, submission))
+        time.sleep(6)
 
-            # Then, once the queue has room, it is accepted: it was never dropped
-            assert request("DELETE", f"{daemon.url}/ojs/v1/jobs/{first}")[0] == 200
-            deadline = time.monotonic() + 15
-            jobs: list[dict[str, object]] = []
-            while not jobs and time.monotonic() < deadline:
-                fetch = {"queues": [queue], "count": 1, "worker_id": "w1"}
-                status, body = request("POST", f"{daemon.url}/ojs/v1/workers/fetch", fetch)
-                assert status == 200, body
-                jobs = body["jobs"]
-            assert [(j["type"], j["args"]) for j in jobs] == [("dl.second", [7])]
+        # Then, once the queue has room, it is accepted: it was never dropped
+        assert request("DELETE", f"{daemon.url}/ojs/v1/jobs/{first}")[0] == 200
+        deadline = time.monotonic() + 15
+        jobs: list[dict[str, object]] = []
+        while not jobs and time.monotonic() < deadline:
+            fetch = {"queues": [queue], "count": 1, "worker_id": "w1"}
+            status, body = request("POST", f"{daemon.url}/ojs/v1/workers/fetch", fetch)
+            assert status == 200, body
+            jobs = body["jobs"]
+        assert [(j["type"], j["args"]) for j in jobs] == [("dl.second", [7])]
 
 
 async def test_a_fetch_while_its_gateway_closes_gets_a_job_and_the_queue_stays_consumed(
