@@ -34,7 +34,12 @@ from ojs_amqp.amqp.bounded import (
     within,
 )
 from ojs_amqp.amqp.codec import Outgoing
-from ojs_amqp.amqp.failures import CONNECTION_ERRORS, PUBLISH_ERRORS
+from ojs_amqp.amqp.failures import (
+    CONNECTION_ERRORS,
+    DECLARE_RACE_RETRY_DELAYS_S,
+    PUBLISH_ERRORS,
+    is_declare_race,
+)
 from ojs_amqp.amqp.inbound import Inbound
 from ojs_amqp.amqp.pipe import FrameBatch, Pipe, Settler, has_frame_queue
 from ojs_amqp.amqp.topology import QueueSpec, Topology
@@ -584,7 +589,22 @@ class Broker:
         self, name: str, arguments: dict[str, Any], exchange: str = "", routing_key: str = ""
     ) -> None:
         """Declare a durable queue and bind it (unless `exchange` is the default exchange);
-        remembered, so reconnects redeclare it."""
+        remembered, so reconnects redeclare it. A declare that raced another connection's
+        (`is_declare_race`) is tried again after a short wait."""
+        for delay in (*DECLARE_RACE_RETRY_DELAYS_S, None):
+            try:
+                await self._declare_queue_once(name, arguments, exchange, routing_key)
+                return
+            except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                if delay is None or not is_declare_race(exc):
+                    raise
+                log.info("the declare of queue %s met another declare of it; again in %.2fs",
+                         name, delay)  # fmt: skip
+            await asyncio.sleep(delay)
+
+    async def _declare_queue_once(
+        self, name: str, arguments: dict[str, Any], exchange: str, routing_key: str
+    ) -> None:
         assert self._pub_conn is not None
         # A channel of its own: a 406 closes the channel, and must not take the publisher down.
         async with self._short_lived(self._pub_conn) as channel:

@@ -24,3 +24,17 @@ PUBLISH_ERRORS = (
     aiormq.exceptions.ChannelInvalidStateError,
     RuntimeError,
 )
+
+
+#: How long to wait before each new try of a declare that met `is_declare_race`.
+DECLARE_RACE_RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.4, 0.8)
+
+
+def is_declare_race(exc: BaseException) -> bool:
+    """RabbitMQ 4.0 answers a declare that meets another connection's declare of the same new
+    classic queue with NOT_FOUND "home node ... is down or inaccessible" while the queue's
+    process starts (seen when the daemon, reading an SDK's hello, and the SDK declare a
+    queue's trio at once). A later try finds the queue up; any other NOT_FOUND is final."""
+    return isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity) and (
+        "down or inaccessible" in str(exc)
+    )

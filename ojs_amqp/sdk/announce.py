@@ -13,6 +13,7 @@ idempotent re-declarations, never a 406.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 import aiormq
@@ -20,7 +21,7 @@ from aiormq.abc import AbstractConnection
 
 from ojs_amqp.amqp import protocol
 from ojs_amqp.amqp.broker import TopologyMismatch
-from ojs_amqp.amqp.failures import PUBLISH_ERRORS
+from ojs_amqp.amqp.failures import DECLARE_RACE_RETRY_DELAYS_S, PUBLISH_ERRORS, is_declare_race
 from ojs_amqp.amqp.pipe import Pipe
 from ojs_amqp.amqp.topology import Topology
 from ojs_amqp.core.envelope import validate_queue
@@ -57,7 +58,17 @@ async def declare_queues(
     try:
         for q in queues:
             for spec in topology.queues_of(q):  # the daemon's own list, job queue last
-                await channel.queue_declare(spec.name, durable=True, arguments=spec.arguments)
+                for delay in (*DECLARE_RACE_RETRY_DELAYS_S, None):
+                    try:
+                        await channel.queue_declare(
+                            spec.name, durable=True, arguments=spec.arguments
+                        )
+                        break
+                    except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                        if delay is None or not is_declare_race(exc):
+                            raise
+                    await asyncio.sleep(delay)  # the error closed the channel: a new one
+                    channel = await connection.channel(publisher_confirms=False)
                 if spec.exchange:
                     await channel.queue_bind(spec.name, spec.exchange, routing_key=spec.routing_key)
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
