@@ -7,11 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.daemon import Daemon
+from tests.conftest import SESSION_PREFIX
+from tests.daemon import Daemon, shared_daemon
 
 SUITE_DIR = Path(
     os.environ.get("OJS_CONFORMANCE_DIR", Path(__file__).parents[3] / "shared" / "conformance")
@@ -30,16 +33,25 @@ REFUSED_ON_PURPOSE = {"L0-ENV-002": "Expected status 201, got 422"}
 
 
 def run_suite(
-    daemon: Daemon, suite_dir: str, report: Path, *, intent: bool = False
+    daemon: Daemon,
+    suite_dir: str,
+    report: Path,
+    *,
+    intent: bool = False,
+    test_id: str | None = None,
 ) -> dict[str, dict[str, str]]:
+    """Run the suite's tests under `suite_dir` (only `test_id` if given) against `daemon`,
+    resetting it before each test when it is in test mode (the reset route exists only
+    there)."""
     runner = SUITE_DIR / "run.py"
     if not runner.exists():
         pytest.fail(f"conformance runner not found at {runner}; set OJS_CONFORMANCE_DIR")
+    reset = ["--reset-url", f"{daemon.url}/ojs/v1/admin/reset"] if daemon.test_mode else []
     subprocess.run(
         [
             sys.executable, str(runner), "--url", daemon.url, "--suites", str(SUITE_DIR / "suites"),
-            "--suite-dir", suite_dir, "--reset-url", f"{daemon.url}/ojs/v1/admin/reset",
-            "--json", str(report), "--timeout", "30", *(["--intent"] if intent else []),
+            "--suite-dir", suite_dir, *reset, "--json", str(report), "--timeout", "30",
+            *(["--intent"] if intent else []), *(["--test", test_id] if test_id else []),
         ],
         check=False,
         timeout=600,
@@ -70,6 +82,54 @@ def test_every_test_of_the_level_passes(
         if test_id in ran:  # still refused, and for that reason only
             assert test_id in failed, f"{test_id} passes now: is the option honoured?"
             assert answer in failed[test_id]["message"]
+
+
+def fetch_from_default(suite_dir: str) -> set[str]:
+    """Ids of the tests under `suite_dir` that fetch from the queue `default`. Each pushes a
+    job there and expects to fetch that very job: on a daemon where earlier tests left jobs in
+    `default` (most tests push there without fetching), it fetches one of those instead."""
+    ids = set()
+    for path in sorted((SUITE_DIR / "suites" / suite_dir).rglob("*.json")):
+        case = json.loads(path.read_text())
+        steps = [*(case.get("setup") or {}).get("steps", []), *case.get("steps", [])]
+        for step in steps:
+            queues = (step.get("body") or {}).get("queues")
+            if step.get("path", "").endswith("/workers/fetch") and "default" in (queues or []):
+                ids.add(case["test_id"])
+    return ids
+
+
+@pytest.mark.conformance
+@pytest.mark.timeout(300)
+def test_level_0_without_test_mode_gives_the_test_mode_result(broker: str, tmp_path: Path) -> None:
+    """Level 0 against daemons run as deployed (no `--test-mode`, so no reset between tests):
+    one daemon runs the whole level; each test that needs an empty `default` queue runs again
+    on a fresh daemon of its own (its own prefix and store). Every test passes on one of them
+    but the one refused on purpose, as in test mode; on the shared daemon, the tests that fail
+    are only those, and only because the job fetched was an older one."""
+    needs_empty_default = fetch_from_default("level-0-core")
+    assert len(needs_empty_default) == 9  # the suite's copy changed: read it again
+
+    def run_on_a_normal_daemon(name: str, test_id: str | None) -> dict[str, dict[str, str]]:
+        (tmp_path / name).mkdir()
+        prefix = f"{SESSION_PREFIX}-l0{name}-{uuid.uuid4().hex[:6]}"
+        with shared_daemon(tmp_path / name, prefix, test_mode=False) as daemon:
+            return run_suite(daemon, "level-0-core", tmp_path / f"{name}.json", test_id=test_id)
+
+    with ThreadPoolExecutor(4) as pool:  # the runs are independent; mostly waiting
+        whole = pool.submit(run_on_a_normal_daemon, "all", None)
+        singles = [pool.submit(run_on_a_normal_daemon, t, t) for t in sorted(needs_empty_default)]
+        results = whole.result()
+        alone = {k: v for single in singles for k, v in single.result().items()}
+    assert len(results) == 65
+    failed = {k.split(":")[0]: v for k, v in results.items() if v["status"] != "pass"}
+    assert failed.keys() - needs_empty_default == REFUSED_ON_PURPOSE.keys()
+    for test_id, answer in REFUSED_ON_PURPOSE.items():
+        assert answer in failed[test_id]["message"]
+    for test_id in failed.keys() & needs_empty_default:
+        assert "$.jobs[0].id" in failed[test_id]["fields"].split(","), failed[test_id]
+    assert {k.split(":")[0] for k in alone} == needs_empty_default
+    assert {k: v for k, v in alone.items() if v["status"] != "pass"} == {}
 
 
 @pytest.mark.conformance
