@@ -10,13 +10,13 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from ojs_amqp import admin, options
+from ojs_amqp import admin, settings_schema
 from ojs_amqp.amqp.failures import CONNECTION_ERRORS
 from ojs_amqp.errors import describe
 from ojs_amqp.logs import configure, redact
-from ojs_amqp.options import Option, SettingsError, declared, parse_text, shown_default
 from ojs_amqp.runtime import serve
 from ojs_amqp.settings import Settings
+from ojs_amqp.settings_schema import Option, SettingsError, declared, parse_text, shown_default
 from ojs_amqp.tls import TlsConfigError, ssl_cause
 
 
@@ -168,7 +168,7 @@ def _read(flag: str, path: str) -> str:
 def parse_max_depth(spec: str) -> tuple[tuple[str, int], ...]:
     """'1000,email=50' -> (("*", 1000), ("email", 50)); SystemExit when malformed."""
     try:
-        return options.max_depth(spec)
+        return settings_schema.max_depth(spec)
     except ValueError as exc:
         raise SystemExit(f"ojs-amqp: --max-depth {exc}") from None
 

@@ -1,8 +1,9 @@
 """One typed settings object, built once (by the CLI, or in code) and passed explicitly to
 everything; every value is checked when it is built, so a bad one fails at start, naming it.
 
-Each field is one `setting(default, SECTION, help, flag=..., env=..., rule...)` (options.py):
-`ojs-amqp serve`'s flags and the README's configuration table are made from these.
+Each field is one `setting(default, SECTION, help, flag=..., env=..., rule...)`
+(settings_schema.py): `ojs-amqp serve`'s flags and the README's configuration table are made
+from these.
 
 Adding a setting: one field at the end of `Settings` (keyword-only, so the order is free),
 
@@ -23,7 +24,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from ojs_amqp.options import (
+from ojs_amqp.settings_schema import (
     BROKER,
     DELIVERY,
     HTTP,

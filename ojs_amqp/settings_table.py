@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ojs_amqp.options import SECTIONS, declared, shown_default
 from ojs_amqp.settings import Settings
+from ojs_amqp.settings_schema import SECTIONS, declared, shown_default
 
 BEGIN = (
     "<!-- settings table: made by `python -m ojs_amqp.settings_table --write` from "

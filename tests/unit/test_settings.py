@@ -13,8 +13,8 @@ import pytest
 
 from ojs_amqp import settings_table
 from ojs_amqp.cli import _parser, settings_from
-from ojs_amqp.options import SECTIONS, SettingsError, declared, option_of
 from ojs_amqp.settings import Settings, Token
+from ojs_amqp.settings_schema import SECTIONS, SettingsError, declared, option_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
