@@ -21,6 +21,7 @@ from ojs_amqp.tls import TlsConfigError, ssl_cause
 
 _DEFAULTS = Settings()
 RESPONSE_MEDIA_TYPES = ("application/openjobspec+json", "application/json")
+DASHBOARD_MODES = ("auto", "on", "off")
 
 
 def _env_bool(name: str) -> bool:
@@ -131,6 +132,13 @@ def _parser() -> argparse.ArgumentParser:
         help="listen on a non-loopback address without authentication (not recommended)",
     )
     serve_cmd.add_argument(
+        "--dashboard",
+        choices=DASHBOARD_MODES,
+        default=os.environ.get("OJS_DASHBOARD", _DEFAULTS.dashboard),
+        help="the web dashboard at /ojs/admin/: auto (only when listening on loopback), on, "
+        f"off (env OJS_DASHBOARD, default {_DEFAULTS.dashboard!r})",
+    )
+    serve_cmd.add_argument(
         "--test-mode",
         action="store_true",
         default=_env_bool("OJS_TEST_MODE"),
@@ -218,6 +226,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
             f"ojs-amqp: --response-media-type must be one of {', '.join(RESPONSE_MEDIA_TYPES)}, "
             f"got {args.response_media_type!r}"
         )
+    if args.dashboard not in DASHBOARD_MODES:  # from the environment
+        raise SystemExit(f"ojs-amqp: --dashboard must be auto, on or off, got {args.dashboard!r}")
     if args.log_format not in ("text", "json"):
         raise SystemExit(f"ojs-amqp: --log-format must be text or json, got {args.log_format!r}")
     return Settings(
@@ -263,6 +273,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         amqp_key_file=args.amqp_key,
         tls_cert_file=args.tls_cert,
         tls_key_file=args.tls_key,
+        dashboard=args.dashboard,
     )
 
 

@@ -19,6 +19,7 @@ from ojs_amqp.core.envelope import UNHONOURED_OPTIONS
 from ojs_amqp.core.ids import UUIDv7Generator
 from ojs_amqp.core.job import Job, JobState, to_wire
 from ojs_amqp.core.times import format_ms
+from ojs_amqp.dashboard import routes as dashboard
 from ojs_amqp.engine.cron import CronScheduler, cron_to_wire
 from ojs_amqp.engine.events import EventFilter
 from ojs_amqp.engine.jobs import JobEngine
@@ -67,7 +68,10 @@ class HttpApi:
         #: Set on SIGTERM, before the server stops: /ready answers 503 from then on.
         self.draining = False
         self.router: Router[Route] = Router()
-        for method, path, handler in self._routes():
+        self.dashboard = dashboard.serve(settings, engine.store)  # None when it is off
+        for method, path, handler in self._routes() + (
+            self.dashboard.routes() if self.dashboard else []
+        ):
             self.router.add(method, path, handler)
         # After the served routes, so that a served route always wins over a table row.
         for method, path, feature in unsupported.routes():
@@ -119,6 +123,8 @@ class HttpApi:
             handler, request.params = self.router.resolve(request.method, request.path)
             if self.settings.auth_tokens:
                 header = request.headers.get("authorization", "")
+                if not header and self.dashboard:  # a dashboard session stands for its token
+                    header = self.dashboard.authorization(request)
                 authorize(self.settings.auth_tokens, request.method, request.path, header)
             response = await handler(request)
         except OjsError as exc:
