@@ -105,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
         "'1000' for every queue, or '1000,email=50' with per-queue bounds (env OJS_MAX_DEPTH)",
     )
     serve_cmd.add_argument(
+        "--admin-ui-dir",
+        default=os.environ.get("OJS_ADMIN_UI_DIR", ""),
+        help="serve this directory of static files (a built admin UI, e.g. the official OJS "
+        "admin UI) under /ojs/admin/ (env OJS_ADMIN_UI_DIR)",
+    )
+    serve_cmd.add_argument(
         "--response-media-type",
         choices=RESPONSE_MEDIA_TYPES,
         default=os.environ.get("OJS_RESPONSE_MEDIA_TYPE", _DEFAULTS.response_media_type),
@@ -245,6 +251,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         gateway_idle_ms=args.gateway_idle_ms,
         delivery_hold_ms=args.delivery_hold_ms,
         max_depth=parse_max_depth(args.max_depth),
+        admin_ui_dir=args.admin_ui_dir,
         default_visibility_timeout_ms=args.visibility_timeout_ms,
         retention_completed_ms=parse_retention_ms(
             "--retention-completed", args.retention_completed

@@ -98,6 +98,9 @@ class Settings:
     #: Backpressure: the most open (non-terminal) jobs a queue may hold before pushes are
     #: answered 429 queue_full. "*" is every queue's default; 0 or absent = unbounded.
     max_depth: tuple[tuple[str, int], ...] = ()
+    #: A directory of static files (a built admin UI) served under /ojs/admin/, with the
+    #: single-page-app fallback ("" = not served).
+    admin_ui_dir: str = ""
     #: The web dashboard at /ojs/admin/: "auto" serves it when the API listens on loopback
     #: only, "on" on any address (behind the tokens, as the API), "off" never.
     dashboard: str = "auto"

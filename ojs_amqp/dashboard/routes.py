@@ -39,7 +39,10 @@ _WRITE_PROBE = ("POST", "/ojs/v1/admin/jobs/x/retry")
 
 
 def enabled(settings: Settings) -> bool:
-    """`auto` serves the dashboard only when the API listens on loopback alone."""
+    """`auto` serves the dashboard only when the API listens on loopback alone; a directory
+    served in its place (--admin-ui-dir, such as the official admin UI) takes /ojs/admin/."""
+    if settings.admin_ui_dir:
+        return False
     if settings.dashboard == "auto":
         return settings.listens_on_loopback_only
     return settings.dashboard == "on"

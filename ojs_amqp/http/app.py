@@ -34,6 +34,8 @@ from ojs_amqp.errors import (
     Unsupported,
 )
 from ojs_amqp.http import schemas, unsupported
+from ojs_amqp.http.admin import EXTENSIONS as ADMIN_EXTENSIONS
+from ojs_amqp.http.admin import admin_routes
 from ojs_amqp.http.auth import authorize
 from ojs_amqp.http.responses import (
     CONTENT_TYPE,
@@ -69,9 +71,12 @@ class HttpApi:
         self.draining = False
         self.router: Router[Route] = Router()
         self.dashboard = dashboard.serve(settings, engine.store)  # None when it is off
-        for method, path, handler in self._routes() + (
-            self.dashboard.routes() if self.dashboard else []
-        ):
+        extra = self.dashboard.routes() if self.dashboard else []
+        for method, path, handler in [
+            *self._routes(),
+            *admin_routes(engine, cron, settings),
+            *extra,
+        ]:
             self.router.add(method, path, handler)
         # After the served routes, so that a served route always wins over a table row.
         for method, path, feature in unsupported.routes():
@@ -175,6 +180,7 @@ class HttpApi:
                 "capabilities": {
                     "batch_enqueue": False,
                     "cron_jobs": True,
+                    "cron": True,  # the official admin UI's name for it
                     "dead_letter": True,
                     "delayed_jobs": True,
                     "job_ttl": True,
@@ -191,6 +197,7 @@ class HttpApi:
                         {"name": "progress", "uri": "urn:ojs:ext:progress"},
                         {"name": "observability", "uri": "urn:ojs:ext:observability"},
                         {"name": "graceful-shutdown", "uri": "urn:ojs:ext:graceful-shutdown"},
+                        *ADMIN_EXTENSIONS,
                     ],
                     "experimental": [],
                 },
@@ -317,7 +324,11 @@ class HttpApi:
     async def push(self, request: Request) -> Response:
         body = _with_trace_context(request, read_object(request))
         job = await self.engine.push(body)
-        return json_response({"job": to_wire(job)}, 201, [("Location", f"{BASE}/jobs/{job.id}")])
+        headers = [
+            ("Location", f"{BASE}/jobs/{job.id}"),
+            *await self.engine.pressure_headers(job.queue),
+        ]
+        return json_response({"job": to_wire(job)}, 201, headers)
 
     async def info(self, request: Request) -> Response:
         return json_response({"job": to_wire(await self.engine.get(request.params["id"]))})

@@ -1,7 +1,10 @@
 """Headless Chromium (Debian's `chromium` package, never a browser download) driven by
 Playwright against a real daemon: every page records its console errors, uncaught
 exceptions, failed requests and any request that leaves the daemon, and a test fails on
-any of them unless it names the one it provokes."""
+any of them unless it names the one it provokes.
+
+The daemons run on the session's private RabbitMQ node (`make_node_daemon`): the page does
+not depend on the broker, and the shared broker stays free for the rest of the suite."""
 
 from __future__ import annotations
 

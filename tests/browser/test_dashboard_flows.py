@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from playwright.sync_api import expect
 
-from tests.browser.conftest import Watched
+from tests.browser.conftest import Watched, api
 from tests.browser.jobs import Jobs
 from tests.daemon import Daemon
 
@@ -23,14 +23,16 @@ def _queue(tag: str) -> str:
 
 
 def test_every_view_loads_with_real_jobs(
-    make_daemon: Callable[..., Daemon], open_page: Callable[..., Watched]
+    make_node_daemon: Callable[..., Daemon], open_page: Callable[..., Watched]
 ) -> None:
-    daemon = make_daemon()
+    daemon = make_node_daemon()
     jobs = Jobs(daemon.url)
     mail, reports = _queue("mail"), _queue("reports")
     dead = jobs.dead_letter(mail, "email.send", [{"to": "bounce@example.org"}], "mailbox full")
     waiting = [jobs.push("email.send", [{"to": f"user{i}@example.org"}], mail) for i in range(3)]
     done = jobs.complete(reports, "report.build", [{"month": "2026-11"}], {"rows": 42})
+    held = jobs.push("report.build", [{"month": "2026-12"}], reports)
+    assert jobs.fetch(reports)["id"] == held["id"]  # leased to browser-test-worker
     jobs.call("POST", "/cron", {"name": f"nightly-{mail}", "expression": "0 3 * * *",
                                 "job_template": {"type": "report.build", "args": [],
                                                  "options": {"queue": reports}}})  # fmt: skip
@@ -48,7 +50,17 @@ def test_every_view_loads_with_real_jobs(
     expect(w.page.locator("h1")).to_have_text(f"Queue {mail}")
     expect(w.page.locator(".tabs")).to_contain_text("available 3")
     expect(w.page.locator(".tabs")).to_contain_text("discarded 1")
+    listed = w.page.locator("#jobs tbody tr")
+    expect(listed).to_have_count(4)
     w.shot("queue")
+    w.page.locator(".tabs").get_by_role("link", name="available 3").click()
+    expect(listed).to_have_count(3)
+    for job in waiting:
+        expect(w.page.locator("#jobs")).to_contain_text(job["id"])
+    w.page.locator(".tabs").get_by_role("link", name="discarded 1").click()
+    expect(listed).to_have_count(1)
+    expect(listed).to_contain_text(dead["id"])
+    expect(w.page.locator("#pause")).to_have_count(0)  # pause/resume is not built (issue #17)
 
     w.open(f"/job/{done['id']}")
     expect(w.page.locator("#job-state")).to_have_text("completed")
@@ -66,7 +78,9 @@ def test_every_view_loads_with_real_jobs(
     w.shot("dead-letters")
 
     w.open("/workers")
-    expect(w.page.locator("h1")).to_have_text("Workers")
+    row = w.page.locator("#workers tr", has_text="browser-test-worker")
+    expect(row).to_contain_text("http")
+    expect(row).to_contain_text(held["id"])  # the job it holds
     w.shot("workers")
 
     w.open("/cron")
@@ -83,9 +97,9 @@ def test_every_view_loads_with_real_jobs(
 
 
 def test_search_by_an_arg_finds_its_job(
-    make_daemon: Callable[..., Daemon], open_page: Callable[..., Watched]
+    make_node_daemon: Callable[..., Daemon], open_page: Callable[..., Watched]
 ) -> None:
-    daemon = make_daemon()
+    daemon = make_node_daemon()
     jobs = Jobs(daemon.url)
     queue = _queue("search")
     needle = f"order-{uuid.uuid4().hex[:8]}"
@@ -110,9 +124,9 @@ def test_search_by_an_arg_finds_its_job(
 
 
 def test_retrying_dead_letters_moves_them(
-    make_daemon: Callable[..., Daemon], open_page: Callable[..., Watched]
+    make_node_daemon: Callable[..., Daemon], open_page: Callable[..., Watched]
 ) -> None:
-    daemon = make_daemon()
+    daemon = make_node_daemon()
     jobs = Jobs(daemon.url)
     queue = _queue("dlq")
     first = jobs.dead_letter(queue, "invoice.send", [{"invoice": 1}], "gateway timeout")
@@ -148,9 +162,9 @@ def test_retrying_dead_letters_moves_them(
 
 
 def test_a_job_is_followed_live_through_its_states(
-    make_daemon: Callable[..., Daemon], open_page: Callable[..., Watched]
+    make_node_daemon: Callable[..., Daemon], open_page: Callable[..., Watched]
 ) -> None:
-    daemon = make_daemon()
+    daemon = make_node_daemon()
     jobs = Jobs(daemon.url)
     queue = _queue("live")
     job = jobs.push("video.encode", [{"file": "a.mp4"}], queue)
@@ -173,9 +187,9 @@ def test_a_job_is_followed_live_through_its_states(
 
 
 def test_cancel_a_running_job_and_enqueue_an_edited_copy(
-    make_daemon: Callable[..., Daemon], open_page: Callable[..., Watched]
+    make_node_daemon: Callable[..., Daemon], open_page: Callable[..., Watched]
 ) -> None:
-    daemon = make_daemon()
+    daemon = make_node_daemon()
     jobs = Jobs(daemon.url)
     queue = _queue("cancel")
     job = jobs.push("import.csv", [{"file": "big.csv"}], queue)
@@ -201,9 +215,9 @@ def test_cancel_a_running_job_and_enqueue_an_edited_copy(
 
 
 def test_phone_width_and_keyboard(
-    make_daemon: Callable[..., Daemon], open_page: Callable[..., Watched]
+    make_node_daemon: Callable[..., Daemon], open_page: Callable[..., Watched]
 ) -> None:
-    daemon = make_daemon()
+    daemon = make_node_daemon()
     jobs = Jobs(daemon.url)
     queue = _queue("phone")
     jobs.dead_letter(queue, "sms.send", [{"to": "+100"}], "carrier refused")
@@ -226,3 +240,31 @@ def test_phone_width_and_keyboard(
     assert focused == "Dead letters"
     w.page.keyboard.press("Enter")
     expect(w.page.locator("main h1")).to_have_text("Dead letters")
+
+
+def test_purge_a_queue_after_confirming(
+    make_node_daemon: Callable[..., Daemon], open_page: Callable[..., Watched]
+) -> None:
+    daemon = make_node_daemon()
+    jobs = Jobs(daemon.url)
+    queue = _queue("purge")
+    finished = [jobs.complete(queue, "log.rotate", [i], "ok") for i in range(3)]
+    waiting = jobs.push("log.rotate", [9], queue)
+    w = open_page(daemon.url)
+    w.open(f"/queue/{queue}")
+    expect(w.page.locator(".tabs")).to_contain_text("completed 3")
+    w.page.locator("#purge").click()
+    dialog = w.page.locator("#confirm")
+    expect(dialog).to_contain_text(f"Delete the jobs of queue {queue}")
+    w.page.get_by_role("button", name="Cancel", exact=True).click()  # asked, and declined
+    assert jobs.call("GET", f"/admin/queues/{queue}")["counts"]["completed"] == 3
+    w.page.locator("#purge").click()
+    w.shot("purge-confirm")
+    w.page.locator("#confirm-ok").click()
+    expect(w.page.locator(".tabs")).to_contain_text("completed 0", timeout=LIVE_S)
+    counts = jobs.call("GET", f"/admin/queues/{queue}")["counts"]
+    assert counts["completed"] == 0 and counts["available"] == 1
+    for job in finished:
+        status, _ = api("GET", f"{daemon.url}/ojs/v1/jobs/{job['id']}")
+        assert status == 404
+    assert jobs.get(waiting["id"])["state"] == "available"

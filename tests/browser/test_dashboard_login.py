@@ -16,6 +16,11 @@ from tests.daemon import Daemon
 
 ADMIN = "admin-token-0123456789abcdef"
 PRODUCER = "producer-token-0123456789abcdef"
+READER = "reader-token-0123456789abcdef"
+#: Every control of the dashboard that changes something.
+CHANGES = ", ".join(("#retry", "#cancel", "#copy-args", "#enqueue-copy", "#purge", "#pause",
+                     "#resume", "#retry-selected", "#delete-selected", "#retry-matching",
+                     "input.select-row", "input.select-all"))  # fmt: skip
 
 
 def _with_cookie(method: str, url: str, cookie: str, content_type: str) -> int:
@@ -30,11 +35,11 @@ def _with_cookie(method: str, url: str, cookie: str, content_type: str) -> int:
 
 
 def test_login_exchanges_an_admin_token_for_a_strict_httponly_cookie(
-    make_daemon: Callable[..., Daemon], open_page: Callable[..., Watched], tmp_path: Path
+    make_node_daemon: Callable[..., Daemon], open_page: Callable[..., Watched], tmp_path: Path
 ) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"admin:{ADMIN}\nproducer:{PRODUCER}\n")
-    daemon = make_daemon("--auth-tokens-file", str(tokens))
+    daemon = make_node_daemon("--auth-tokens-file", str(tokens))
     jobs = Jobs(daemon.url, token=ADMIN)
     queue = "dash-login"
     job = jobs.push("report.build", [{"month": 11}], queue)
@@ -86,8 +91,43 @@ def test_login_exchanges_an_admin_token_for_a_strict_httponly_cookie(
     assert _with_cookie("GET", dead_letters, header, "application/json") == 401
 
 
-def test_the_flag_turns_the_dashboard_off(make_daemon: Callable[..., Daemon]) -> None:
-    daemon = make_daemon("--dashboard", "off")
+def test_the_flag_turns_the_dashboard_off(make_node_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_node_daemon("--dashboard", "off")
     status, body = api("GET", f"{daemon.url}/ojs/admin/")
     assert status == 404 and body["error"]["code"] == "not_found"
     assert api("GET", f"{daemon.url}/ojs/v1/health")[0] == 200
+
+
+def test_a_read_only_token_sees_no_button_that_changes_anything(
+    make_node_daemon: Callable[..., Daemon], open_page: Callable[..., Watched], tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"admin:{ADMIN}\nadmin-read:{READER}\n")
+    daemon = make_node_daemon("--auth-tokens-file", str(tokens))
+    jobs = Jobs(daemon.url, token=ADMIN)
+    queue = "dash-readonly"
+    dead = jobs.dead_letter(queue, "sms.send", [{"to": "+1"}], "carrier down")
+    waiting = jobs.push("sms.send", [{"to": "+2"}], queue)
+    w = open_page(daemon.url)
+    w.open("/")
+    w.page.get_by_label("Admin token").fill(READER)
+    w.page.keyboard.press("Enter")
+    expect(w.page.locator("#identity")).to_contain_text("read-only")
+    views = {
+        f"/job/{dead['id']}": ("#envelope", "sms.send"),
+        f"/job/{waiting['id']}": ("#envelope", "sms.send"),
+        "/dead": ("#dead-letters", dead["id"]),
+        f"/queue/{queue}": ("#jobs", dead["id"]),
+    }
+    for route, (ready, text) in views.items():
+        w.open(route)
+        expect(w.page.locator(ready)).to_contain_text(text)
+        w.page.wait_for_load_state("networkidle")
+        assert w.page.locator(CHANGES).count() == 0, route
+    w.shot("read-only-dead-letters")
+    # and the API refuses the reader's session a change, whatever the page shows
+    cookie = next(c for c in w.page.context.cookies() if c["name"] == "ojs_admin_session")
+    header = f"ojs_admin_session={cookie['value']}"
+    retry = f"{daemon.url}/ojs/v1/admin/dead-letter/{dead['id']}/retry"
+    assert _with_cookie("POST", retry, header, "application/json") == 403
+    assert jobs.get(dead["id"])["state"] == "discarded"

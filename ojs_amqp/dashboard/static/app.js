@@ -90,6 +90,7 @@ async function route() {
     return;
   }
   main.replaceChildren(h("p", { class: "muted" }, "Loading…"));
+  performance.mark("ojs-route-start");
   const timers = [];
   const sources = [];
   let stopped = false;
@@ -116,6 +117,8 @@ async function route() {
   };
   try {
     const extra = await view.render(main, { parts, query, ctx, live });
+    // How long the view took to show its data (the browser tests time it).
+    performance.measure("ojs-view", { start: "ojs-route-start", detail: parts[0] || "overview" });
     if (typeof extra === "function") {
       if (stopped) extra();
       else sources.push({ close: extra });
