@@ -30,11 +30,17 @@ STATE_WEIGHTS = {"completed": 80, "discarded": 4, "cancelled": 2, "available": 8
                  "scheduled": 3, "retryable": 2, "active": 1}  # fmt: skip
 
 
-def _seed(store: Path, prefix: str) -> None:
+def _job_id(created_ms: int, n: int) -> str:
+    """A UUIDv7 of that time, unique by n."""
+    t = f"{created_ms:012x}"
+    return f"{t[:8]}-{t[8:]}-7000-8000-{n:012x}"
+
+
+def _seed(store: Path) -> None:
     """JOBS rows over QUEUES queues, written as the store writes them."""
     now = int(time.time() * 1000)
     template = to_record(parse_enqueue({"type": "seed.job", "args": [{"n": 0}]},
-                                       now_ms=now, new_id="x"))  # fmt: skip
+                                       now_ms=now, new_id=_job_id(now, 0)))  # fmt: skip
     rng = random.Random(19)
     states = rng.choices(list(STATE_WEIGHTS), weights=list(STATE_WEIGHTS.values()), k=JOBS)
     db = sqlite3.connect(store)
@@ -49,7 +55,7 @@ def _seed(store: Path, prefix: str) -> None:
             finished = created + 5 if JobState(state).terminal else None
             doc = {
                 **template,
-                "id": f"{prefix}-{i:07d}",
+                "id": _job_id(created, i),
                 "queue": queue,
                 "state": state,
                 "type": f"seed.type{i % 7}",
@@ -83,7 +89,7 @@ def test_overview_and_queue_page_render_within_300_ms_over_a_million_jobs(
     Jobs(daemon.url).push("seed.job", [{"n": -1}], "load-000")
     daemon.stop()
     started = time.monotonic()
-    _seed(daemon.store, daemon.prefix)
+    _seed(daemon.store)
     print(f"seeded {JOBS} jobs in {time.monotonic() - started:.1f} s")
     daemon.start(timeout=300)
     w = open_page(daemon.url)
