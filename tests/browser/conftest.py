@@ -117,8 +117,14 @@ def api(
         req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-            return resp.status, json.loads(raw) if raw else None
+            return resp.status, _decoded(resp.read())
     except urllib.error.HTTPError as err:
         raw = err.read()
-        return err.code, json.loads(raw) if raw else None
+        return err.code, _decoded(raw)
+
+
+def _decoded(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return raw  # not JSON (the dashboard's own files)

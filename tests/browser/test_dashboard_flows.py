@@ -132,7 +132,12 @@ def test_retrying_dead_letters_moves_them(
     first = jobs.dead_letter(queue, "invoice.send", [{"invoice": 1}], "gateway timeout")
     second = jobs.dead_letter(queue, "invoice.send", [{"invoice": 2}], "gateway timeout")
     kept = jobs.dead_letter(queue, "invoice.send", [{"invoice": 3}], "bad address")
+    single = jobs.dead_letter(queue, "invoice.send", [{"invoice": 4}], "bad address")
     w = open_page(daemon.url)
+    w.open(f"/job/{single['id']}")  # one, from its own page
+    w.page.locator("#retry").click()
+    expect(w.page.locator("#job-state")).to_have_text("available", timeout=LIVE_S)
+    assert jobs.get(single["id"])["state"] == "available"
     w.open(f"/dead?queue={queue}")
     table = w.page.locator("#dead-letters")
     for job in (first, second, kept):
@@ -201,6 +206,7 @@ def test_cancel_a_running_job_and_enqueue_an_edited_copy(
     w.page.get_by_role("button", name="Cancel (running)").click()
     expect(w.page.locator("#job-state")).to_have_text("cancelled", timeout=LIVE_S)
     assert jobs.get(job["id"])["state"] == "cancelled"
+    expect(w.page.locator("#retry")).to_have_count(0)  # nothing leaves `cancelled`: copy it
 
     w.page.get_by_text("Enqueue a copy with edited args").click()
     w.page.locator("#copy-args").fill('[{"file": "small.csv"}]')

@@ -91,7 +91,7 @@ export async function render(main, { parts, ctx, live }) {
     actions.replaceChildren();
     copyBox.replaceChildren();
     if (!ctx.canWrite) return;
-    if (job.state === "discarded" || job.state === "cancelled" || job.state === "retryable") {
+    if (job.state === "discarded") { // the state machine lets nothing leave `cancelled`: copy it
       actions.append(h("button", { id: "retry", class: "primary", onclick: retry }, "Retry"));
     }
     if (OPEN_STATES.includes(job.state)) {
