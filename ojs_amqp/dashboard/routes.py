@@ -48,9 +48,9 @@ def enabled(settings: Settings) -> bool:
     return settings.dashboard == "on"
 
 
-def serve(settings: Settings, store: object) -> Dashboard | None:
+def serve(settings: Settings, engine: object) -> Dashboard | None:
     """The dashboard of an API with these settings, or None when it is not served."""
-    return Dashboard(settings, store) if enabled(settings) else None
+    return Dashboard(settings, engine) if enabled(settings) else None
 
 
 class StaticFiles:
@@ -82,12 +82,11 @@ class StaticFiles:
 class Dashboard:
     """The page and its login; `authorization` lets a session cookie stand for its token."""
 
-    def __init__(self, settings: Settings, store: object) -> None:
+    def __init__(self, settings: Settings, engine: object) -> None:
         self.settings = settings
         self.sessions = SessionStore()
         self.static = StaticFiles()
-        db = getattr(store, "db", None)  # the SQLite store's connection
-        self.search = JobSearch(db if isinstance(db, sqlite3.Connection) else None)
+        self.search = JobSearch(lambda: _sqlite_of(engine))
 
     def routes(self) -> list[tuple[str, str, Route]]:
         return [
@@ -156,6 +155,13 @@ class Dashboard:
             self.sessions.close(session_id)
         cookie = f"{COOKIE}=; Path=/ojs; HttpOnly; SameSite=Strict; Max-Age=0"
         return json_response({"logged_out": True}, 200, [("Set-Cookie", cookie)])
+
+
+def _sqlite_of(engine: object) -> sqlite3.Connection | None:
+    """The SQLite store's connection, looked up when a search comes (the store opens later
+    than the routes are made)."""
+    db = getattr(getattr(engine, "store", None), "db", None)
+    return db if isinstance(db, sqlite3.Connection) else None
 
 
 def _identity(scope: str, *, login_required: bool) -> dict[str, object]:

@@ -8,6 +8,7 @@ whatever the store holds, and the answer says how far it looked."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -27,8 +28,8 @@ FIELDS = ("args", "meta")
 class JobSearch:
     """Over the SQLite store's connection (other stores answer 422 `unsupported`)."""
 
-    def __init__(self, db: sqlite3.Connection | None) -> None:
-        self._db = db
+    def __init__(self, connection: Callable[[], sqlite3.Connection | None]) -> None:
+        self._connection = connection
 
     async def handle(self, request: Request) -> Response:
         text = (request.query_value("q") or "").strip()
@@ -41,26 +42,30 @@ class JobSearch:
         if not raw.isdigit() or int(raw) < 1:
             raise InvalidRequest("per_page must be a whole number", details={"field": "per_page"})
         limit = min(int(raw), MAX_RESULTS)
-        if self._db is None:
+        db = self._connection()
+        if db is None:
             raise Unsupported(
                 "searching job contents needs the SQLite job store",
                 details={"feature": "job search"},
             )
-        jobs = self.find(field, text, request.query_value("queue"), limit)
+        jobs = find(db, field, text, request.query_value("queue"), limit)
         return json_response(
             {"items": jobs, "searched": {"field": field, "text": text, "newest": SEARCH_WINDOW},
              "pagination": {"total": len(jobs), "page": 1, "per_page": limit}}
         )  # fmt: skip
 
-    def find(self, field: str, text: str, queue: str | None, limit: int) -> list[dict[str, Any]]:
-        assert self._db is not None
-        sql = (
-            "SELECT doc FROM (SELECT rowid, queue, doc FROM jobs ORDER BY rowid DESC LIMIT ?) "
-            f"WHERE instr(lower(json_extract(CAST(doc AS TEXT), '$.{field}')), lower(?)) > 0"
-        )
-        args: list[Any] = [SEARCH_WINDOW, text]
-        if queue:
-            sql += " AND queue = ?"
-            args.append(queue)
-        rows = self._db.execute(sql + " ORDER BY rowid DESC LIMIT ?", (*args, limit)).fetchall()
-        return [to_wire(from_record(orjson.loads(r[0]))) for r in rows]
+
+def find(
+    db: sqlite3.Connection, field: str, text: str, queue: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Matching jobs among the newest SEARCH_WINDOW, newest first."""
+    sql = (
+        "SELECT doc FROM (SELECT rowid, queue, doc FROM jobs ORDER BY rowid DESC LIMIT ?) "
+        f"WHERE instr(lower(json_extract(CAST(doc AS TEXT), '$.{field}')), lower(?)) > 0"
+    )
+    args: list[Any] = [SEARCH_WINDOW, text]
+    if queue:
+        sql += " AND queue = ?"
+        args.append(queue)
+    rows = db.execute(sql + " ORDER BY rowid DESC LIMIT ?", (*args, limit)).fetchall()
+    return [to_wire(from_record(orjson.loads(r[0]))) for r in rows]

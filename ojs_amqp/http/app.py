@@ -70,7 +70,7 @@ class HttpApi:
         #: Set on SIGTERM, before the server stops: /ready answers 503 from then on.
         self.draining = False
         self.router: Router[Route] = Router()
-        self.dashboard = dashboard.serve(settings, engine.store)  # None when it is off
+        self.dashboard = dashboard.serve(settings, engine)  # None when it is off
         extra = self.dashboard.routes() if self.dashboard else []
         for method, path, handler in [
             *self._routes(),
