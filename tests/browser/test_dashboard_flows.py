@@ -274,3 +274,26 @@ def test_purge_a_queue_after_confirming(
         status, _ = api("GET", f"{daemon.url}/ojs/v1/jobs/{job['id']}")
         assert status == 404
     assert jobs.get(waiting["id"])["state"] == "available"
+
+
+def test_retry_every_dead_letter_a_filter_matches(
+    make_node_daemon: Callable[..., Daemon], open_page: Callable[..., Watched]
+) -> None:
+    daemon = make_node_daemon()
+    jobs = Jobs(daemon.url)
+    queue = _queue("bulk")
+    matching = [jobs.dead_letter(queue, "pdf.render", [i], "font missing") for i in range(3)]
+    other = jobs.dead_letter(queue, "pdf.merge", [9], "disk full")
+    w = open_page(daemon.url)
+    w.open("/dead")
+    w.page.locator("#dl-queue").fill(queue)
+    w.page.locator("#dl-type").fill("pdf.render")
+    w.page.locator("#dl-type").press("Enter")
+    expect(w.page.locator("#dead-letters tbody tr")).to_have_count(3)
+    w.page.locator("#retry-matching").click()
+    expect(w.page.locator("#confirm")).to_contain_text("(3)")
+    w.page.locator("#confirm-ok").click()
+    expect(w.page.locator("#dead-letters")).to_contain_text("No dead letters.", timeout=LIVE_S)
+    for job in matching:
+        assert jobs.get(job["id"])["state"] == "available"
+    assert jobs.get(other["id"])["state"] == "discarded"
