@@ -86,6 +86,16 @@ def test_job_detail_cancel_and_retry(make_daemon: Callable[..., Daemon]) -> None
     assert status == 404 and body["error"]["code"] == "not_found"
 
 
+def test_scheduled_jobs_list_in_the_order_they_fall_due(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon()
+    late = push(daemon, "later", delay_until="2031-01-01T00:00:00Z")
+    soon = push(daemon, "later", delay_until="2030-01-01T00:00:00Z")
+    got = ok(daemon, "GET", f"{JOBS}?state=scheduled&sort=scheduled_at&order=asc")
+    assert [j["id"] for j in got["items"]] == [soon, late]
+    status, body, _ = call(daemon, "GET", f"{JOBS}?state=available&sort=scheduled_at")
+    assert status == 400 and body["error"]["details"]["field"] == "sort"
+
+
 def test_bulk_actions_need_confirm_and_say_what_they_did(
     make_daemon: Callable[..., Daemon],
 ) -> None:
@@ -138,6 +148,7 @@ def test_each_filter_is_served_by_an_index(make_daemon: Callable[..., Daemon]) -
             JobQuery(queue="q"): "admin_jobs_queue",
             JobQuery(queue="q", states=("available",)): "admin_jobs_queue_state",
             JobQuery(states=("completed",), since_ms=1): "admin_jobs_state",
+            JobQuery(states=("scheduled",), by_due_time=True): "admin_jobs_state_due",
             JobQuery(type="t.job"): "admin_jobs_type",
             JobQuery(type_prefix="t."): "admin_jobs_type",
             JobQuery(dead_letter=True, queue="q"): "admin_dead_queue",
