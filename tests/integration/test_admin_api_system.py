@@ -129,9 +129,14 @@ def test_workers_are_listed_with_queues_and_jobs_quieted_and_only_stale_ones_for
     beat = ok(daemon, "POST", "/ojs/v1/workers/heartbeat",
               {"worker_id": "w-admin", "active_jobs": [job_id]})  # fmt: skip
     assert beat["directive"] == "quiet"
+    assert [w["state"] for w in ok(daemon, "GET", f"{ADMIN}/workers")["items"]] == ["quiet"]
+    push(daemon, "wq")
+    assert fetch(daemon, "wq", worker="w-admin") == []  # a quiet worker gets no new job
     status, body, _ = call(daemon, "DELETE", f"{ADMIN}/workers/w-admin")
     assert status == 409 and body["error"]["code"] == "conflict"
     assert call(daemon, "POST", f"{ADMIN}/workers/nobody/quiet")[0] == 404
+    ok(daemon, "POST", "/ojs/v1/workers/heartbeat", {"worker_id": "w-beats", "active_jobs": []})
+    assert "w-beats" in [w["id"] for w in ok(daemon, "GET", f"{ADMIN}/workers")["items"]]
 
 
 def test_stats_and_history_count_what_happened(make_daemon: Callable[..., Daemon]) -> None:
