@@ -226,3 +226,46 @@ def test_admin_ui_dir_serves_files_with_the_single_page_fallback(
         )
     assert call(daemon, "GET", "/ojs/admin/assets/missing.js")[0] == 404
     assert call(daemon, "GET", "/ojs/admin/..%2fsecret.txt")[1] != b"outside"
+
+
+async def test_native_sdk_workers_join_the_registry(make_daemon: Callable[..., Daemon]) -> None:
+    import asyncio
+
+    from ojs_amqp.sdk import Client, JobContext, Worker
+    from tests.daemon import AMQP_URL
+
+    daemon = make_daemon()
+    release = asyncio.Event()
+
+    async def slow(ctx: JobContext) -> str:
+        await release.wait()
+        return "done"
+
+    worker = Worker(AMQP_URL, prefix=daemon.prefix, queues=["native-q"], handlers={"slow": slow})
+    task = asyncio.create_task(worker.run(handle_signals=False))
+    try:
+        async with asyncio.timeout(15):
+            while True:  # the worker's hello reaches the daemon
+                items = (await asyncio.to_thread(ok, daemon, "GET", f"{ADMIN}/workers"))["items"]
+                mine = [w for w in items if w["id"] == worker.worker_id]
+                if mine:
+                    break
+                await asyncio.sleep(0.1)
+        assert mine[0]["kind"] == "native" and mine[0]["queues"] == ["native-q"]
+        async with Client(AMQP_URL, prefix=daemon.prefix, timeout=5.0) as client:
+            job = await client.push("slow", [], queue="native-q")
+        release.set()
+        async with asyncio.timeout(15):
+            while True:  # a push over AMQP: the daemon adopts it as it sees it go by
+                status, body, _ = await asyncio.to_thread(
+                    call, daemon, "GET", f"{ADMIN}/jobs/{job.id}"
+                )
+                if status == 200 and body["state"] == "completed":
+                    break
+                await asyncio.sleep(0.1)
+        items = (await asyncio.to_thread(ok, daemon, "GET", f"{ADMIN}/workers"))["items"]
+        [me] = [w for w in items if w["id"] == worker.worker_id]
+        assert me["jobs"] == [] and me["state"] == "running"  # reported on: no longer held
+    finally:
+        await worker.stop(grace_period=1.0)
+        await task
