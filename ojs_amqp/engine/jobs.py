@@ -1161,6 +1161,7 @@ class JobEngine:
         extended: list[str] = []
         directive = self._worker_directives.get(worker_id or "", "running")
         now = self._now()
+        self.workers.seen(worker_id, now)
         for job_id in job_ids:
             lease = self._leases.get(job_id)
             if lease is None or (worker_id and lease.worker_id and lease.worker_id != worker_id):

@@ -106,6 +106,15 @@ class WorkerRegistry:
         """Every worker known, most recently seen first."""
         return list(reversed(self._workers.values()))
 
+    def quiet(self, worker_id: str) -> bool:
+        """An admin quiets a worker: fetch hands it nothing from now on (its heartbeats
+        carry the directive too); when it was last seen is left as it was."""
+        info = self._workers.get(worker_id)
+        if info is None:
+            return False
+        info.state = "quiet"
+        return True
+
     def forget(self, worker_id: str) -> bool:
         return self._workers.pop(worker_id, None) is not None
 

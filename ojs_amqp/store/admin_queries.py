@@ -35,6 +35,8 @@ class JobQuery:
     until_ms: int | None = None
     dead_letter: bool = False
     ids: tuple[str, ...] = ()
+    #: Order by the time a scheduled job is due, not by creation (the scheduled view).
+    by_due_time: bool = False
     #: Finished before this time (ms): purges.
     finished_before_ms: int | None = None
 
@@ -81,6 +83,7 @@ class AdminQueries(Protocol):
 _DOC = "CAST(doc AS TEXT)"
 TYPE = f"json_extract({_DOC}, '$.type')"
 CREATED = f"json_extract({_DOC}, '$.created_at_ms')"
+SCHEDULED = f"json_extract({_DOC}, '$.scheduled_at_ms')"
 ERROR_CODE = f"json_extract({_DOC}, '$.error.code')"
 
 #: The indexes the admin reads need, beside the store's own (jobs_dead serves dead letters
@@ -88,6 +91,7 @@ ERROR_CODE = f"json_extract({_DOC}, '$.error.code')"
 INDEXES = (
     f"CREATE INDEX IF NOT EXISTS admin_jobs_queue_state ON jobs(queue, state, {CREATED})",
     f"CREATE INDEX IF NOT EXISTS admin_jobs_state ON jobs(state, {CREATED})",
+    f"CREATE INDEX IF NOT EXISTS admin_jobs_state_due ON jobs(state, {SCHEDULED})",
     f"CREATE INDEX IF NOT EXISTS admin_jobs_queue ON jobs(queue, {CREATED})",
     f"CREATE INDEX IF NOT EXISTS admin_jobs_type ON jobs({TYPE}, {CREATED})",
     f"CREATE INDEX IF NOT EXISTS admin_jobs_created ON jobs({CREATED})",
@@ -133,7 +137,7 @@ def _where(query: JobQuery) -> tuple[str, list[Any]]:
 
 
 def _order(query: JobQuery, newest_first: bool) -> str:
-    time = "finished_at_ms" if query.dead_letter else CREATED
+    time = "finished_at_ms" if query.dead_letter else SCHEDULED if query.by_due_time else CREATED
     direction = "DESC" if newest_first else "ASC"
     return f" ORDER BY {time} {direction}, id {direction}"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from ojs_amqp.errors import InvalidRequest, OjsError
@@ -42,9 +43,8 @@ class JobRoutes:
     async def list(self, request: Request) -> Response:
         page = params.page_of(request)
         query = params.job_query(params.query_fields(request, JOB_FILTERS))
-        jobs, total = self.ctx.queries.jobs(
-            query, page.limit, page.offset, params.newest_first(request)
-        )
+        query, newest_first = params.sorted_query(request, query)
+        jobs, total = self.ctx.queries.jobs(query, page.limit, page.offset, newest_first)
         return json_response(
             {"items": [views.job_item(j) for j in jobs], "pagination": page.wire(total)}
         )
@@ -86,12 +86,8 @@ class JobRoutes:
             raise InvalidRequest("filter must be an object", details={"field": "filter"})
         query = params.job_query(raw)
         if not query.states:  # the jobs the action applies to; others would only fail
-            query = JobQuery(**{**_fields(query), "states": default_states})
+            query = replace(query, states=default_states)
         return json_response(await run_bulk(self.ctx, action, query, act))
-
-
-def _fields(query: JobQuery) -> dict[str, Any]:
-    return {name: getattr(query, name) for name in query.__slots__}
 
 
 async def run_bulk(ctx: AdminContext, action: str, query: JobQuery, act: Action) -> dict[str, Any]:

@@ -5,7 +5,7 @@ field."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ojs_amqp.core.job import JobState
@@ -119,17 +119,22 @@ def query_fields(request: Request, names: tuple[str, ...]) -> dict[str, Any]:
     return {n: request.query_value(n) for n in names if request.query_value(n)}
 
 
-def newest_first(request: Request) -> bool:
+def sorted_query(request: Request, query: JobQuery) -> tuple[JobQuery, bool]:
+    """The query with its order, and whether newest first: `sort` is created_at, or
+    scheduled_at for scheduled jobs (the orders the indexes keep); `order` asc or desc."""
     sort = request.query_value("sort") or "created_at"
-    if sort != "created_at":
+    if sort == "scheduled_at" and query.states == ("scheduled",):
+        query = replace(query, by_due_time=True)
+    elif sort != "created_at":
         raise InvalidRequest(
-            "sort must be created_at (the order the indexes keep)",
+            "sort must be created_at, or scheduled_at with state=scheduled (the orders the "
+            "indexes keep)",
             details={"field": "sort", "value": sort},
         )
     order = (request.query_value("order") or "desc").lower()
     if order not in ("asc", "desc"):
         raise InvalidRequest("order must be asc or desc", details={"field": "order"})
-    return order == "desc"
+    return query, order == "desc"
 
 
 def confirmed(body: dict[str, Any], action: str) -> None:

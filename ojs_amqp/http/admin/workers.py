@@ -53,9 +53,10 @@ class WorkerRoutes:
         raise _unknown(worker_id)
 
     async def quiet(self, request: Request) -> Response:
-        """HTTP workers read the directive in their next heartbeat or beat answer."""
+        """Fetch hands the worker nothing from now on, and HTTP workers read the directive in
+        their next heartbeat or beat answer."""
         worker_id = request.params["id"]
-        if self.ctx.engine.workers.get(worker_id) is None:
+        if not self.ctx.engine.workers.quiet(worker_id):
             raise _unknown(worker_id)
         self.ctx.engine.set_worker_directive(worker_id, "quiet")
         return json_response({"id": worker_id, "worker_id": worker_id, "directive": "quiet"})
