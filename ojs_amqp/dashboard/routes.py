@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from importlib import resources
 
-from ojs_amqp.errors import Forbidden, InvalidRequest, Unauthenticated
+from ojs_amqp.errors import Forbidden, InvalidRequest, NotFound, Unauthenticated
 from ojs_amqp.http.auth import required_scopes, scope_of
 from ojs_amqp.http.responses import json_response, read_object
 from ojs_amqp.http.server import Request, Response, Stream
@@ -68,7 +68,9 @@ class StaticFiles:
 
     def response(self, name: str, request: Request) -> Response:
         found = self.files.get(name)
-        if found is None:  # an unknown path is a client route of the page: its index
+        if found is None and "." in name:
+            raise NotFound(f"the dashboard has no file {name!r}", details={"path": request.path})
+        if found is None:  # any other path is a client route of the page: its index
             found = self.files["index.html"]
         body, content_type, etag = found
         headers = [("Content-Type", content_type), ("Cache-Control", "no-cache"), ("ETag", etag),

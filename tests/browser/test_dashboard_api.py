@@ -71,8 +71,12 @@ def test_without_tokens_the_page_needs_no_login(make_node_daemon: Callable[..., 
     status, body = api("GET", f"{daemon.url}/ojs/admin/session")
     assert status == 200 and body["authenticated"] and body["can_write"]
     assert not body["login_required"]
-    status, _ = api("GET", f"{daemon.url}/ojs/admin/no-such-file.js")
-    assert status == 200  # a client route of the page: its index
+    status, body = api("GET", f"{daemon.url}/ojs/admin/queues")
+    assert status == 200 and b"<title>ojs-amqp dashboard</title>" in body  # a page route
+    status, body = api("GET", f"{daemon.url}/ojs/admin/no-such-file.js")
+    assert status == 404 and body["error"]["code"] == "not_found"
+    status, body = api("GET", f"{daemon.url}/ojs/admin/app.js")
+    assert status == 200 and b"import" in body
 
 
 def test_sessions_expire_and_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
