@@ -63,9 +63,13 @@ export async function render(main, { parts, ctx, live }) {
   function drawHistory(events) {
     const items = [];
     const meta = job.metadata || {};
+    // A time the job carries is shown unless an event of the same step tells it already
+    // (events say more: the attempt; times outlive the daemon's in-memory event log).
+    const told = new Set(events.map((e) => e.type.replace(/^job\./, "")));
     for (const f of TIME_FIELDS) {
       const t = job[f] || meta[f];
-      if (t) items.push({ at: t, text: f.replace(/_at$/, "").replace("_", " "), kind: "time" });
+      const step = f.replace(/_at$/, "");
+      if (t && !told.has(step)) items.push({ at: t, text: step.replace("_", " "), kind: "time" });
     }
     for (const e of events) {
       const d = e.data || {};
