@@ -84,6 +84,8 @@ def test_job_detail_cancel_and_retry(make_daemon: Callable[..., Daemon]) -> None
     assert status == 409 and body["error"]["code"] == "conflict"
     status, body, _ = call(daemon, "GET", f"{JOBS}/019539a4-0000-7000-8000-000000000abc")
     assert status == 404 and body["error"]["code"] == "not_found"
+    status, body, _ = call(daemon, "PATCH", f"{JOBS}/{job_id}", {"priority": 5})
+    assert status == 422 and body["error"]["code"] == "unsupported"
 
 
 def test_scheduled_jobs_list_in_the_order_they_fall_due(make_daemon: Callable[..., Daemon]) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from ojs_amqp.errors import InvalidRequest, OjsError
+from ojs_amqp.errors import InvalidRequest, OjsError, Unsupported
 from ojs_amqp.http.admin import params, views
 from ojs_amqp.http.admin.context import ADMIN, AdminContext, Routes
 from ojs_amqp.http.responses import json_response, read_object
@@ -33,6 +33,7 @@ class JobRoutes:
         return [
             ("GET", f"{ADMIN}/jobs", self.list),
             ("GET", f"{ADMIN}/jobs/{{id}}", self.detail),
+            ("PATCH", f"{ADMIN}/jobs/{{id}}", self.change),
             ("POST", f"{ADMIN}/jobs/{{id}}/cancel", self.cancel),
             ("POST", f"{ADMIN}/jobs/{{id}}/retry", self.retry),
             ("POST", f"{ADMIN}/jobs/bulk/retry", self.bulk_retry),
@@ -52,6 +53,14 @@ class JobRoutes:
     async def detail(self, request: Request) -> Response:
         job = await self.ctx.engine.get(request.params["id"])
         return json_response(views.job_detail(job))
+
+    async def change(self, request: Request) -> Response:
+        """The official UI's priority edit: a job's priority is fixed in its broker copy."""
+        raise Unsupported(
+            "changing a job after it was pushed (priority included) is not supported: its "
+            "message already sits in RabbitMQ with that priority; cancel it and push a copy",
+            details={"feature": "job update", "path": request.path},
+        )
 
     async def cancel(self, request: Request) -> Response:
         job = await self.ctx.engine.cancel(request.params["id"])
