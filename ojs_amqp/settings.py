@@ -47,7 +47,7 @@ _DAY_MS = 86_400_000
 
 @dataclass(frozen=True, slots=True)
 class Token:
-    """An API bearer token and its scope (producer, worker or admin)."""
+    """An API bearer token and its scope (producer, worker, admin or admin-read)."""
 
     scope: str
     secret: str
@@ -191,12 +191,13 @@ class Settings:
     #: allow_unauthenticated).
     auth_tokens: tuple[Token, ...] = setting(
         (), SECURITY,
-        "file of 'scope:secret' lines (scopes producer, worker, admin) enabling bearer "
+        "file of 'scope:secret' lines (scopes producer, worker, admin, admin-read) enabling bearer "
         "authentication",
         flag="--auth-tokens-file", env="OJS_AUTH_TOKENS_FILE", from_file=True,
         value_env="OJS_AUTH_TOKENS", parse=_tokens, check=_check_tokens,
-        readme="bearer tokens `scope:secret` (producer, worker, admin), one a line; without "
-        "them the daemon only listens on loopback ([docs/security.md](docs/security.md))")
+        readme="bearer tokens `scope:secret` (producer, worker, admin, admin-read), one a "
+        "line; without them the daemon only listens on loopback "
+        "([docs/security.md](docs/security.md))")
     allow_unauthenticated: bool = setting(
         False, SECURITY,
         "listen on a non-loopback address without authentication (not recommended)",
@@ -319,6 +320,21 @@ class Settings:
         "(key `{event type}.{queue}`)")
 
     # --- Added by later features: new settings go here (see the module's docstring) -------
+    #: A directory of static files (a built admin UI) served under /ojs/admin/, with the
+    #: single-page-app fallback ("" = not served).
+    admin_ui_dir: str = setting(
+        "", HTTP,
+        "serve this directory of static files (a built admin UI, e.g. the official OJS admin "
+        "UI) under /ojs/admin/ in place of the dashboard",
+        flag="--admin-ui-dir", env="OJS_ADMIN_UI_DIR", default_text="not served")
+    #: The web dashboard at /ojs/admin/: "auto" serves it when the API listens on loopback
+    #: only, "on" on any address (behind the tokens, as the API), "off" never.
+    dashboard: str = setting(
+        "auto", HTTP,
+        "the web dashboard at /ojs/admin/: auto (only when listening on loopback), on, off",
+        flag="--dashboard", env="OJS_DASHBOARD", choices=("auto", "on", "off"),
+        readme="the web dashboard at `/ojs/admin/` (docs/dashboard.md): `auto` serves it only "
+        "when the API listens on loopback, `on` on any address (behind the tokens), `off` never")
 
     # fmt: on
 

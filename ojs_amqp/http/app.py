@@ -9,10 +9,12 @@ from typing import TypeVar
 
 from ojs_amqp.clock import now_ms
 from ojs_amqp.core.ids import UUIDv7Generator
+from ojs_amqp.dashboard import routes as dashboard
 from ojs_amqp.engine.cron import CronScheduler
 from ojs_amqp.engine.jobs import JobEngine
 from ojs_amqp.errors import OjsError, Unsupported
 from ojs_amqp.http import unsupported
+from ojs_amqp.http.admin import admin_routes
 from ojs_amqp.http.auth import authorize
 from ojs_amqp.http.cron_routes import CronRoutes
 from ojs_amqp.http.event_routes import EventRoutes
@@ -49,6 +51,11 @@ class HttpApi:
         self.queues = self.mount(QueueRoutes(engine))
         self.events = self.mount(EventRoutes(engine))
         self.crons = self.mount(CronRoutes(cron))
+        for method, path, handler in admin_routes(engine, cron, settings):
+            self.router.add(method, path, handler)
+        self.dashboard = dashboard.serve(settings, engine)  # None when it is off
+        if self.dashboard is not None:
+            self.mount(self.dashboard)
         self._mount_unsupported()  # last, so that a served route always wins over a row
 
     def mount(self, table: T) -> T:
@@ -82,6 +89,8 @@ class HttpApi:
             handler, request.params = self.router.resolve(request.method, request.path)
             if self.settings.auth_tokens:
                 header = request.headers.get("authorization", "")
+                if not header and self.dashboard:  # a dashboard session stands for its token
+                    header = self.dashboard.authorization(request)
                 authorize(self.settings.auth_tokens, request.method, request.path, header)
             response = await handler(request)
         except OjsError as exc:

@@ -29,7 +29,11 @@ class JobRoutes:
     async def push(self, request: Request) -> Response:
         body = _with_trace_context(request, read_object(request))
         job = await self.engine.push(body)
-        return json_response({"job": to_wire(job)}, 201, [("Location", f"{BASE}/jobs/{job.id}")])
+        headers = [
+            ("Location", f"{BASE}/jobs/{job.id}"),
+            *await self.engine.pressure_headers(job.queue),
+        ]
+        return json_response({"job": to_wire(job)}, 201, headers)
 
     async def info(self, request: Request) -> Response:
         return json_response({"job": to_wire(await self.engine.get(request.params["id"]))})

@@ -12,6 +12,7 @@ from ojs_amqp.core.envelope import UNHONOURED_OPTIONS
 from ojs_amqp.engine.jobs import JobEngine
 from ojs_amqp.errors import BackendUnavailable, BrokerStalled, NoSuchEndpoint
 from ojs_amqp.http import unsupported
+from ojs_amqp.http.admin import EXTENSIONS as ADMIN_EXTENSIONS
 from ojs_amqp.http.messages import Request, Response
 from ojs_amqp.http.responses import json_response
 from ojs_amqp.http.routing import BASE, RouteRow
@@ -57,6 +58,7 @@ class SystemRoutes:
                 "capabilities": {
                     "batch_enqueue": False,
                     "cron_jobs": True,
+                    "cron": True,  # the official admin UI's name for it
                     "dead_letter": True,
                     "delayed_jobs": True,
                     "job_ttl": True,
@@ -73,6 +75,7 @@ class SystemRoutes:
                         {"name": "progress", "uri": "urn:ojs:ext:progress"},
                         {"name": "observability", "uri": "urn:ojs:ext:observability"},
                         {"name": "graceful-shutdown", "uri": "urn:ojs:ext:graceful-shutdown"},
+                        *ADMIN_EXTENSIONS,
                     ],
                     "experimental": [],
                 },

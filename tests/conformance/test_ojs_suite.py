@@ -150,9 +150,31 @@ def test_level_1_reliable_passes_all_but_the_unpassable_error_type_test(
 
 #: Extension suites the daemon serves, run with the runner's `--intent` (it also evaluates
 #: what their tests mean where the Go runner cannot say it), and how many tests each holds.
-EXTENSION_SUITES = [("ext-progress", 3), ("ext-observability", 5), ("ext-graceful-shutdown", 3)]
-#: Extension tests that cannot pass honestly (none today; docs/conformance.md lists any).
-KNOWN_UNPASSABLE_EXTENSIONS: dict[str, str] = {}
+EXTENSION_SUITES = [
+    ("ext-progress", 3), ("ext-observability", 5), ("ext-graceful-shutdown", 3),
+    ("ext-admin-api", 6), ("ext-dead-letter", 4), ("ext-backpressure", 5),
+]  # fmt: skip
+#: Extension tests that cannot pass honestly (docs/conformance.md gives each reason), and
+#: the one failure each must show: any other failure of theirs is a real one.
+KNOWN_UNPASSABLE_EXTENSIONS: dict[str, str] = {
+    # Pause is not built (issue #17): the pause step answers 422 unsupported.
+    "EXT-ADM-003": "Expected status 200, got 422",
+    # The runner substitutes {{job_id}} in paths and bodies, not in expected values: the
+    # step compares the job's id with the literal text "{{job_id}}".
+    "EXT-ADM-004": 'expected \\"{{job_id}}\\", got',
+    # ojs-backpressure writes QUEUE_FULL; the daemon's codes are lower case throughout, as
+    # the HTTP binding and the level 0-2 suites have them (queue_full).
+    "EXT-BP-001": 'expected \\"QUEUE_FULL\\", got \\"queue_full\\"',
+    # Batch enqueue is not built (level 4, issue #17): 422 unsupported.
+    "EXT-BP-005": "Expected status in [201 207 429], got 422",
+}
+#: ... and the fields they fail on (the failing fields must be exactly those).
+KNOWN_UNPASSABLE_FIELDS = {
+    "EXT-ADM-003": "$.paused,$.paused,status,status",
+    "EXT-ADM-004": "$.id",
+    "EXT-BP-001": "$.error.code",
+    "EXT-BP-005": "status",
+}
 
 
 @pytest.mark.conformance
@@ -166,3 +188,10 @@ def test_every_test_of_the_extension_suite_passes_with_intent(
     assert len(results) == count
     unexpected = {k: v for k, v in failed.items() if k not in KNOWN_UNPASSABLE_EXTENSIONS}
     assert unexpected == {}
+    ran = {k.split(":")[0] for k in results}
+    for test_id, reason in KNOWN_UNPASSABLE_EXTENSIONS.items():
+        if test_id in ran:  # still failing, for that reason only
+            assert test_id in failed, f"{test_id} passes now: drop it from the known list"
+            assert reason in failed[test_id]["message"], failed[test_id]["message"]
+            if test_id in KNOWN_UNPASSABLE_FIELDS:
+                assert failed[test_id]["fields"] == KNOWN_UNPASSABLE_FIELDS[test_id]
