@@ -35,6 +35,7 @@ from ojs_amqp.errors import (
 from ojs_amqp.http import schemas, unsupported
 from ojs_amqp.http.admin import EXTENSIONS as ADMIN_EXTENSIONS
 from ojs_amqp.http.admin import admin_routes
+from ojs_amqp.http.admin import events as admin_events
 from ojs_amqp.http.auth import authorize
 from ojs_amqp.http.responses import (
     CONTENT_TYPE,
@@ -172,6 +173,7 @@ class HttpApi:
                     "batch_enqueue": False,
                     "cron_jobs": True,
                     "cron": True,  # the official admin UI's name for it
+                    "events": True,  # GET /ojs/v1/events (and its admin UI shape)
                     "dead_letter": True,
                     "delayed_jobs": True,
                     "job_ttl": True,
@@ -495,6 +497,8 @@ class HttpApi:
     # --- events ----------------------------------------------------------------------------
 
     async def events(self, request: Request) -> Response:
+        if admin_events.wants_pages(request):  # the official admin UI's shape
+            return admin_events.event_page(self.engine, request)
         limit, _ = _page(request)
         found, cursor, has_more = self.engine.events.query(
             _event_filter(request), after=_cursor(request, "after", "cursor"), limit=limit
