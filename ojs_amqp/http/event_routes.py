@@ -10,6 +10,7 @@ import orjson
 from ojs_amqp.engine.events import EventFilter
 from ojs_amqp.engine.jobs import JobEngine
 from ojs_amqp.errors import InvalidRequest
+from ojs_amqp.http.admin import events as admin_events
 from ojs_amqp.http.messages import Request, Response, Stream
 from ojs_amqp.http.paging import limit_offset
 from ojs_amqp.http.responses import json_response
@@ -29,6 +30,8 @@ class EventRoutes:
         ]
 
     async def events(self, request: Request) -> Response:
+        if admin_events.wants_pages(request):  # the official admin UI's shape
+            return admin_events.event_page(self.engine, request)
         limit, _ = limit_offset(request)
         found, cursor, has_more = self.engine.events.query(
             _event_filter(request), after=_cursor(request, "after", "cursor"), limit=limit

@@ -59,6 +59,7 @@ class SystemRoutes:
                     "batch_enqueue": False,
                     "cron_jobs": True,
                     "cron": True,  # the official admin UI's name for it
+                    "events": True,  # GET /ojs/v1/events (and its admin UI shape)
                     "dead_letter": True,
                     "delayed_jobs": True,
                     "job_ttl": True,

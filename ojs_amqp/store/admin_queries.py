@@ -51,6 +51,14 @@ class AdminQueries(Protocol):
         and how many match in all."""
         ...
 
+    def page(self, query: JobQuery, limit: int, offset: int, newest_first: bool) -> list[Job]:
+        """One page of matching jobs, as `jobs` orders them."""
+        ...
+
+    def count(self, query: JobQuery, at_most: int | None = None) -> int:
+        """How many jobs match, counting no further than `at_most` (None: all)."""
+        ...
+
     def job_ids(self, query: JobQuery, limit: int) -> list[str]:
         """Up to `limit` matching ids, oldest first (bulk actions walk them)."""
         ...
@@ -155,13 +163,23 @@ class SqliteAdminQueries:
     def jobs(
         self, query: JobQuery, limit: int, offset: int, newest_first: bool
     ) -> tuple[list[Job], int]:
+        return self.page(query, limit, offset, newest_first), self.count(query)
+
+    def page(self, query: JobQuery, limit: int, offset: int, newest_first: bool) -> list[Job]:
         where, args = _where(query)
-        total = int(self._db.execute(f"SELECT COUNT(*) FROM jobs{where}", args).fetchone()[0])
         rows = self._db.execute(
             f"SELECT doc FROM jobs{where}{_order(query, newest_first)} LIMIT ? OFFSET ?",
             (*args, limit, offset),
         ).fetchall()
-        return [from_record(orjson.loads(r[0])) for r in rows], total
+        return [from_record(orjson.loads(r[0])) for r in rows]
+
+    def count(self, query: JobQuery, at_most: int | None = None) -> int:
+        where, args = _where(query)
+        if at_most is None:
+            sql = f"SELECT COUNT(*) FROM jobs{where}"
+        else:
+            sql = f"SELECT COUNT(*) FROM (SELECT 1 FROM jobs{where} LIMIT {int(at_most)})"
+        return int(self._db.execute(sql, args).fetchone()[0])
 
     def job_ids(self, query: JobQuery, limit: int) -> list[str]:
         where, args = _where(query)

@@ -191,6 +191,19 @@ def test_maintenance_mode_is_refused_not_half_done(make_daemon: Callable[..., Da
     assert status == 422 and body["error"]["code"] == "unsupported"
 
 
+def test_events_in_the_admin_uis_paged_shape(make_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_daemon()
+    first, second = push(daemon, "ev"), push(daemon, "ev")
+    got = ok(daemon, "GET", "/ojs/v1/events?type=job.enqueued&page=1&per_page=1")
+    assert got["pagination"]["total"] == 2 and got["items"][0]["data"]["job_id"] == second
+    assert got["items"][0]["timestamp"] == got["items"][0]["time"]
+    page2 = ok(daemon, "GET", "/ojs/v1/events?type=job.enqueued&page=2&per_page=1")
+    assert page2["items"][0]["data"]["job_id"] == first
+    later = ok(daemon, "GET", "/ojs/v1/events?per_page=50&since=2999-01-01T00:00:00Z")
+    assert later["items"] == []
+    assert "events" in ok(daemon, "GET", "/ojs/v1/events?types=job.enqueued")  # the spec's shape
+
+
 def test_crons_under_the_admin_uis_plural_path(make_daemon: Callable[..., Daemon]) -> None:
     daemon = make_daemon()
     ok(daemon, "POST", "/ojs/v1/cron", {"name": "nightly", "expression": "0 3 * * *",

@@ -80,3 +80,39 @@ def test_configuration_is_shown_without_secrets() -> None:
     assert shown["amqp_url"] == "amqp://ops:***@rabbit:5671/vh"
     assert shown["auth_tokens"] == [{"scope": "admin", "secret": "***"}]
     assert "hunter2" not in str(shown) and "s" * 20 not in str(shown)
+
+
+class _Queries:
+    """Stands in for the store's admin queries: counts and a count of matches."""
+
+    def __init__(self, matches: int) -> None:
+        self.matches, self.count_calls, self.counts_calls = matches, 0, 0
+
+    def counts(self, queue: str | None = None) -> dict[tuple[str, str], int]:
+        self.counts_calls += 1
+        return {("a", "available"): 3, ("a", "completed"): 4, ("b", "available"): 5}
+
+    def count(self, query: object, at_most: int | None = None) -> int:
+        self.count_calls += 1
+        return self.matches if at_most is None else min(self.matches, at_most)
+
+
+def test_list_totals_come_from_cached_counts_or_a_capped_count() -> None:
+    from typing import Any, cast
+
+    from ojs_amqp.http.admin.context import MAX_COUNT, AdminContext
+    from ojs_amqp.store.admin_queries import JobQuery
+
+    fake = _Queries(matches=50_000)
+    ctx = AdminContext(cast(Any, None), cast(Any, None), Settings())
+    ctx._queries, ctx._looked_up = cast(Any, fake), True
+    assert ctx.total(JobQuery()) == (12, False)
+    assert ctx.total(JobQuery(queue="a")) == (7, False)
+    assert ctx.total(JobQuery(states=("available",))) == (8, False)
+    assert fake.counts_calls == 1 and fake.count_calls == 0  # one read serves all three
+    assert ctx.total(JobQuery(type="t")) == (MAX_COUNT, True)  # more matched than counted
+    fake.matches = 42
+    assert ctx.total(JobQuery(type="t")) == (42, False)
+    ctx.forget_counts()
+    ctx.total(JobQuery())
+    assert fake.counts_calls == 2

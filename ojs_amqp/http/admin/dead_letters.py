@@ -35,9 +35,10 @@ class DeadLetterRoutes:
         fields = params.query_fields(request, JOB_FILTERS)
         fields.pop("state", None)  # dead letters are discarded, always
         query = params.job_query(fields, dead_letter=True)
-        jobs, total = self.ctx.queries.jobs(query, page.limit, page.offset, True)
+        jobs = self.ctx.queries.page(query, page.limit, page.offset, True)
+        total, capped = self.ctx.total(query)
         return json_response(
-            {"items": [views.job_detail(j) for j in jobs], "pagination": page.wire(total)}
+            {"items": [views.job_detail(j) for j in jobs], "pagination": page.wire(total, capped)}
         )
 
     async def stats(self, request: Request) -> Response:
@@ -57,10 +58,12 @@ class DeadLetterRoutes:
 
     async def retry(self, request: Request) -> Response:
         job = await self.ctx.engine.retry_dead_letter(request.params["id"])
+        self.ctx.forget_counts()
         return json_response(views.job_detail(job))
 
     async def delete(self, request: Request) -> Response:
         await self.ctx.engine.delete_dead_letter(request.params["id"])
+        self.ctx.forget_counts()
         return Response(b"", 204)
 
     async def bulk_retry(self, request: Request) -> Response:

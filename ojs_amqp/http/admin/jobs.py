@@ -45,9 +45,10 @@ class JobRoutes:
         page = params.page_of(request)
         query = params.job_query(params.query_fields(request, JOB_FILTERS))
         query, newest_first = params.sorted_query(request, query)
-        jobs, total = self.ctx.queries.jobs(query, page.limit, page.offset, newest_first)
+        jobs = self.ctx.queries.page(query, page.limit, page.offset, newest_first)
+        total, capped = self.ctx.total(query)
         return json_response(
-            {"items": [views.job_item(j) for j in jobs], "pagination": page.wire(total)}
+            {"items": [views.job_item(j) for j in jobs], "pagination": page.wire(total, capped)}
         )
 
     async def detail(self, request: Request) -> Response:
@@ -64,10 +65,12 @@ class JobRoutes:
 
     async def cancel(self, request: Request) -> Response:
         job = await self.ctx.engine.cancel(request.params["id"])
+        self.ctx.forget_counts()
         return json_response(views.job_detail(job))
 
     async def retry(self, request: Request) -> Response:
         job = await self.ctx.engine.retry_job(request.params["id"])
+        self.ctx.forget_counts()
         return json_response(views.job_detail(job))
 
     async def bulk_retry(self, request: Request) -> Response:
@@ -102,7 +105,7 @@ class JobRoutes:
 async def run_bulk(ctx: AdminContext, action: str, query: JobQuery, act: Action) -> dict[str, Any]:
     """Apply `act` to every matching job (at most MAX_BULK): the spec's summary, with each
     failure's job id and OJS error."""
-    _, total = ctx.queries.jobs(query, 1, 0, False)
+    total = ctx.queries.count(query)
     ids = ctx.queries.job_ids(query, MAX_BULK)
     errors: list[dict[str, Any]] = []
 
@@ -114,6 +117,7 @@ async def run_bulk(ctx: AdminContext, action: str, query: JobQuery, act: Action)
 
     for start in range(0, len(ids), BULK_CONCURRENCY):
         await asyncio.gather(*(one(i) for i in ids[start : start + BULK_CONCURRENCY]))
+    ctx.forget_counts()
     return {
         "action": action,
         "matched": total,

@@ -24,11 +24,15 @@ class Page:
     limit: int
     offset: int
 
-    def wire(self, total: int) -> dict[str, Any]:
-        """Both vocabularies, so either kind of client reads its own."""
-        has_more = self.offset + self.limit < total
-        return {"total": total, "page": self.offset // self.limit + 1, "per_page": self.limit,
-                "limit": self.limit, "offset": self.offset, "has_more": has_more}  # fmt: skip
+    def wire(self, total: int, capped: bool = False) -> dict[str, Any]:
+        """Both vocabularies, so either kind of client reads its own; `total_capped` says
+        the total is a lower bound (more matched than were counted)."""
+        has_more = capped or self.offset + self.limit < total
+        out = {"total": total, "page": self.offset // self.limit + 1, "per_page": self.limit,
+               "limit": self.limit, "offset": self.offset, "has_more": has_more}  # fmt: skip
+        if capped:
+            out["total_capped"] = True
+        return out
 
 
 def _int(request: Request, name: str, default: int, low: int) -> int:

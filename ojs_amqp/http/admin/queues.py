@@ -56,12 +56,13 @@ class QueueRoutes:
         """Test mode's reset forgets run-time configuration too."""
         self.ctx.engine.depth_bounds.clear()
         self.ctx.history.clear()
+        self.ctx.forget_counts()
         await self.ctx.queries.reset()
 
     async def list(self, request: Request) -> Response:
         page = params.page_of(request)
         known = await self.ctx.engine.queue_names()
-        counts = self.ctx.queries.counts()
+        counts = self.ctx.counts()
         config = self.ctx.queries.queue_config()
         items = [
             self._summary(name, created, _by_state(counts, name), config.get(name))

@@ -39,7 +39,7 @@ class SystemRoutes:
     async def stats(self, request: Request) -> Response:
         engine = self.ctx.engine
         by_state: dict[str, int] = {}
-        for (_, state), n in self.ctx.queries.counts().items():
+        for (_, state), n in self.ctx.counts().items():
             by_state[state] = by_state.get(state, 0) + n
         now = now_ms()
         recent = self.ctx.history.total(now - MINUTE_MS, now + 1)
