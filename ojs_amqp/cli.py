@@ -31,7 +31,8 @@ def _env_bool(name: str) -> bool:
 _OPTIONS: tuple[tuple[str, str, object, type, str], ...] = (
     ("--amqp-url", "OJS_AMQP_URL", _DEFAULTS.amqp_url, str, "RabbitMQ URL"),
     ("--http", "OJS_HTTP", _DEFAULTS.http_address, str, "HOST:PORT to listen on"),
-    ("--store", "OJS_STORE", _DEFAULTS.store_path, str, "SQLite file of the job store"),
+    ("--store", "OJS_STORE", _DEFAULTS.store_path, str, 
+     "job store: a SQLite file (path, sqlite:///path) or postgresql://user@host/db"),
     ("--prefix", "OJS_PREFIX", _DEFAULTS.prefix, str, "prefix for every RabbitMQ name"),
     ("--prefetch", "OJS_PREFETCH", _DEFAULTS.prefetch, int,
      "unacked deliveries per job queue (buffered + leased)"),
