@@ -17,6 +17,7 @@ from ojs_amqp.http.auth import parse_tokens
 from ojs_amqp.logs import configure, redact
 from ojs_amqp.runtime import serve
 from ojs_amqp.settings import Settings, Token
+from ojs_amqp.store import StoreConfigError, StoreUnavailable
 from ojs_amqp.tls import TlsConfigError, ssl_cause
 
 _DEFAULTS = Settings()
@@ -358,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(settings.log_level, settings.log_format)
     try:
         _run(serve(settings))
-    except TlsConfigError as exc:
+    except (TlsConfigError, StoreConfigError, StoreUnavailable) as exc:
         print(f"ojs-amqp: {exc}", file=sys.stderr)
         return 2
     except CONNECTION_ERRORS as exc:

@@ -16,6 +16,10 @@ class QueueInfo:
     created_at_ms: int
 
 
+class StoreConfigError(ValueError):
+    """`--store` names no store we can open (an unknown scheme, a bad parameter)."""
+
+
 class StoreUnavailable(BackendUnavailable):
     """The store did not answer (a lost or silent database server): nothing was recorded,
     or the outcome is unknown; the caller's move has not happened as far as it knows."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ojs_amqp.errors import InvalidRequest
+from ojs_amqp.store.base import StoreConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,6 @@ def parse(url: str) -> PostgresOptions:
             else:
                 kept.append((key, raw))
         except ValueError:
-            raise InvalidRequest(f"--store: {key}={raw!r} is not a valid value") from None
+            raise StoreConfigError(f"--store: {key}={raw!r} is not a valid value") from None
     dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment))
     return PostgresOptions(dsn, **values)  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from asyncpg.pool import PoolConnectionProxy
 from ojs_amqp.core.job import Job, JobState, from_record, to_record
 from ojs_amqp.errors import Duplicate
 from ojs_amqp.store.base import QueueInfo, StoreUnavailable
+from ojs_amqp.store.location import describe
 from ojs_amqp.store.postgres.batch import DELETE, INSERT, PUBLISH, UPDATE, GroupCommit
 from ojs_amqp.store.postgres.migrations import migrate
 from ojs_amqp.store.postgres.options import PostgresOptions, parse
@@ -59,20 +60,26 @@ class PostgresJobStore:
         return self._writes.batches
 
     async def open(self) -> None:
+        # min_size=0: asyncpg would otherwise keep reconnecting in the background while the
+        # server is gone (logging a traceback each time); connections open when needed.
         o = self.options
+        pool: asyncpg.Pool | None = None
         try:
             pool = await asyncpg.create_pool(
-                o.dsn, min_size=1, max_size=o.pool_size, timeout=o.connect_timeout_s,
+                o.dsn, min_size=0, max_size=o.pool_size, timeout=o.connect_timeout_s,
                 command_timeout=o.command_timeout_s, statement_cache_size=o.statement_cache_size,
             )  # fmt: skip
-        except Exception as exc:
-            raise _unavailable(exc) from exc
-        try:
-            async with pool.acquire(timeout=o.command_timeout_s) as conn:
+            async with pool.acquire(timeout=o.connect_timeout_s + o.command_timeout_s) as conn:
                 await migrate(conn)
-        except BaseException:
-            await pool.close()
-            raise
+        except BaseException as exc:
+            if pool is not None:
+                pool.terminate()
+            failure = _unavailable(exc)
+            if isinstance(failure, StoreUnavailable):
+                failure = StoreUnavailable(f"{failure.message} (--store {describe(o.dsn)})")
+            if failure is exc:
+                raise
+            raise failure from exc
         self._pool = pool
 
     async def close(self) -> None:
