@@ -32,6 +32,8 @@ class JobStore(Protocol):
 
     A write is durable (as far as the store goes) when its call returns, and every read
     issued after that sees it; whether a read sees a write still in flight is unspecified.
+    Lookups by id (`get`) answer in the order they were made: the gateway buffers deliveries
+    in the order their lookups return (FIFO fetches depend on it).
     """
 
     #: What /ojs/v1/health calls the store ("sqlite", "postgresql", "memory").

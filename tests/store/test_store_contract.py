@@ -38,6 +38,23 @@ async def test_a_missing_job_reads_as_none(store: JobStore) -> None:
     assert await store.get(_job(9).id) is None
 
 
+async def test_lookups_answer_in_the_order_they_were_made(store: JobStore) -> None:
+    """The gateway buffers deliveries in the order their lookups return (FIFO fetches)."""
+    await asyncio.gather(*(store.insert(_job(n), published=True) for n in range(50)))
+    answered: list[int] = []
+
+    async def look(n: int) -> None:
+        if n % 10 == 0:
+            await asyncio.sleep(0)  # some lookups start a turn later: a batch of their own
+        job = await store.get(_job(n).id if n % 7 else _job(1000 + n).id)
+        assert (job is None) == (n % 7 == 0)
+        answered.append(n)
+
+    await asyncio.gather(*(look(n) for n in range(50)))
+    late = [n for n in range(50) if n % 10 == 0]
+    assert answered == [n for n in range(50) if n % 10] + late
+
+
 async def test_a_second_insert_with_the_same_id_is_a_duplicate(store: JobStore) -> None:
     await store.insert(_job(), published=True)
     with pytest.raises(Duplicate) as raised:

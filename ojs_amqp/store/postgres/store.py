@@ -23,6 +23,7 @@ from ojs_amqp.errors import Duplicate
 from ojs_amqp.store.base import QueueInfo, StoreUnavailable
 from ojs_amqp.store.location import describe
 from ojs_amqp.store.postgres.batch import DELETE, INSERT, PUBLISH, UPDATE, GroupCommit
+from ojs_amqp.store.postgres.lookups import BatchedLookups
 from ojs_amqp.store.postgres.migrations import migrate
 from ojs_amqp.store.postgres.options import PostgresOptions, parse
 from ojs_amqp.store.rows import finished_at, is_dead_letter
@@ -53,6 +54,7 @@ class PostgresJobStore:
         self.options: PostgresOptions = parse(url)
         self._pool: asyncpg.Pool | None = None
         self._writes = GroupCommit(self._connection, _unavailable)
+        self._lookups = BatchedLookups(self._connection, _unavailable)
 
     @property
     def group_commits(self) -> int:
@@ -149,8 +151,8 @@ class PostgresJobStore:
     # --- jobs: reads ---------------------------------------------------------------------
 
     async def get(self, job_id: str) -> Job | None:
-        jobs = await self._docs(_DOC + "id = $1", job_id)
-        return jobs[0] if jobs else None
+        doc = await self._lookups.doc(job_id)
+        return _job(doc) if doc is not None else None
 
     async def unpublished(self, limit: int) -> list[Job]:
         return await self._docs(_DOC + "NOT published LIMIT $1", limit)
