@@ -14,6 +14,7 @@ import pytest
 from ojs_amqp.core.job import Job, JobState
 from ojs_amqp.store.base import StoreUnavailable
 from ojs_amqp.store.postgres import SCHEMA_VERSION, PostgresJobStore
+from ojs_amqp.store.postgres.guard import StoreInUse
 from tests.daemon import free_port
 from tests.faults.proxy import SilentListener, TcpProxy
 from tests.postgres import admin_connect, private_schema, require_postgres, schema_of, with_query
@@ -95,14 +96,36 @@ async def test_migrations_run_once_and_record_their_versions(postgres_store_url:
     assert [v for (v,) in rows] == list(range(1, SCHEMA_VERSION + 1))
 
 
-async def test_daemons_opening_one_fresh_database_at_once_migrate_it_once(
+async def test_a_second_daemon_on_one_store_is_refused_while_the_first_has_it_open(
     postgres_store_url: str,
 ) -> None:
-    stores = [PostgresJobStore(postgres_store_url) for _ in range(3)]
-    await asyncio.gather(*(s.open() for s in stores))
-    await stores[0].insert(_job(), published=True)
-    assert await stores[2].get(_job().id) == _job()
-    await asyncio.gather(*(s.close() for s in stores))
+    first = PostgresJobStore(postgres_store_url)
+    await first.open()
+    try:
+        with pytest.raises(
+            StoreInUse, match=r"another ojs-amqp daemon .*backend pid \d+.*application 'ojs-amqp'"
+        ):
+            await PostgresJobStore(postgres_store_url).open()
+        await first.insert(_job(), published=True)  # the first one is unharmed
+        assert await first.get(_job().id) == _job()
+    finally:
+        await first.close()
+    second = PostgresJobStore(postgres_store_url)  # closed: free again
+    await second.open()
+    assert await second.get(_job().id) == _job()
+    await second.close()
+
+
+async def test_daemons_starting_at_once_on_a_fresh_database_migrate_it_once(
+    postgres_store_url: str,
+) -> None:
+    """Two stores in two schemas of one database: the migration lock is database-wide."""
+    with private_schema(require_postgres()) as other_url:
+        stores = [PostgresJobStore(url) for url in (postgres_store_url, other_url)]
+        await asyncio.gather(*(s.open() for s in stores))
+        await stores[0].insert(_job(), published=True)
+        assert await stores[1].get(_job().id) is None  # each schema has its own tables
+        await asyncio.gather(*(s.close() for s in stores))
 
 
 async def test_a_database_from_a_newer_daemon_is_refused(postgres_store_url: str) -> None:

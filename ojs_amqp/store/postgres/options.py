@@ -21,6 +21,13 @@ class PostgresOptions:
     #: 0 turns off prepared statements (pgbouncer in transaction pooling mode).
     statement_cache_size: int = 100
 
+    @property
+    def server_settings(self) -> dict[str, str]:
+        """Names the daemon's sessions in pg_stat_activity unless the URL names them."""
+        if "application_name" in dict(parse_qsl(urlsplit(self.dsn).query)):
+            return {}
+        return {"application_name": "ojs-amqp"}
+
 
 _FLOATS = {"connect_timeout": "connect_timeout_s", "command_timeout": "command_timeout_s"}
 _INTS = {"pool_size": "pool_size", "statement_cache_size": "statement_cache_size"}

@@ -23,6 +23,7 @@ from ojs_amqp.errors import Duplicate
 from ojs_amqp.store.base import QueueInfo, StoreUnavailable
 from ojs_amqp.store.location import describe
 from ojs_amqp.store.postgres.batch import DELETE, INSERT, PUBLISH, UPDATE, GroupCommit
+from ojs_amqp.store.postgres.guard import hold
 from ojs_amqp.store.postgres.lookups import BatchedLookups
 from ojs_amqp.store.postgres.migrations import migrate
 from ojs_amqp.store.postgres.options import PostgresOptions, parse
@@ -53,6 +54,7 @@ class PostgresJobStore:
     def __init__(self, url: str) -> None:
         self.options: PostgresOptions = parse(url)
         self._pool: asyncpg.Pool | None = None
+        self._lock: asyncpg.Connection | None = None  # holds the one-daemon guard (guard.py)
         self._writes = GroupCommit(self._connection, _unavailable)
         self._lookups = BatchedLookups(self._connection, _unavailable)
 
@@ -67,18 +69,23 @@ class PostgresJobStore:
         o = self.options
         pool: asyncpg.Pool | None = None
         try:
+            self._lock = await hold(o)
             pool = await asyncpg.create_pool(
                 o.dsn, min_size=0, max_size=o.pool_size, timeout=o.connect_timeout_s,
                 command_timeout=o.command_timeout_s, statement_cache_size=o.statement_cache_size,
+                server_settings=o.server_settings,
             )  # fmt: skip
             async with pool.acquire(timeout=o.connect_timeout_s + o.command_timeout_s) as conn:
                 await migrate(conn)
         except BaseException as exc:
             if pool is not None:
                 pool.terminate()
+            if self._lock is not None:
+                self._lock.terminate()
+                self._lock = None
             failure = _unavailable(exc)
             if isinstance(failure, StoreUnavailable):
-                failure = StoreUnavailable(f"{failure.message} (--store {describe(o.dsn)})")
+                failure = type(failure)(f"{failure.message} (--store {describe(o.dsn)})")
             if failure is exc:
                 raise
             raise failure from exc
@@ -92,6 +99,12 @@ class PostgresJobStore:
                 await asyncio.wait_for(pool.close(), self.options.command_timeout_s)
             except TimeoutError:
                 pool.terminate()
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            try:
+                await lock.close(timeout=self.options.command_timeout_s)
+            except (OSError, TimeoutError, asyncpg.InterfaceError):
+                lock.terminate()
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
