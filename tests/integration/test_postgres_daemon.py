@@ -71,6 +71,18 @@ def test_push_fetch_ack_through_a_daemon_on_postgresql(pg_daemon: Daemon, pg_url
     assert health["components"]["store"]["status"] == "ok"
 
 
+def test_a_second_daemon_on_the_same_store_is_refused_at_start(
+    pg_daemon: Daemon, pg_url: str, make_daemon: Callable[..., Daemon]
+) -> None:
+    second = make_daemon("--store", pg_url, start=False)
+    with pytest.raises(RuntimeError, match="exited with 2"):
+        second.start()
+    assert second.log_path is not None
+    assert "another ojs-amqp daemon has this PostgreSQL store open" in second.log_path.read_text()
+    second.process = None  # refused on purpose: not a failed exit for the teardown's check
+    assert _push(pg_daemon, "first")  # the first daemon serves on
+
+
 def test_a_sigkill_with_jobs_leased_and_waiting_loses_none_on_restart(
     pg_daemon: Daemon, pg_url: str
 ) -> None:
