@@ -14,5 +14,5 @@ def finished_at(job: Job) -> int | None:
 
 
 def is_dead_letter(job: Job) -> bool:
-    """Only a discarded job is kept as a dead letter (a retried one carries no flag)."""
+    """Only a discarded job counts as a dead letter, whatever its flag says in other states."""
     return job.dead_letter and job.state is JobState.DISCARDED
