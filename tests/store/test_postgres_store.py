@@ -116,6 +116,17 @@ async def test_a_second_daemon_on_one_store_is_refused_while_the_first_has_it_op
     await second.close()
 
 
+async def test_the_lock_session_asks_the_server_to_notice_a_vanished_daemon(
+    pg: PostgresJobStore,
+) -> None:
+    """A daemon whose machine is gone must not hold the store for TCP's default two hours."""
+    lock = pg._lock
+    assert lock is not None
+    for name, value in [("tcp_keepalives_idle", "10"), ("tcp_keepalives_interval", "5"),
+                        ("tcp_keepalives_count", "3")]:  # fmt: skip
+        assert await lock.fetchval(f"SHOW {name}") == value
+
+
 async def test_daemons_starting_at_once_on_a_fresh_database_migrate_it_once(
     postgres_store_url: str,
 ) -> None:

@@ -3,9 +3,12 @@
 
 The first daemon holds a session advisory lock, keyed by the schema its tables live in, on a
 connection of its own for as long as the store is open. A daemon that dies drops the lock
-with its connection (the server sees the socket close). This is a guard against a mistake,
-not fencing: a daemon whose lock connection breaks does not stop, and while it is cut off a
-second daemon could start.
+with its connection: at once when its process dies (the server sees the socket close), and
+when its machine or network is gone, once the server's TCP keepalives on that connection go
+unanswered (asked for below: probes after 10 s idle, every 5 s, 3 of them). The next daemon
+is refused (exit 2) until then; a supervisor that restarts it gets in after that. This is a
+guard against a mistake, not fencing: a daemon whose lock connection breaks does not stop,
+and while it is cut off a second daemon could start.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ SELECT a.pid, coalesce(host(a.client_addr), 'local socket'), a.application_name
 """
 
 
+#: How soon the server notices that the lock holder's machine is gone (about 25 s).
+_KEEPALIVES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
+               "tcp_keepalives_count": "3"}  # fmt: skip
+
+
 class StoreInUse(StoreUnavailable):
     """Another daemon has this PostgreSQL store open."""
 
@@ -35,7 +43,7 @@ async def hold(options: PostgresOptions) -> asyncpg.Connection:
     """A connection holding this store's daemon lock; StoreInUse when another daemon has it."""
     conn = await asyncpg.connect(
         options.dsn, timeout=options.connect_timeout_s, command_timeout=options.command_timeout_s,
-        server_settings=options.server_settings,
+        server_settings={**options.server_settings, **_KEEPALIVES},
     )  # fmt: skip
     command_timeout_s = options.command_timeout_s
     try:
