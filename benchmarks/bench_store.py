@@ -18,6 +18,9 @@ the stores see what a busy daemon gives them: many moves per loop turn. Variants
                     ojs_apply call, a turn's lookups in one = ANY query
   psycopg           the same store, SQL and batching, with psycopg 3 (AsyncConnection,
                     autocommit) lending the connections instead of asyncpg
+  asyncpg+reset     the shipped store with asyncpg's default pool reset put back (a reset
+                    query each time a batch gives its connection back), to show what
+                    skipping it saves
   asyncpg/1-by-1    one statement per operation through a pool (what batching saves)
   psycopg/1-by-1    the same with psycopg 3
 
@@ -179,6 +182,20 @@ class PsycopgStore(PostgresJobStore):
     async def close(self) -> None:
         for conn in self.pool.all:
             await conn.conn.close()
+
+
+class DefaultResetStore(PostgresJobStore):
+    """The shipped store with asyncpg's own pool reset on release (its default)."""
+
+    async def open(self) -> None:
+        from ojs_amqp.store.postgres import store as module
+
+        saved = module._keep_session
+        module._keep_session = None  # type: ignore[assignment]  # create_pool(reset=None)
+        try:
+            await super().open()
+        finally:
+            module._keep_session = saved
 
 
 # --- one statement per operation (both drivers) ----------------------------------------------
@@ -349,12 +366,14 @@ async def main(args: argparse.Namespace) -> int:
 
     def postgres(kind: str) -> Callable[[int], Awaitable[tuple[JobStore, str | None]]]:
         async def make(rnd: int) -> tuple[JobStore, str | None]:
-            app = f"{schema}_{kind.replace('/', '_')}_{rnd}"
+            app = f"{schema}_{re.sub(r'[^a-z0-9]', '_', kind)}_{rnd}"
             url = pg_url(app)
             if kind == "asyncpg":
                 return PostgresJobStore(url), app
             if kind == "psycopg":
                 return PsycopgStore(url), app
+            if kind == "asyncpg+reset":
+                return DefaultResetStore(url), app
             driver = kind.split("/")[0]
             return OneByOneStore(url, driver, 4), app  # type: ignore[return-value]
 
@@ -362,7 +381,7 @@ async def main(args: argparse.Namespace) -> int:
 
     variants = [Variant("sqlite", sqlite)] + [
         Variant(kind, postgres(kind))
-        for kind in ("asyncpg", "psycopg", "asyncpg/1-by-1", "psycopg/1-by-1")
+        for kind in ("asyncpg", "asyncpg+reset", "psycopg", "asyncpg/1-by-1", "psycopg/1-by-1")
     ]
     rounds: dict[str, list[Round]] = {v.name: [] for v in variants}
     try:

@@ -1,10 +1,11 @@
 """PostgreSQL job store: the JobStore contract on a shared server (asyncpg, a small pool).
 
-Writes go through group commit (batch.py): a loop turn's moves reach the server as one call.
-Reads use the pool directly. Every wait is bounded: connecting by `connect_timeout`, each
-statement and each wait for a pooled connection by `command_timeout` (options.py); a server
-that is gone or silent turns into StoreUnavailable (HTTP 503, health `unhealthy`), never a
-hang. One daemon per database today (docs/scaling.md): nothing here coordinates several.
+Writes go through group commit (batch.py): a loop turn's moves reach the server as one call;
+lookups by id are batched the same way (lookups.py); other reads use the pool directly.
+Every wait is bounded: connecting by `connect_timeout`, each statement and each wait for a
+pooled connection by `command_timeout` (options.py); a server that is gone or silent turns
+into StoreUnavailable (HTTP 503, health `unhealthy`), never a hang. One daemon per store
+(docs/scaling.md): a second one is refused at open (guard.py).
 """
 
 from __future__ import annotations
@@ -124,7 +125,10 @@ class PostgresJobStore:
             async with self._connection() as conn:
                 return list(await conn.fetch(sql, *args))
         except Exception as exc:
-            raise _unavailable(exc) from exc
+            failure = _unavailable(exc)
+            if failure is exc:
+                raise
+            raise failure from exc
 
     async def _docs(self, sql: str, *args: Any) -> list[Job]:
         return [_job(row[0]) for row in await self._fetch(sql, *args)]
