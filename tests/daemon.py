@@ -188,12 +188,14 @@ async def _delete_topology(prefix: str, amqp_url: str, ctl: Callable[..., str]) 
 
 
 @contextlib.contextmanager
-def shared_daemon(tmp: Path, prefix: str, *extra_args: str) -> Iterator[Daemon]:
+def shared_daemon(
+    tmp: Path, prefix: str, *extra_args: str, test_mode: bool = True
+) -> Iterator[Daemon]:
     """A daemon for a whole module or package (tests keep to their own queues), stopped and
     its topology deleted afterwards."""
     daemon = Daemon(
         prefix=prefix, store=tmp / "store.db", log_path=tmp / "daemon.log",
-        extra_args=list(extra_args),
+        extra_args=list(extra_args), test_mode=test_mode,
     )  # fmt: skip
     daemon.start()
     try:

@@ -26,8 +26,8 @@ HANDLER = "admin_handler"
 
 
 def _common(suppress: bool = False) -> argparse.ArgumentParser:
-    """--url, --timeout and --json, shared by every subcommand that talks to the daemon
-    (`suppress`: no defaults, for a subcommand under one that has them already)."""
+    """--url, --token-file, --timeout and --json, shared by every subcommand that talks to
+    the daemon (`suppress`: no defaults, for a subcommand under one that has them already)."""
     parent = argparse.ArgumentParser(add_help=False)
     url = os.environ.get("OJS_URL", DEFAULT_URL)
 
@@ -37,6 +37,11 @@ def _common(suppress: bool = False) -> argparse.ArgumentParser:
     parent.add_argument(
         "--url", default=default(url),
         help=f"the daemon's HTTP address (env OJS_URL, default {url!r})",
+    )  # fmt: skip
+    parent.add_argument(
+        "--token-file", default=default(os.environ.get("OJS_TOKEN_FILE")), metavar="PATH",
+        help="file holding the bearer token to send (env OJS_TOKEN_FILE; or the token "
+        "itself in OJS_TOKEN); needed when the daemon has --auth-tokens-file",
     )  # fmt: skip
     parent.add_argument(
         "--timeout", type=float, default=default(30.0),

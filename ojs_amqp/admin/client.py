@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import urllib.error
 import urllib.parse
@@ -52,6 +53,21 @@ def dead_letter_path(job_id: str, action: str = "") -> str:
     return f"{path}/{action}" if action else path
 
 
+def read_token(path: str | None) -> str:
+    """The bearer secret: the first line of the file `path` names, else $OJS_TOKEN, else
+    none. Never a flag value: flags show in `ps` (docs/security.md)."""
+    if not path:
+        return os.environ.get("OJS_TOKEN", "").strip()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.readline().strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read --token-file: {exc}") from None
+    if not token:
+        raise UsageError(f"--token-file {path!r} is empty")
+    return token
+
+
 def error_from(status: int, raw: bytes, reason: str) -> ApiError:
     """The ApiError for an error answer: its OJS envelope, or a stand-in when there is none."""
     try:
@@ -66,9 +82,13 @@ def error_from(status: int, raw: bytes, reason: str) -> ApiError:
 
 
 class Client:
-    def __init__(self, base_url: str, timeout: float = 30.0) -> None:
+    """`token`: the bearer secret sent with every request (a daemon started with
+    --auth-tokens-file wants one; docs/security.md)."""
+
+    def __init__(self, base_url: str, timeout: float = 30.0, token: str = "") -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self._authorization = f"Bearer {token}" if token else ""
 
     def url(self, path: str, query: Mapping[str, object | None] | None = None) -> str:
         url = self.base_url + path
@@ -79,6 +99,8 @@ class Client:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(url, data=data, method=method)
         req.add_header("User-Agent", f"ojs-amqp-cli/{__version__}")
+        if self._authorization:
+            req.add_header("Authorization", self._authorization)
         if data is not None:
             req.add_header("Content-Type", CONTENT_TYPE)
         try:
@@ -88,7 +110,10 @@ class Client:
             raw = err.read()
             if err.code in accept:
                 return err.code, raw
-            raise error_from(err.code, raw, str(err.reason)) from None
+            error = error_from(err.code, raw, str(err.reason))
+            if err.code == 401 and not self._authorization:
+                error.message += " (give the CLI a token: OJS_TOKEN or --token-file)"
+            raise error from None
         except urllib.error.URLError as err:
             raise self._unreachable(err.reason) from None
         except (OSError, http.client.HTTPException) as exc:

@@ -17,6 +17,7 @@ from ojs_amqp.admin.client import (
     UsageError,
     dead_letter_path,
     job_path,
+    read_token,
 )
 from ojs_amqp.amqp.topology import Topology
 from ojs_amqp.logs import redact
@@ -26,7 +27,7 @@ PAGE = 200
 
 
 def client(args: argparse.Namespace) -> Client:
-    return Client(args.url, args.timeout)
+    return Client(args.url, args.timeout, read_token(args.token_file))
 
 
 def emit(args: argparse.Namespace, payload: Any, human: str) -> None:

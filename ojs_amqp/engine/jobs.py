@@ -102,6 +102,9 @@ class JobEngine:
         self.tracing = tracing
         self._ids = UUIDv7Generator()
         self._depths = DepthCache(store)
+        #: Depth bounds set at run time (admin API), by queue: (max_depth, warning fraction);
+        #: they take precedence over settings.max_depth.
+        self.depth_bounds: dict[str, tuple[int, float]] = {}
         self._buffers = ReadyBuffers()
         self._leases: dict[str, Lease] = {}
         self._arrivals = Arrivals()
@@ -458,7 +461,7 @@ class JobEngine:
 
     async def _admit(self, queue: str) -> None:
         """Backpressure (max_depth): refuse a push to a queue holding its bound of open jobs."""
-        bound = self.settings.max_depth_for(queue)
+        bound = self.depth_bound(queue)[0]
         if bound <= 0:
             return
         depth = await self._depths.depth(queue)
@@ -468,6 +471,26 @@ class JobEngine:
                 details={"queue": queue, "depth": depth, "max_depth": bound},
                 headers={"X-OJS-Queue-Depth": str(depth), "X-OJS-Queue-Bound": str(bound)},
             )
+
+    def depth_bound(self, queue: str) -> tuple[int, float]:
+        """(max_depth, warning threshold) of `queue`: set at run time, else by settings."""
+        return self.depth_bounds.get(queue) or (self.settings.max_depth_for(queue), 0.8)
+
+    async def pressure_headers(self, queue: str) -> list[tuple[str, str]]:
+        """ojs-backpressure §7.3: on a push to a bounded queue past its warning threshold,
+        its depth, bound and pressure (depth / bound); none otherwise."""
+        bound, warning = self.depth_bound(queue)
+        if bound <= 0:
+            return []
+        depth = await self._depths.depth(queue)
+        if depth < warning * bound:
+            return []
+        return [("X-OJS-Queue-Depth", str(depth)), ("X-OJS-Queue-Bound", str(bound)),
+                ("X-OJS-Queue-Pressure", f"{min(1.0, depth / bound):.2f}")]  # fmt: skip
+
+    async def queue_depth(self, queue: str) -> int:
+        """Open (non-terminal) jobs of `queue`, as backpressure counts them."""
+        return await self._depths.depth(queue)
 
     async def validate_job(self, body: Any) -> None:
         """Check an envelope as push would, without enqueuing anything."""
@@ -795,6 +818,8 @@ class JobEngine:
         """A native worker's outcome. Returns None for a stale report (already finished or
         cancelled, or about an older copy: a duplicate execution), which changes nothing."""
         assert report.job_id is not None
+        self.workers.seen_on(report.worker_id, self._now(), [queue] if queue else [], "native")
+        self.workers.holds(report.worker_id, report.job_id, done=True)
         job = await self.store.get(report.job_id)
         adopted = None
         if job is None and report.envelope is not None and report.kind == protocol.COMPLETED:
@@ -847,6 +872,8 @@ class JobEngine:
         assert beat.job_id is not None
         job = await self._known_or_adopted(beat.job_id, beat.envelope, queue)
         now = self._now()
+        self.workers.seen_on(beat.worker_id, now, [job.queue], kind="native")
+        self.workers.holds(beat.worker_id, job.id, done=False)
         if beat.started and beat.copy == job.copy and job.id not in self._leases:
             return await self._native_restart(job, beat, now)
         if job.state is JobState.AVAILABLE:
@@ -924,7 +951,7 @@ class JobEngine:
     ) -> list[Job]:
         if not queues:
             raise InvalidRequest("queues must list at least one queue")
-        self.workers.seen(worker_id, self._now())
+        self.workers.seen_on(worker_id, self._now(), queues)
         if not self.workers.fetching(worker_id):
             return []  # quiet or draining: no new jobs (ojs-graceful-shutdown §5.1)
         now_mono = time.monotonic()
@@ -1134,6 +1161,7 @@ class JobEngine:
         extended: list[str] = []
         directive = self._worker_directives.get(worker_id or "", "running")
         now = self._now()
+        self.workers.seen(worker_id, now)
         for job_id in job_ids:
             lease = self._leases.get(job_id)
             if lease is None or (worker_id and lease.worker_id and lease.worker_id != worker_id):
@@ -1402,6 +1430,41 @@ class JobEngine:
         await self._advance(new, None, job.copy)
         self.events.emit("job.enqueued", new, self._now(), reason="dead_letter_retry")
         return new
+
+    async def retry_job(self, job_id: str) -> Job:
+        """Admin retry of a discarded job (dead letter or not): available again, attempts
+        reset, its history kept (ojs-admin-api §7.4). A cancelled job stays cancelled: the
+        state machine lets nothing leave `cancelled` (push a copy instead)."""
+        job = await self.get(job_id)
+        if job.state is not JobState.DISCARDED:
+            raise Conflict(
+                f"job {job_id} is {job.state.value}: only a discarded job can be retried"
+                + ("; push a copy of a cancelled one" if job.state is JobState.CANCELLED else ""),
+                details={"job_id": job_id, "current_state": job.state.value},
+            )
+        new = lifecycle.retry_dead_letter(job, self._now())
+        await self._advance(new, None, job.copy)
+        self.events.emit("job.enqueued", new, self._now(), reason="admin_retry")
+        return new
+
+    async def delete_finished(self, job_id: str) -> None:
+        """Admin delete of a finished (completed, cancelled or discarded) job's record."""
+        job = await self.get(job_id)
+        if not job.state.terminal:
+            raise Conflict(
+                f"job {job_id} is {job.state.value}: only a finished job can be deleted; "
+                "cancel it first",
+                details={"job_id": job_id, "current_state": job.state.value},
+            )
+        await self.store.delete(job_id)
+
+    def leases_by_worker(self) -> dict[str, list[str]]:
+        """The jobs leased to each HTTP worker now (worker id -> job ids)."""
+        out: dict[str, list[str]] = {}
+        for job_id, lease in self._leases.items():
+            if lease.worker_id:
+                out.setdefault(lease.worker_id, []).append(job_id)
+        return out
 
     async def delete_dead_letter(self, job_id: str) -> None:
         await self._dead_letter(job_id)

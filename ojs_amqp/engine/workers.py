@@ -1,16 +1,18 @@
 """What the daemon knows about HTTP workers: the state each one last announced (`running`,
 `quiet`, `drain`, `terminate`), when it was last seen and how many jobs it said it runs.
 
-Fed by `POST /ojs/v1/workers/beat` (ojs-graceful-shutdown), heartbeats and fetches; read by
-`GET /ojs/v1/workers/{id}/health` and by fetch, which hands a worker that is quiet or
-draining no new job (graceful-shutdown §5.1). In memory only, bounded: a worker not seen
-for `FORGET_AFTER_MS` is forgotten.
+Fed by `POST /ojs/v1/workers/beat` (ojs-graceful-shutdown), heartbeats and fetches, and by
+native AMQP workers (their hello, heartbeats and reports); read by
+`GET /ojs/v1/workers/{id}/health`, the admin API's worker list, and by fetch, which hands a
+worker that is quiet or draining no new job (graceful-shutdown §5.1). In memory only,
+bounded: a worker not seen for `FORGET_AFTER_MS` is forgotten, and one not seen for
+`STALE_AFTER_MS` reads as `stale`.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: The states a worker may announce, with the synonyms SDKs and the suite use.
 WORKER_STATES = {
@@ -27,7 +29,11 @@ WORKER_STATES = {
 #: States in which a worker gets no new jobs.
 NOT_FETCHING = frozenset({"quiet", "drain", "terminate"})
 FORGET_AFTER_MS = 10 * 60 * 1000
+#: A worker silent this long is shown `stale` (and may be deregistered by an admin).
+STALE_AFTER_MS = 60 * 1000
 MAX_WORKERS = 10_000
+#: Job ids remembered per native worker (what it holds, from its heartbeats).
+MAX_HELD = 1000
 
 
 @dataclass(slots=True)
@@ -36,6 +42,16 @@ class WorkerInfo:
     state: str
     last_seen_ms: int
     active_jobs: int | None = None
+    #: "http" (fetch, heartbeat, beat) or "native" (the AMQP binding).
+    kind: str = "http"
+    first_seen_ms: int = 0
+    queues: list[str] = field(default_factory=list)
+    #: Jobs a native worker announced it runs (heartbeats), until it reports on them.
+    held: set[str] = field(default_factory=set)
+
+    def shown_state(self, now_ms: int) -> str:
+        """The state an operator sees: the announced one, or `stale` once silent."""
+        return "stale" if now_ms - self.last_seen_ms > STALE_AFTER_MS else self.state
 
 
 class WorkerRegistry:
@@ -46,7 +62,7 @@ class WorkerRegistry:
         """Record a worker's beat; returns its state (the announced one, else the last)."""
         info = self._workers.pop(worker_id, None)
         if info is None:
-            info = WorkerInfo(worker_id, "running", now_ms)
+            info = WorkerInfo(worker_id, "running", now_ms, first_seen_ms=now_ms)
         if state is not None:
             info.state = WORKER_STATES[state]
         info.last_seen_ms = now_ms
@@ -60,6 +76,47 @@ class WorkerRegistry:
         """A fetch or heartbeat: the worker is alive, in whatever state it announced."""
         if worker_id:
             self.beat(worker_id, None, None, now_ms)
+
+    def seen_on(
+        self, worker_id: str | None, now_ms: int, queues: list[str], kind: str = "http"
+    ) -> None:
+        """A fetch or a native worker's message: alive, consuming `queues` (added to those
+        seen before; at most 100 are kept)."""
+        if not worker_id:
+            return
+        self.beat(worker_id, None, None, now_ms)
+        info = self._workers[worker_id]
+        info.kind = kind
+        for queue in queues:
+            if queue not in info.queues and len(info.queues) < 100:
+                info.queues.append(queue)
+
+    def holds(self, worker_id: str | None, job_id: str, done: bool) -> None:
+        """A native worker runs `job_id` (a heartbeat), or no longer does (`done`: it
+        reported on it)."""
+        info = self._workers.get(worker_id) if worker_id else None
+        if info is None:
+            return
+        if done:
+            info.held.discard(job_id)
+        elif len(info.held) < MAX_HELD:
+            info.held.add(job_id)
+
+    def all(self) -> list[WorkerInfo]:
+        """Every worker known, most recently seen first."""
+        return list(reversed(self._workers.values()))
+
+    def quiet(self, worker_id: str) -> bool:
+        """An admin quiets a worker: fetch hands it nothing from now on (its heartbeats
+        carry the directive too); when it was last seen is left as it was."""
+        info = self._workers.get(worker_id)
+        if info is None:
+            return False
+        info.state = "quiet"
+        return True
+
+    def forget(self, worker_id: str) -> bool:
+        return self._workers.pop(worker_id, None) is not None
 
     def get(self, worker_id: str) -> WorkerInfo | None:
         return self._workers.get(worker_id)

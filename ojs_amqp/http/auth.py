@@ -1,11 +1,15 @@
-"""Bearer-token authentication with three scopes, for when the API leaves the loopback.
+"""Bearer-token authentication with four scopes, for when the API leaves the loopback.
 
-    producer  push, cancel, activate, read jobs
-    worker    fetch, ack, nack, heartbeat, read jobs
-    admin     everything, including dead letters, cron changes, directives and reset
+    producer    push, cancel, activate, read jobs
+    worker      fetch, ack, nack, heartbeat, read jobs
+    admin       everything, including the admin API, dead letters, cron changes, directives
+                and reset (ojs-admin-api's ojs:admin:read + write + purge)
+    admin-read  every GET, the admin API's included, and nothing that changes anything
+                (ojs:admin:read): dashboards and on-call read-only access
 
-Health, manifest and metrics stay open (probes and Prometheus). Tokens are compared in
-constant time; they are never logged.
+Health, manifest and metrics stay open (probes and Prometheus), and so do the static files
+of an admin UI under /ojs/admin/ (no data: the API calls they make are authorized). Tokens
+are compared in constant time; they are never logged.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import hmac
 from ojs_amqp.errors import Forbidden, Unauthenticated
 from ojs_amqp.settings import Token
 
-SCOPES = ("producer", "worker", "admin")
+SCOPES = ("producer", "worker", "admin", "admin-read")
+#: Served by --admin-ui-dir: static files only.
+PUBLIC_PREFIX = "/ojs/admin/"
 PUBLIC_PATHS = frozenset({"/ojs/manifest", "/ojs/v1/health", "/metrics", "/health", "/ready"})
 
 
@@ -38,7 +44,12 @@ def parse_tokens(spec: str) -> tuple[Token, ...]:
 
 
 def required_scopes(method: str, path: str) -> frozenset[str]:
-    """Scopes that may call (method, path); admin may call everything."""
+    """Scopes that may call (method, path); admin may call everything, admin-read every GET."""
+    allowed = _writers(method, path)
+    return allowed | {"admin-read"} if method in ("GET", "HEAD") else allowed
+
+
+def _writers(method: str, path: str) -> frozenset[str]:
     base = "/ojs/v1"
     if path.startswith(f"{base}/workers/") and not path.endswith("/directive"):
         return frozenset({"worker", "admin"})
@@ -51,7 +62,7 @@ def required_scopes(method: str, path: str) -> frozenset[str]:
     return frozenset({"admin"})
 
 
-def _scope_of(tokens: tuple[Token, ...], presented: str) -> str | None:
+def scope_of(tokens: tuple[Token, ...], presented: str) -> str | None:
     found = None
     for token in tokens:  # no early exit: the time taken does not depend on which matched
         if hmac.compare_digest(token.secret.encode(), presented.encode()):
@@ -62,12 +73,12 @@ def _scope_of(tokens: tuple[Token, ...], presented: str) -> str | None:
 def authorize(tokens: tuple[Token, ...], method: str, path: str, header: str) -> None:
     """Raise Unauthenticated / Forbidden unless the Authorization header's token may call
     (method, path)."""
-    if path in PUBLIC_PATHS:
+    if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIX) or path == PUBLIC_PREFIX[:-1]:
         return
     kind, _, presented = header.partition(" ")
     if kind.lower() != "bearer" or not presented.strip():
         raise Unauthenticated("this endpoint needs 'Authorization: Bearer <token>'")
-    scope = _scope_of(tokens, presented.strip())
+    scope = scope_of(tokens, presented.strip())
     if scope is None:
         raise Unauthenticated("the bearer token is not valid")
     allowed = required_scopes(method, path)

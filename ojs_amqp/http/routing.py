@@ -1,15 +1,31 @@
-"""Method + path -> handler, with `{name}` path parameters; 404 and 405 as OJS errors."""
+"""Method + path -> handler, with `{name}` path parameters; 404 and 405 as OJS errors.
+
+Also what a route table is: an object whose `routes()` lists (method, path, handler) rows,
+which the app factory (`app.py`) mounts."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Generic, Protocol, TypeVar
 
 from ojs_amqp.errors import MethodNotAllowed, NoSuchEndpoint
+from ojs_amqp.http.messages import Request, Response, Stream
 
+#: The prefix of the OJS HTTP binding's paths.
+BASE = "/ojs/v1"
 H = TypeVar("H", bound=Callable[..., Awaitable[object]])
 _PARAM = re.compile(r"\{([a-z_]+)\}")
+
+Route = Callable[[Request], Awaitable[Response | Stream]]
+#: (method, path, handler); a path may hold `{name}` parameters, found in `request.params`.
+RouteRow = tuple[str, str, Route]
+
+
+class RouteTable(Protocol):
+    """A module's endpoints; `HttpApi.mount` adds them to the router."""
+
+    def routes(self) -> Iterable[RouteRow]: ...
 
 
 class Router(Generic[H]):

@@ -65,37 +65,17 @@ MISSING: tuple[MissingFeature, ...] = (
         routes=("POST /ojs/v1/jobs/batch",), instead="Push the jobs one by one.",
     ),
     MissingFeature(
-        "queue statistics", "ojs-http-binding", level=4, capability="queue_stats",
-        routes=("GET /ojs/v1/queues/{name}/stats",),
-        instead="GET /metrics has the depth of every queue by state.",
-    ),
-    MissingFeature(
         "queue pause and resume", "ojs-http-binding", level=4, capability="pause_resume",
-        routes=("POST /ojs/v1/queues/{name}/pause", "POST /ojs/v1/queues/{name}/resume"),
+        routes=("POST /ojs/v1/queues/{name}/pause", "POST /ojs/v1/queues/{name}/resume",
+                "POST /ojs/v1/admin/queues/{name}/pause",
+                "POST /ojs/v1/admin/queues/{name}/resume"),
     ),
     MissingFeature(
         "queue details and configuration", "ojs-queue-config", extension="ext-multi-tenancy",
         capability="queue_config",
-        routes=("GET /ojs/v1/queues/{name}", "PUT /ojs/v1/queues/{name}",
-                "PUT /ojs/v1/admin/queues/{name}/config"),
-        instead="GET /ojs/v1/queues lists the queues.",
-    ),
-    MissingFeature(
-        "the admin API", "ojs-admin-api", extension="ext-admin-api", capability="admin_api",
-        routes=("GET /ojs/v1/admin/stats", "GET /ojs/v1/admin/queues",
-                "POST /ojs/v1/admin/queues/{name}/pause", "POST /ojs/v1/admin/queues/{name}/resume",
-                "GET /ojs/v1/admin/workers", "GET /ojs/v1/admin/jobs/{id}",
-                "POST /ojs/v1/admin/jobs/bulk/retry"),
-        instead="GET /ojs/v1/jobs/{id} and the ojs-amqp admin commands (docs/cli.md) cover "
-        "part of it.",
-    ),
-    MissingFeature(
-        "dead letters under /ojs/v1/admin", "ojs-dead-letter", extension="ext-dead-letter",
-        routes=("GET /ojs/v1/admin/dead-letter", "GET /ojs/v1/admin/dead-letter/stats",
-                "POST /ojs/v1/admin/dead-letter/{id}/retry",
-                "DELETE /ojs/v1/admin/dead-letter/{id}"),
-        instead="The level-1 endpoints are served: GET /ojs/v1/dead-letter, "
-        "POST /ojs/v1/dead-letter/{id}/retry, DELETE /ojs/v1/dead-letter/{id}.",
+        routes=("GET /ojs/v1/queues/{name}", "PUT /ojs/v1/queues/{name}"),
+        instead="GET /ojs/v1/admin/queues/{name} has a queue's detail; "
+        "PUT /ojs/v1/admin/queues/{name}/config sets its backpressure.",
     ),
     MissingFeature(
         "fair scheduling", "ojs-fair-scheduling", extension="ext-fair-scheduling",

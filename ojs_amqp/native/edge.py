@@ -20,6 +20,7 @@ from ojs_amqp.amqp import codec, protocol
 from ojs_amqp.amqp.broker import Broker
 from ojs_amqp.amqp.control import ControlMessage, parse_control
 from ojs_amqp.amqp.inbound import Inbound
+from ojs_amqp.clock import now_ms
 from ojs_amqp.core.job import Job, to_wire
 from ojs_amqp.core.retry import FailureReport
 from ojs_amqp.engine.jobs import JobEngine
@@ -110,6 +111,7 @@ class NativeEdge:
         for a stale report (which changes nothing)."""
         kind = control.kind
         if kind == protocol.HELLO:
+            self.engine.workers.seen_on(control.worker_id, now_ms(), control.queues, "native")
             for name in control.queues:
                 await self.engine.ensure_queue(name)
             return control.queues

@@ -25,7 +25,7 @@ def sqlite_path(location: str) -> str | None:
     if scheme == "sqlite":
         if not location.startswith("sqlite:///") or len(location) == len("sqlite:///"):
             raise StoreConfigError(
-                f"--store {location!r}: write a SQLite URL as sqlite:///relative/path or "
+                f"{location!r}: write a SQLite URL as sqlite:///relative/path or "
                 "sqlite:////absolute/path"
             )
         return location[len("sqlite:///") :]
@@ -33,7 +33,7 @@ def sqlite_path(location: str) -> str | None:
         return None
     if "://" in location:
         raise StoreConfigError(
-            f"--store {describe(location)!r}: unknown store; give a file path, sqlite:///path "
+            f"{describe(location)!r} names no store we know: give a file path, sqlite:///path "
             "or postgresql://user@host/database"
         )
     return location

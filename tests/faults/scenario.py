@@ -139,7 +139,8 @@ def _prepare_probes(url: str, ids: UUIDv7Generator) -> dict[str, str]:
 
 def _probe_the_rest(url: str, jobs: dict[str, str]) -> dict[str, tuple[int, Any]]:
     """During the outage: fetch the queue that has a job waiting, and one never used (which the
-    daemon would have to declare first), ack the held lease, cancel the scheduled job."""
+    daemon would have to declare first), ack the held lease, cancel the scheduled job, and ask
+    whether the daemon is ready."""
     fetch = {"queues": ["probe-waiting"], "worker_id": "probe"}
     ack = {"job_id": jobs["held"], "worker_id": "probe"}
     return {
@@ -149,6 +150,7 @@ def _probe_the_rest(url: str, jobs: dict[str, str]) -> dict[str, tuple[int, Any]
         ),
         "ack": request("POST", f"{url}/ojs/v1/workers/ack", ack, timeout=10),
         "cancel": request("DELETE", f"{url}/ojs/v1/jobs/{jobs['scheduled']}", timeout=10),
+        "ready": request("GET", f"{url}/ready", timeout=10),
     }
 
 
@@ -165,6 +167,8 @@ def check_outages(url: str, outages: list[Outage]) -> None:
     be, had its message reached the broker), so a client retrying with its id is safe."""
     probes = [p for o in outages for p in o.probes]
     assert len(outages) == sum(1 for o in outages if o.probes), "an outage saw no push"
+    noticed = max(o.degraded_after_s for o in outages)
+    assert noticed < FAST_REFUSAL_S, f"health said unhealthy only {noticed:.1f}s into an outage"
     refused = [(i, st) for i, st, _ in probes if st != 503]
     assert not refused, f"pushes not refused with 503 while the broker was away: {refused}"
     slowest = max(o.slowest_probe_s() for o in outages)
@@ -189,7 +193,8 @@ def check_outages(url: str, outages: list[Outage]) -> None:
 
 def _check_the_rest(url: str, outage: Outage) -> None:
     """As docs/reliability.md says: while the broker is away fetch answers `{"jobs": []}` (503
-    `backend_error` for a queue the daemon never consumed) and ack and cancel work; afterwards
+    `backend_error` for a queue the daemon never consumed), ack and cancel work and `/ready`
+    answers 503; afterwards
     the acked and cancelled jobs stay so and the waiting job is handed out once."""
     during, jobs = outage.during, outage.jobs
     assert during["fetch"] == (200, {"jobs": []}), f"fetch during the outage: {during['fetch']}"
@@ -199,6 +204,8 @@ def _check_the_rest(url: str, outage: Outage) -> None:
     assert status == 200 and body["state"] == "completed", f"ack during the outage: {body}"
     status, body = during["cancel"]
     assert status == 200 and body["job"]["state"] == "cancelled", f"cancel: {body}"
+    status, body = during["ready"]
+    assert status == 503 and body["ready"] is False, f"/ready during the outage: {status} {body}"
     for name, state in (("held", "completed"), ("scheduled", "cancelled")):
         status, body = request("GET", f"{url}/ojs/v1/jobs/{jobs[name]}")
         assert status == 200 and body["job"]["state"] == state, (name, body)

@@ -103,6 +103,7 @@ def _push(api: str, queue: str) -> tuple[int, Any]:
 def _error_of(answer: tuple[int, Any]) -> str:
     status, body = answer
     assert status == 500, f"expected a clear 500, got {status} {body}"
+    assert body["error"]["code"] == "backend_error", body
     return str(body["error"]["message"])
 
 
@@ -133,6 +134,14 @@ def test_precondition_failed_on_one_queue_leaves_the_others_working(
     # Then each is refused with a message that names the queue and the cause
     for error, queue in zip(errors, ("before", "during", "during"), strict=True):
         assert topology.job_queue(queue) in error and "different arguments" in error, error
+    # and the daemon logs it, naming the queue
+    assert daemon.log_path is not None
+    logged = [
+        line for line in daemon.log_path.read_text().splitlines()
+        if " ERROR " in line and "different arguments" in line
+    ]  # fmt: skip
+    for queue in ("before", "during"):
+        assert any(topology.job_queue(queue) in line for line in logged), logged
     # and every other queue keeps working: the workload's ledger is whole
     ledger = run.finish(CI.deadline_s, STALL_S)
     print(ledger.line("precondition failed [ci]", time.monotonic() - started))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ojs_amqp.core.ids import UUIDv7Generator
 from tests.daemon import Daemon, request
@@ -63,6 +64,20 @@ def fetch_until(d: Daemon, queue: str, timeout: float, worker_id: str = "w1") ->
         if jobs:
             return jobs[0]
     raise AssertionError(f"nothing became fetchable on {queue} within {timeout}s")
+
+
+def buffered(d: Daemon, queue: str) -> float:
+    """How many of the queue's deliveries the daemon holds for HTTP workers, not yet leased
+    (its /metrics)."""
+    with urllib.request.urlopen(f"{d.url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "ojs_amqp_messages_unacked" and sample.labels == {
+                "queue": queue, "holder": "buffered"
+            }:  # fmt: skip
+                return float(sample.value)
+    return 0.0
 
 
 def get(d: Daemon, job_id: str) -> dict[str, Any]:
@@ -236,10 +251,15 @@ def test_an_exhausted_dead_letter_job_is_listed_and_a_retry_makes_it_fetchable(
 def test_within_a_queue_buffered_jobs_are_fetched_highest_priority_first(
     shared: Daemon, queue: str
 ) -> None:
-    # Given jobs of mixed priority, all delivered to the daemon's buffer
+    # Given the queue consumed for HTTP workers (its first fetch starts the consumer)
+    assert fetch(shared, queue) == []
+    # and jobs of mixed priority, all delivered to the daemon's buffer
     priorities = [0, 5, -3, 10, 1]
     ids = {push(shared, queue, priority=p)["id"]: p for p in priorities}
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while buffered(shared, queue) < len(priorities):
+        assert time.monotonic() < deadline, "the pushed jobs never reached the daemon's buffer"
+        time.sleep(0.02)
     # When a worker fetches them one at a time
     order = [fetch(shared, queue)[0]["id"] for _ in priorities]
     # Then they come out highest priority first

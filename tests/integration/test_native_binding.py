@@ -373,9 +373,10 @@ async def test_failed_reports_follow_the_retry_policy_to_the_dead_letter_list(
     assert status == 200 and [j["id"] for j in body["jobs"]] == [job["id"]]
 
 
-async def test_a_late_report_on_an_older_copy_changes_nothing(
+async def test_a_second_report_on_the_same_copy_after_the_job_completed_changes_nothing(
     native_daemon: Daemon, client: Client
 ) -> None:
+    """(An older copy's report: the test after this one.)"""
     queue, job, message = await _taken(native_daemon, client)
     done = _report(protocol.COMPLETED, message, result=1)
     await client.control(protocol.COMPLETED, done, queue=queue)
@@ -487,6 +488,18 @@ async def test_the_daemon_lets_go_of_a_queue_once_http_workers_stop_fetching(
     assert {message.message_id for message in held} == ids
     for message in held:
         await message.reject(requeue=True)
+    # and the daemon consumes the queue no more: the returned jobs stay there, ready
+    deadline = time.monotonic() + 10
+    while True:
+        declared = await client.channel.declare_queue(jobs_queue.name, passive=True)
+        counts = (
+            declared.declaration_result.message_count,
+            declared.declaration_result.consumer_count,
+        )
+        if counts == (len(ids), 0):
+            break
+        assert time.monotonic() < deadline, f"(ready, consumers) is {counts}: still consumed"
+        await asyncio.sleep(0.05)
 
 
 async def test_a_worker_nack_without_requeue_dead_letters_the_job(

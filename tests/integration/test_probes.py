@@ -49,6 +49,7 @@ def test_health_reports_each_component_and_the_root_probes_answer(module_daemon:
     status, manifest = request("GET", f"{url}/ojs/manifest")
     assert [e["uri"] for e in manifest["extensions"]["official"]] == [
         "urn:ojs:ext:progress", "urn:ojs:ext:observability", "urn:ojs:ext:graceful-shutdown",
+        "urn:ojs:ext:admin-api", "urn:ojs:ext:dead-letter",
     ]  # fmt: skip
 
 

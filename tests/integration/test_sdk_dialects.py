@@ -117,13 +117,13 @@ def test_an_endpoint_not_built_answers_unsupported_and_an_unknown_path_404(
     status, body = request("POST", f"{module_daemon.url}/ojs/v1/workflows", {"type": "chain"})
     assert status == 422 and body["error"]["code"] == "unsupported"
     assert "conformance level 3" in body["error"]["message"]
-    status, body = request("GET", f"{module_daemon.url}/ojs/v1/queues/q1/stats")
+    status, body = request("POST", f"{module_daemon.url}/ojs/v1/jobs/batch", {"jobs": []})
     assert status == 422 and body["error"]["details"]["level"] == 4
     status, body = request("GET", f"{module_daemon.url}/ojs/v1/nowhere")
     assert status == 404 and "path" in body["error"]["hint"]
     _, manifest = request("GET", f"{module_daemon.url}/ojs/manifest")
     assert manifest["capabilities"]["workflows"] is False
-    assert manifest["capabilities"]["queue_stats"] is False
+    assert manifest["capabilities"]["batch_enqueue"] is False
 
 
 @pytest.mark.parametrize(

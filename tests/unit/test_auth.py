@@ -23,13 +23,18 @@ def test_malformed_tokens_are_refused(bad: str) -> None:
     ("method", "path", "allowed"),
     [("POST", "/ojs/v1/jobs", {"producer", "admin"}),
      ("DELETE", "/ojs/v1/jobs/x", {"producer", "admin"}),
-     ("GET", "/ojs/v1/jobs/x", {"producer", "worker", "admin"}),
+     ("GET", "/ojs/v1/jobs/x", {"producer", "worker", "admin", "admin-read"}),
      ("POST", "/ojs/v1/workers/fetch", {"worker", "admin"}),
      ("POST", "/ojs/v1/workers/w1/directive", {"admin"}),
-     ("GET", "/ojs/v1/dead-letter", {"admin"}),
+     ("GET", "/ojs/v1/dead-letter", {"admin", "admin-read"}),
      ("POST", "/ojs/v1/cron", {"admin"}),
-     ("GET", "/ojs/v1/cron", {"producer", "worker", "admin"}),
-     ("POST", "/ojs/v1/admin/reset", {"admin"})],
+     ("GET", "/ojs/v1/cron", {"producer", "worker", "admin", "admin-read"}),
+     ("POST", "/ojs/v1/admin/reset", {"admin"}),
+     ("GET", "/ojs/v1/admin/jobs", {"admin", "admin-read"}),
+     ("HEAD", "/ojs/v1/admin/stats", {"admin", "admin-read"}),
+     ("POST", "/ojs/v1/admin/jobs/bulk/retry", {"admin"}),
+     ("DELETE", "/ojs/v1/admin/dead-letter/x", {"admin"}),
+     ("PUT", "/ojs/v1/admin/queues/q/config", {"admin"})],
 )  # fmt: skip
 def test_each_route_needs_the_scopes_of_its_role(method: str, path: str, allowed: set[str]) -> None:
     assert required_scopes(method, path) == allowed

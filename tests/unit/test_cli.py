@@ -20,10 +20,16 @@ def test_http_limits_come_from_flags_or_environment(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.parametrize(
-    "flags", [["--http-request-timeout-ms", "10"], ["--http-max-connections", "0"]]
+    ("flags", "complaint"),
+    [
+        (["--http-request-timeout-ms", "10"], "--http-request-timeout-ms must be at least 100"),
+        (["--http-max-connections", "0"], "--http-max-connections must be at least 1"),
+    ],
 )
-def test_http_limits_that_would_refuse_everything_are_rejected_at_start(flags: list[str]) -> None:
-    with pytest.raises(SystemExit, match="--http-request-timeout-ms must be at least 100"):
+def test_http_limits_that_would_refuse_everything_are_rejected_at_start(
+    flags: list[str], complaint: str
+) -> None:
+    with pytest.raises(SystemExit, match=complaint):
         settings_from(_parser().parse_args(["serve", *flags]))
 
 

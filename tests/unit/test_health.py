@@ -11,7 +11,7 @@ import pytest
 
 from ojs_amqp.engine.workers import WorkerRegistry
 from ojs_amqp.errors import BackendUnavailable, BrokerStalled
-from ojs_amqp.http import app as app_module
+from ojs_amqp.http import system_routes
 from ojs_amqp.http.app import HttpApi
 from ojs_amqp.http.server import Request, Response
 from ojs_amqp.settings import Settings
@@ -78,7 +78,7 @@ async def test_a_lost_broker_is_unhealthy_with_503_and_not_ready() -> None:
 async def test_a_ping_past_its_bound_is_degraded_and_a_failing_store_unhealthy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(app_module, "HEALTH_PING_S", 0.05)
+    monkeypatch.setattr(system_routes, "HEALTH_PING_S", 0.05)
     status, body = await _get(
         _Engine(_Broker(connected=True, ping_s=5.0), _Store()), "/ojs/v1/health"
     )

@@ -277,7 +277,10 @@ def test_not_retryable_report_is_not_retried() -> None:
 
 
 def test_explicitly_retryable_report_is_retried() -> None:
-    assert isinstance(decide_failure(RetryPolicy(), 1, FailureReport(retryable=True), half), Retry)
+    # with the policy's backoff, as a report that says nothing about retrying
+    for attempt, delay_ms in [(1, 1000), (2, 2000)]:
+        report = FailureReport(retryable=True)
+        assert decide_failure(RetryPolicy(), attempt, report, half) == Retry(delay_ms=delay_ms)
 
 
 def test_non_retryable_error_type_is_not_retried() -> None:
@@ -305,7 +308,12 @@ def test_handler_discard_and_fail_actions_discard_without_dead_letter(action: st
 
 
 def test_handler_retry_action_retries_normally() -> None:
-    assert isinstance(decide_failure(RetryPolicy(), 1, FailureReport(action="RETRY"), half), Retry)
+    # normally: the policy's backoff, and no retry once the attempts are used up
+    policy = RetryPolicy(max_attempts=3)
+    report = FailureReport(action="RETRY")
+    assert decide_failure(policy, 1, report, half) == Retry(delay_ms=1000)
+    assert decide_failure(policy, 2, report, half) == Retry(delay_ms=2000)
+    assert decide_failure(policy, 3, report, half) == Discard(dead_letter=False, reason="exhausted")
 
 
 @given(

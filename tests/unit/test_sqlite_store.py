@@ -30,10 +30,22 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteJobStore]:
 async def test_writes_of_one_loop_turn_commit_together_before_writers_resume(
     store: SqliteJobStore, tmp_path: Path
 ) -> None:
+    """Each writer, as it resumes, already sees (from another connection) every write of its
+    turn committed (resuming before the commit would see 0), and the turn's writes were one
+    transaction: one COMMIT for all 20."""
     other = sqlite3.connect(tmp_path / "jobs.db")
-    inserts = [store.insert(_job(n), published=True) for n in range(20)]
-    await asyncio.gather(*inserts)
-    assert other.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 20
+    statements: list[str] = []
+    store.db.set_trace_callback(statements.append)
+
+    async def insert_then_count(n: int) -> int:
+        await store.insert(_job(n), published=True)
+        return int(other.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+
+    assert await asyncio.gather(*(insert_then_count(n) for n in range(20))) == [20] * 20
+    assert statements.count("COMMIT") == 1
+    # and a write of a later turn is a transaction of its own
+    assert await insert_then_count(20) == 21
+    assert statements.count("COMMIT") == 2
     other.close()
 
 

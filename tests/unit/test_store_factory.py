@@ -29,10 +29,21 @@ def test_a_postgresql_url_names_the_postgresql_store(scheme: str) -> None:
 
 @pytest.mark.parametrize("location", ["mysql://x/y", "sqlite://jobs.db", "sqlite:///"])
 def test_an_unknown_or_malformed_store_url_is_refused_clearly(location: str) -> None:
-    with pytest.raises(StoreConfigError, match="--store"):
+    with pytest.raises(StoreConfigError, match=r"no store we know|write a SQLite URL"):
         open_store(location)
-    with pytest.raises(StoreConfigError, match="--store"):
+    with pytest.raises(StoreConfigError, match=r"no store we know|write a SQLite URL"):
         check_location(location)
+
+
+def test_a_bad_store_is_refused_where_the_settings_are_built() -> None:
+    from ojs_amqp.settings import Settings
+    from ojs_amqp.settings_schema import SettingsError
+
+    with pytest.raises(SettingsError, match="'mysql://x/y' names no store we know"):
+        Settings(store_path="mysql://x/y")
+    with pytest.raises(SettingsError, match="pool_size='0'"):
+        Settings(store_path="postgresql://u@h/db?pool_size=0")
+    assert Settings(store_path="postgresql://u@h/db").store_path == "postgresql://u@h/db"
 
 
 def test_our_parameters_leave_the_url_and_the_rest_stay() -> None:

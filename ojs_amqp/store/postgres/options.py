@@ -51,6 +51,6 @@ def parse(url: str) -> PostgresOptions:
             else:
                 kept.append((key, raw))
         except ValueError:
-            raise StoreConfigError(f"--store: {key}={raw!r} is not a valid value") from None
+            raise StoreConfigError(f"{key}={raw!r} is not a valid value in the store URL") from None
     dsn = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment))
     return PostgresOptions(dsn, **values)  # type: ignore[arg-type]
