@@ -83,6 +83,16 @@ def test_a_second_daemon_on_the_same_store_is_refused_at_start(
     assert _push(pg_daemon, "first")  # the first daemon serves on
 
 
+def test_the_admin_job_lists_say_plainly_they_need_the_sqlite_store(pg_daemon: Daemon) -> None:
+    """The admin API's indexed job queries exist for SQLite only (store/admin_queries.py):
+    on PostgreSQL they answer 422 unsupported, naming what is missing, never a crash."""
+    _push(pg_daemon, "admin")
+    status, body = request("GET", f"{pg_daemon.url}/ojs/v1/admin/jobs?queue=admin")
+    assert status == 422, body
+    assert body["error"]["code"] == "unsupported"
+    assert "admin API's indexed queries" in body["error"]["message"]
+
+
 def test_a_sigkill_with_jobs_leased_and_waiting_loses_none_on_restart(
     pg_daemon: Daemon, pg_url: str
 ) -> None:
