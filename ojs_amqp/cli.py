@@ -17,6 +17,7 @@ from ojs_amqp.logs import configure, redact
 from ojs_amqp.runtime import serve
 from ojs_amqp.settings import Settings
 from ojs_amqp.settings_schema import Option, SettingsError, declared, parse_text, shown_default
+from ojs_amqp.store import StoreUnavailable
 from ojs_amqp.tls import TlsConfigError, ssl_cause
 
 
@@ -209,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(settings.log_level, settings.log_format)
     try:
         _run(serve(settings))
-    except TlsConfigError as exc:
+    except (TlsConfigError, StoreUnavailable) as exc:
         print(f"ojs-amqp: {exc}", file=sys.stderr)
         return 2
     except CONNECTION_ERRORS as exc:

@@ -24,7 +24,7 @@ from ojs_amqp.logs import redact
 from ojs_amqp.metrics import Metrics
 from ojs_amqp.native.edge import NativeEdge
 from ojs_amqp.settings import Settings
-from ojs_amqp.store.sqlite import SqliteJobStore
+from ojs_amqp.store import JobStore, describe, open_store
 from ojs_amqp.tls import broker_context, server_context
 from ojs_amqp.tracing import create_tracing
 
@@ -76,7 +76,7 @@ def _warn_of_long_broker_waits(settings: Settings) -> None:
 @dataclass
 class Runtime:
     settings: Settings
-    store: SqliteJobStore
+    store: JobStore
     broker: Broker
     engine: JobEngine
     cron: CronScheduler
@@ -88,7 +88,7 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
-        store = SqliteJobStore(settings.store_path)
+        store = open_store(settings.store_path)
         name = f"ojs-amqp/{settings.prefix}" if settings.prefix else "ojs-amqp"
         metrics = Metrics()
         tls = broker_context(
@@ -132,7 +132,7 @@ class Runtime:
             self.settings.http_address,
             redact(self.settings.amqp_url),
             self.broker.server_version,
-            self.settings.store_path,
+            describe(self.settings.store_path),
             " [TEST MODE: /ojs/v1/admin/reset is enabled]" if self.settings.test_mode else "",
         )
 

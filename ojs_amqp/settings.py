@@ -71,6 +71,16 @@ def _check_tokens(value: tuple[Any, ...]) -> str | None:
     return "must hold Token(scope, secret) items"
 
 
+def _check_store(value: str) -> str | None:
+    from ojs_amqp.store import StoreConfigError, check_location
+
+    try:
+        check_location(value)
+    except StoreConfigError as exc:
+        return str(exc)
+    return None
+
+
 def _broker_wait(help: str, flag: str, default: int, readme: str = "") -> Any:
     """A bound on one kind of broker wait (amqp/bounded.py): past it the wait fails (a push
     answers 503) and health reports `degraded`; each must stay below the HTTP request
@@ -220,8 +230,14 @@ class Settings:
 
     # --- Store -------------------------------------------------------------------------------
     store_path: str = setting(
-        "ojs-amqp.db", STORE, "SQLite file of the job store", flag="--store", env="OJS_STORE",
-        readme="SQLite file (WAL) of the job store")
+        "ojs-amqp.db", STORE,
+        "job store: a SQLite file (path, sqlite:///path) or postgresql://user@host/db",
+        flag="--store", env="OJS_STORE", check=_check_store,
+        readme="the job store: a SQLite file (WAL), as a path or `sqlite:///path`, or "
+        "`postgresql://user:password@host/db` with optional `connect_timeout`, "
+        "`command_timeout`, `pool_size`, `statement_cache_size` parameters. One daemon per "
+        "store: a second one on the same PostgreSQL store is refused "
+        "([docs/scaling.md](docs/scaling.md))")
 
     # --- Job delivery ------------------------------------------------------------------------
     #: Unacked deliveries per job queue: buffered jobs plus jobs leased to HTTP workers.

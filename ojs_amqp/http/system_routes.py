@@ -132,7 +132,7 @@ class SystemRoutes:
         return out
 
     async def _store_health(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": "sqlite"}
+        out: dict[str, Any] = {"type": self.engine.store.kind}
         start = time.perf_counter()
         try:
             await self.engine.store.outbox_size()  # one indexed count: the store answers

@@ -1,4 +1,5 @@
-"""The JobStore contract. SQLite implements it today; a PostgreSQL store can fill it later."""
+"""The JobStore contract: SQLite (the default), PostgreSQL and the in-memory test store
+implement it, and tests/store/test_store_contract.py holds all three to it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ojs_amqp.core.job import Job, JobState
+from ojs_amqp.errors import BackendUnavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,8 +16,28 @@ class QueueInfo:
     created_at_ms: int
 
 
+class StoreConfigError(ValueError):
+    """`--store` names no store we can open (an unknown scheme, a bad parameter)."""
+
+
+class StoreUnavailable(BackendUnavailable):
+    """The store did not answer (a lost or silent database server): nothing was recorded,
+    or the outcome is unknown; the caller's move has not happened as far as it knows."""
+
+    hint = "The job store is unreachable; retry with backoff."
+
+
 class JobStore(Protocol):
-    """Every method is atomic. Implementations must be safe to call from one event loop."""
+    """Every method is atomic. Implementations must be safe to call from one event loop.
+
+    A write is durable (as far as the store goes) when its call returns, and every read
+    issued after that sees it; whether a read sees a write still in flight is unspecified.
+    Lookups by id (`get`) answer in the order they were made: the gateway buffers deliveries
+    in the order their lookups return (FIFO fetches depend on it).
+    """
+
+    #: What /ojs/v1/health calls the store ("sqlite", "postgresql", "memory").
+    kind: str
 
     async def open(self) -> None:
         """Create or migrate the schema. Must be idempotent."""

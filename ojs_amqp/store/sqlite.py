@@ -21,6 +21,7 @@ import orjson
 from ojs_amqp.core.job import Job, JobState, from_record, to_record
 from ojs_amqp.errors import Duplicate
 from ojs_amqp.store.base import QueueInfo
+from ojs_amqp.store.rows import finished_at, is_dead_letter
 
 SCHEMA_VERSION = 3
 
@@ -59,12 +60,6 @@ _MIGRATIONS: dict[int, list[str]] = {
 _TERMINAL = tuple(s.value for s in JobState if s.terminal)
 
 
-def _finished_at(job: Job) -> int | None:
-    if not job.state.terminal:
-        return None
-    return job.completed_at_ms or job.discarded_at_ms or job.cancelled_at_ms or job.created_at_ms
-
-
 def _row(job: Job, published: bool) -> tuple[Any, ...]:
     return (
         job.id,
@@ -72,9 +67,9 @@ def _row(job: Job, published: bool) -> tuple[Any, ...]:
         job.state.value,
         job.copy,
         int(published),
-        int(job.dead_letter and job.state is JobState.DISCARDED),
+        int(is_dead_letter(job)),
         job.expires_at_ms,
-        _finished_at(job),
+        finished_at(job),
         orjson.dumps(to_record(job)),
     )
 
@@ -84,6 +79,8 @@ def _job(doc: bytes) -> Job:
 
 
 class SqliteJobStore:
+    kind = "sqlite"
+
     def __init__(self, path: str) -> None:
         self._path = path
         self._db: sqlite3.Connection | None = None

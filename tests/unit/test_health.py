@@ -37,6 +37,8 @@ class _Broker:
 
 
 class _Store:
+    kind = "sqlite"  # what health reports as the store's type
+
     def __init__(self, fails: bool = False) -> None:
         self.fails = fails
 
