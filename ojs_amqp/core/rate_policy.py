@@ -45,6 +45,10 @@ class Pace:
     period_ms: int
     burst: int
 
+    def __post_init__(self) -> None:
+        if self.limit < 1 or self.period_ms < 1 or not 1 <= self.burst <= self.limit:
+            raise ValueError(f"not a pace: {self!r}")
+
     @property
     def interval_ms(self) -> int:
         """Time one start uses up; rounded up, so the pace is never faster than asked."""
@@ -63,6 +67,10 @@ class RatePolicy:
     #: Even spacing: one start per interval (burst 1). `max_per_second` is one of these.
     throttle: Pace | None = None
     on_limit: OnLimit = OnLimit.WAIT
+
+    def __post_init__(self) -> None:
+        if self.concurrency is None and self.rate is None and self.throttle is None:
+            raise ValueError(f"rate limit policy {self.key!r} sets no limit")
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"key": self.key, "on_limit": self.on_limit.value}

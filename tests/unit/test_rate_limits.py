@@ -61,6 +61,13 @@ def test_the_ext_suites_bare_rate_with_a_period_word() -> None:
     assert parse_rate_limit({"key": "k", "concurrency": 0}, "q").concurrency == 0
 
 
+def test_a_policy_without_a_limit_or_a_pace_out_of_range_cannot_be_built() -> None:
+    with pytest.raises(ValueError, match="sets no limit"):
+        RatePolicy(key="k")
+    with pytest.raises(ValueError, match="not a pace"):
+        Pace(1, 1000, burst=2)
+
+
 @pytest.mark.parametrize(
     ("raw", "error", "field"),
     [
