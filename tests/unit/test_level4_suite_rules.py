@@ -1,13 +1,12 @@
 """The level-4 and ext-rate-limiting suites, step by step, against the pure rules only.
 
-A small in-memory model plays the daemon (push, batch, fetch, ack, job and stats reads) and
-takes every decision the suites check from core: unique policy, fingerprint and conflict
-(core/unique.py), priority and hand-out order (core/priority.py), rate limits
-(core/rate_policy.py, core/rate_limits.py) and batch validation (core/batch.py). So each
-suite expectation these rules decide is checked here without HTTP or a broker; the
-conformance run checks the wiring once it exists. Pause and queue stats are queue state and
-store counts, not rules of these modules: those three tests are listed, not run, and a new
-suite file fails this test until it is placed in one list or the other.
+A small in-memory model plays the daemon (push, batch, fetch, ack, pause, job and stats
+reads) and takes every decision the suites check from core: unique policy, fingerprint and
+conflict (core/unique.py), priority and hand-out order (core/priority.py), rate limits
+(core/rate_policy.py, core/rate_limits.py), batch validation (core/batch.py) and the pause
+state and stats bodies (core/queue_ops.py). So each suite expectation these rules decide is
+checked here without HTTP or a broker. What stays the model's own is plumbing the wiring
+will do: skipping a paused queue at fetch, and counting jobs by state.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from ojs_amqp.core.envelope import parse_enqueue
 from ojs_amqp.core.ids import UUIDv7Generator, is_uuidv7
 from ojs_amqp.core.job import Job, JobState, evolve, to_wire
 from ojs_amqp.core.priority import order_key, parse_priority
+from ojs_amqp.core.queue_ops import QueueState, ThroughputWindow, pause_response, stats_response
 from ojs_amqp.core.rate_limits import KeyState, Verdict, decide, headers, inspection, released
 from ojs_amqp.core.rate_policy import RatePolicy, parse_rate_limit
 from ojs_amqp.core.unique import (
@@ -42,11 +42,8 @@ from ojs_amqp.core.unique import (
 )
 from ojs_amqp.errors import OjsError
 
-NOT_DECIDED_HERE = {
-    "level-4-advanced/queue-ops/pause-queue.json": "pause is queue state in the engine",
-    "level-4-advanced/queue-ops/resume-queue.json": "pause is queue state in the engine",
-    "level-4-advanced/queue-ops/queue-stats.json": "counts by state come from the store",
-}
+#: Suite files this test does not replay, with the reason (none today).
+NOT_DECIDED_HERE: dict[str, str] = {}
 
 
 def _suites() -> Path:
@@ -78,6 +75,7 @@ class Model:
         self.job_limit: dict[str, str] = {}  # job id -> rate-limit key
         self.limit_state: dict[str, KeyState] = {}
         self.last_job_id: str | None = None
+        self.queues: dict[str, QueueState] = {}
 
     def new_id(self) -> str:
         return self.ids.new(self.now)
@@ -131,9 +129,12 @@ class Model:
 
     def fetch(self, body: dict[str, Any]) -> dict[str, Any]:
         count = body.get("count", 1)
+        if all(self.queue(q).paused for q in body["queues"]):
+            return {"jobs": []}
         ready = sorted(
             (j for j in self.jobs.values()
-             if j.queue in body["queues"] and j.state is JobState.AVAILABLE),
+             if j.queue in body["queues"] and j.state is JobState.AVAILABLE
+             and not self.queue(j.queue).paused),
             key=lambda j: order_key(j.priority, self.order[j.id]),
         )  # fmt: skip
         handed: list[dict[str, Any]] = []
@@ -160,12 +161,16 @@ class Model:
             self.limit_state[key] = released(self.limit_state.get(key, KeyState()))
         return {"state": "completed", "job_id": job.id}
 
+    def queue(self, name: str) -> QueueState:
+        return self.queues.setdefault(name, QueueState(name))
+
     def stats(self, queue: str) -> dict[str, Any]:
         counts = {s.value: 0 for s in JobState}
         for job in self.jobs.values():
             if job.queue == queue:
                 counts[job.state.value] += 1
-        return {"queue": {"name": queue, **counts}}
+        figures = ThroughputWindow(started_ms=self.now).figures(self.now)
+        return stats_response(self.queue(queue), counts, figures, self.now)
 
     def call(self, method: str, path: str, body: Any) -> tuple[int, Any, dict[str, str]]:
         try:
@@ -179,6 +184,11 @@ class Model:
                 return 200, self.ack(body), {}
         except OjsError as exc:
             return exc.http_status, {"error": exc.to_wire()}, {}
+        if method == "POST" and (m := re.fullmatch(r"/ojs/v1/queues/([^/]+)/(pause|resume)", path)):
+            name, verb = m.groups()
+            state = self.queue(name)
+            self.queues[name] = state.pause(self.now) if verb == "pause" else state.resume()
+            return 200, pause_response(self.queues[name]), {}
         if method == "GET" and (m := re.fullmatch(r"/ojs/v1/queues/([^/]+)/stats", path)):
             return 200, self.stats(m.group(1)), {}
         if method == "GET" and (m := re.fullmatch(r"/ojs/v1/(?:admin/)?jobs/([^/]+)", path)):
