@@ -80,11 +80,20 @@ def test_the_core_imports_nothing_of_ours_but_errors(path: Path) -> None:
     assert not stray, f"{path.name} imports {stray}"
 
 
+#: All the engine may import of ours: the core, the error tree, itself, and four I/O-free
+#: modules (the typed settings, the metrics registry, tracing's optional spans, the clock).
+ENGINE_ALLOWED = ("ojs_amqp.core", "ojs_amqp.errors", "ojs_amqp.engine", "ojs_amqp.settings",
+                  "ojs_amqp.metrics", "ojs_amqp.tracing", "ojs_amqp.clock")  # fmt: skip
+
+
 @pytest.mark.parametrize("path", _modules("engine"), ids=lambda p: p.name)
 def test_the_engine_imports_no_adapter_edge_or_broker_library(path: Path) -> None:
     found = imports_of(path)
     stray = sorted(m for m in found if any(_within(m, f) for f in ENGINE_FORBIDDEN))
     assert not stray, f"{path.name} imports {stray}"
+    ours = {m for m in found if _within(m, "ojs_amqp") and m != "ojs_amqp"}
+    unlisted = sorted(m for m in ours if not any(_within(m, a) for a in ENGINE_ALLOWED))
+    assert not unlisted, f"{path.name} imports {unlisted}, outside what the engine may use"
 
 
 def test_the_fakes_implement_the_ports_without_the_adapters() -> None:
