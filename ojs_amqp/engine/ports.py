@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -199,11 +199,20 @@ class Outbox(Protocol):
     async def outbox_size(self) -> int: ...
 
 
+class QueueInfo(Protocol):
+    """A queue the store knows (store.base.QueueInfo is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def created_at_ms(self) -> int: ...
+
+
 class QueueRecords(Protocol):
     async def add_queue(self, name: str, now_ms: int) -> None: ...
 
-    async def queues(self) -> list[Any]:
-        """QueueInfo rows (`name`, `created_at_ms`)."""
+    async def queues(self) -> Sequence[QueueInfo]: ...
 
     async def open_jobs(self, queue: str) -> int: ...
 
