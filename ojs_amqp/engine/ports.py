@@ -290,9 +290,8 @@ class LoopScheduler:
     def __init__(self, clock: Callable[[], int]) -> None:
         self.now_ms = clock
 
-    @staticmethod
-    def monotonic() -> float:
-        return time.monotonic()
+    #: The C function itself, not a wrapper: read several times per FETCH.
+    monotonic = staticmethod(time.monotonic)
 
     @staticmethod
     def call_later(delay_s: float, callback: Callable[..., object], *args: Any) -> TimerHandle:
