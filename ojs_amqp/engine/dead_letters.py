@@ -87,7 +87,7 @@ class DeadLetters:
             return
         new = lifecycle.worker_discard(active, self._now(), reason or "rejected by a worker", code)
         if await self._store.update(new, expect_copy=job.copy):
-            self._leases.drop(job.id)
+            self._leases.take(job.id)
             self._outcomes.discarded_by_worker(active, new, self._now(), code == DELIVERY_LIMIT)
 
     # --- the dead-letter API ---------------------------------------------------------------

@@ -247,7 +247,7 @@ class Leases:
         new = lifecycle.ack(job, now, result)
         if not await self._store.update(new, expect_copy=job.copy):
             raise Conflict(f"job {job_id} changed concurrently; GET it to see its state")
-        self.drop(job_id)
+        self.take(job_id)
         if lease is not None:
             self._mover.settle(lease.message)
         self._outcomes.completed(job, new, now)
@@ -264,7 +264,7 @@ class Leases:
             new = lifecycle.fail(job, now, report, self._rng)
         if not await self._mover.advance(new, lease.message if lease else None, job.copy):
             raise Conflict(f"job {job_id} changed concurrently; GET it to see its state")
-        self.drop(job_id)
+        self.take(job_id)
         if requeue:
             # The attempt is given back: the next one has the same number, and must not
             # show this one's progress (kept in memory until the next flush otherwise).
@@ -295,19 +295,16 @@ class Leases:
     # --- letting go ------------------------------------------------------------------------
 
     def take(self, job_id: str) -> Lease | None:
-        """Remove a lease (its job was cancelled), timer stopped; its delivery is the
-        caller's to settle."""
+        """Remove a lease (its job moved on), its timer stopped; its delivery, if any, is
+        the caller's to settle."""
         lease = self._leases.pop(job_id, None)
         if lease is not None:
             self._stop_timer(lease)
         return lease
 
-    def drop(self, job_id: str) -> None:
-        self.take(job_id)
-
     def drop_queue(self, queue: str) -> None:
         for job_id in [i for i, lease in self._leases.items() if lease.job.queue == queue]:
-            self.drop(job_id)
+            self.take(job_id)
 
     def forget_deliveries(self, queue: str | None = None) -> None:
         """The deliveries held (of one queue, or all) are void; a lease keeps its job and
