@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ojs_amqp.amqp.bounded import BrokerTimeouts
 from ojs_amqp.amqp.broker import Broker
 from ojs_amqp.amqp.topology import Topology
+from ojs_amqp.amqp.transport import AmqpTransport
 from ojs_amqp.clock import now_ms
 from ojs_amqp.engine.cron import CronScheduler
 from ojs_amqp.engine.event_publisher import EventPublisher
@@ -78,6 +79,7 @@ class Runtime:
     settings: Settings
     store: JobStore
     broker: Broker
+    transport: AmqpTransport
     engine: JobEngine
     cron: CronScheduler
     native: NativeEdge
@@ -99,11 +101,13 @@ class Runtime:
             settings.amqp_url, Topology(settings.prefix), connection_name=name, observer=metrics,
             ssl_context=tls, timeouts=broker_timeouts(settings),
         )  # fmt: skip
-        engine = JobEngine(settings, store, broker, EventLog(), metrics, tracing=create_tracing())
+        transport = AmqpTransport(broker, settings.prefetch)
+        engine = JobEngine(settings, store, transport, EventLog(), metrics,
+                           tracing=create_tracing())  # fmt: skip
         https = server_context(settings.tls_cert_file, settings.tls_key_file)
-        cron = CronScheduler(engine, clock=now_ms)
+        cron = CronScheduler(engine, store, transport, clock=now_ms)
         native = NativeEdge(engine, broker, metrics)
-        return cls(settings, store, broker, engine, cron, native, https=https)
+        return cls(settings, store, broker, transport, engine, cron, native, https=https)
 
     async def start(self) -> None:
         _warn_of_long_broker_waits(self.settings)
@@ -113,7 +117,7 @@ class Runtime:
         await self.native.start()
         await self.cron.start()
         if self.settings.events_exchange:
-            self.events = EventPublisher(self.engine.events, self.broker)
+            self.events = EventPublisher(self.engine.events, self.transport)
             self.events.start()
         api = self.api = HttpApi(self.engine, self.cron, self.settings)
         self.http = HttpServer(

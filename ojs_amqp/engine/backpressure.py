@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import time
 
-from ojs_amqp.store.base import JobStore
+from ojs_amqp.engine.ports import QueueRecords
 
 REFRESH_S = 1.0
 
 
 class DepthCache:
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: QueueRecords) -> None:
         self._store = store
         self._counts: dict[str, tuple[float, int]] = {}
 

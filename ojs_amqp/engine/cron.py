@@ -18,16 +18,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from pamqp.commands import Basic
-
-from ojs_amqp.amqp.codec import Outgoing
-from ojs_amqp.amqp.inbound import Inbound
-from ojs_amqp.amqp.topology import LEADER_ROUTING_KEY
 from ojs_amqp.core.cron import parse_schedule
 from ojs_amqp.core.ids import derived_uuidv7
 from ojs_amqp.core.job import JobState
 from ojs_amqp.core.times import format_ms
 from ojs_amqp.engine.jobs import JobEngine
+from ojs_amqp.engine.kinds import EventType
+from ojs_amqp.engine.ports import CronRecords, Delivery, JobTransport
 from ojs_amqp.errors import Duplicate, InvalidRequest, NotFound, OjsError
 
 log = logging.getLogger("ojs_amqp.cron")
@@ -55,10 +52,17 @@ def cron_to_wire(cron: dict[str, Any]) -> dict[str, Any]:
 
 
 class CronScheduler:
-    def __init__(self, engine: JobEngine, *, clock: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        engine: JobEngine,
+        store: CronRecords,
+        transport: JobTransport,
+        *,
+        clock: Callable[[], int],
+    ) -> None:
         self.engine = engine
-        self.store = engine.store
-        self.broker = engine.broker
+        self.store = store
+        self._transport = transport
         self._now = clock
         self._daemon_id = uuid.uuid4().hex
         self._last_token = float("-inf")
@@ -94,21 +98,17 @@ class CronScheduler:
     # --- leadership ------------------------------------------------------------------------
 
     async def _consume_tokens(self) -> None:
-        t = self.broker.topology
-        await self.broker.consume(t.leader_queue, t.leader_queue_arguments(), 10, self._on_token)
+        await self._transport.consume_leader_tokens(self._on_token)
 
-    async def _on_token(self, message: Inbound) -> None:
+    async def _on_token(self, token: Delivery) -> None:
         self._last_token = time.monotonic()
         with contextlib.suppress(Exception):
-            message.ack()
+            token.handle.ack()
 
     async def _send_token(self) -> None:
-        if not self.broker.connected:
+        if not self._transport.connected:
             return
-        props = Basic.Properties(message_id=self._daemon_id, delivery_mode=1)
-        await self.broker.publish(
-            self.broker.topology.delay_exchange, LEADER_ROUTING_KEY, Outgoing(b"", props)
-        )
+        await self._transport.send_leader_token(self._daemon_id)
 
     @property
     def is_leader(self) -> bool:
@@ -168,15 +168,15 @@ class CronScheduler:
         updated["next_run_at_ms"] = schedule.next_after(max(now, tick), cron["created_at_ms"])
         if cron.get("enabled", True):
             if await self._overlaps(cron):
-                self.engine.events.emit_cron("cron.skipped", cron["name"], queue, job_type, now,
-                                             scheduled_for=format_ms(tick),
+                self.engine.events.emit_cron(EventType.CRON_SKIPPED, cron["name"], queue,
+                                             job_type, now, scheduled_for=format_ms(tick),
                                              previous_job_id=cron.get("last_job_id"))  # fmt: skip
             else:
                 job_id = await self._enqueue(cron, tick)
                 updated.update(last_run_at_ms=now, run_count=cron.get("run_count", 0) + 1,
                                last_job_id=job_id)  # fmt: skip
-                self.engine.events.emit_cron("cron.triggered", cron["name"], queue, job_type,
-                                             now, job_id=job_id,
+                self.engine.events.emit_cron(EventType.CRON_TRIGGERED, cron["name"], queue,
+                                             job_type, now, job_id=job_id,
                                              scheduled_for=format_ms(tick))  # fmt: skip
         await self.store.put_cron(updated, expect_next_run_ms=tick)
 

@@ -1,4 +1,4 @@
-"""What the daemon holds for HTTP workers: ready buffers and leases (DESIGN §5).
+"""What the daemon holds for HTTP workers: ready buffers and leases (docs/architecture.md).
 
 A ready buffer holds unacked deliveries of one job queue, ordered by OJS priority (higher
 first) then arrival. A lease is an unacked delivery handed to a worker; the daemon enforces
@@ -16,17 +16,19 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ojs_amqp.amqp.inbound import Inbound
+from ojs_amqp.clock import now_ms
 from ojs_amqp.core.job import Job
+from ojs_amqp.engine.kinds import LeaseKind
+from ojs_amqp.engine.ports import Delivery, LoopScheduler, Scheduler
 
 
 @dataclass(slots=True)
-class Delivery:
+class Buffered:
     """A buffered delivery and the job as the store had it when the delivery arrived."""
 
     job: Job
     queue: str
-    message: Inbound
+    message: Delivery
     #: When it arrived (monotonic): the broker's consumer_timeout counts from there.
     since: float = field(default_factory=time.monotonic)
     #: Its place in line among the queue's jobs of equal priority (set by ReadyBuffers).
@@ -45,9 +47,10 @@ class ReadyBuffers:
     #: delivery; beyond this the oldest are forgotten (those jobs queue up again at the end).
     PLACES_LIMIT = 100_000
 
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._mono = monotonic
         self._heaps: dict[str, list[tuple[int, int, str]]] = {}
-        self._entries: dict[str, Delivery] = {}
+        self._entries: dict[str, Buffered] = {}
         self._sizes: dict[str, int] = {}
         self._seq = itertools.count()
         #: Jobs we published to a queue whose delivery has not arrived yet, oldest first.
@@ -61,7 +64,7 @@ class ReadyBuffers:
         #: (monotonic): FETCH waits briefly for them, since they keep their place in line.
         self._renewing: dict[str, dict[str, float]] = {}
 
-    def add(self, delivery: Delivery) -> None:
+    def add(self, delivery: Buffered) -> None:
         old = self._entries.get(delivery.job_id)
         self._entries[delivery.job_id] = delivery
         if old is None:
@@ -74,11 +77,11 @@ class ReadyBuffers:
         else:
             delivery.place = old.place
 
-    def take_older_than(self, cutoff: float) -> list[Delivery]:
+    def take_older_than(self, cutoff: float) -> list[Buffered]:
         """Take out the deliveries that arrived before `cutoff` (monotonic), to renew them
         (a fresh copy through the broker); delivered again, they keep their place in line."""
         old = [d for d in self._entries.values() if d.since < cutoff]
-        now = time.monotonic()
+        now = self._mono()
         for delivery in old:
             self._forget(delivery)
             self._places[delivery.job_id] = delivery.place
@@ -87,7 +90,7 @@ class ReadyBuffers:
             del self._places[next(iter(self._places))]
         return old
 
-    def take_queue(self, queue: str) -> list[Delivery]:
+    def take_queue(self, queue: str) -> list[Buffered]:
         """Take out every delivery of one queue, in the order FETCH would hand them out."""
         taken = sorted(
             (d for d in self._entries.values() if d.queue == queue),
@@ -97,7 +100,7 @@ class ReadyBuffers:
             self._forget(delivery)
         return taken
 
-    def pop(self, queue: str) -> Delivery | None:
+    def pop(self, queue: str) -> Buffered | None:
         heap = self._heaps.get(queue)
         while heap:
             _, _, job_id = heapq.heappop(heap)
@@ -107,21 +110,21 @@ class ReadyBuffers:
                 return delivery
         return None
 
-    def remove(self, job_id: str) -> Delivery | None:
+    def remove(self, job_id: str) -> Buffered | None:
         """Take a job out (cancel); its heap slot is skipped lazily."""
         delivery = self._entries.get(job_id)
         if delivery is not None:
             self._forget(delivery)
         return delivery
 
-    def _forget(self, delivery: Delivery) -> None:
+    def _forget(self, delivery: Buffered) -> None:
         del self._entries[delivery.job_id]
         self._sizes[delivery.queue] -= 1
 
     def expect(self, job: Job) -> None:
         pending = self._expected.setdefault(job.queue, {})
         pending.pop(job.id, None)
-        pending[job.id] = (time.monotonic(), job)
+        pending[job.id] = (self._mono(), job)
         if len(pending) > self.EXPECT_LIMIT:
             del pending[next(iter(pending))]
 
@@ -132,7 +135,7 @@ class ReadyBuffers:
     def awaiting(self, queues: list[str], max_age_s: float = 1.0) -> bool:
         """Whether a requested queue is empty here but has a job on its way, or has a job
         being renewed (it comes back to its old place in line, perhaps ahead of the rest)."""
-        cutoff = time.monotonic() - max_age_s
+        cutoff = self._mono() - max_age_s
         for queue in queues:
             renewing = self._renewing.get(queue)
             while renewing:
@@ -162,7 +165,7 @@ class ReadyBuffers:
         """Buffered deliveries per queue (unacked, waiting for a FETCH)."""
         return {queue: size for queue, size in self._sizes.items() if size}
 
-    def clear(self) -> list[Delivery]:
+    def clear(self) -> list[Buffered]:
         entries = list(self._entries.values())
         self._heaps.clear()
         self._entries.clear()
@@ -178,7 +181,8 @@ class Arrivals:
     waiting, rather than every waiter (which would each look, and all but one go back to
     sleep)."""
 
-    def __init__(self) -> None:
+    def __init__(self, scheduler: Scheduler | None = None) -> None:
+        self._scheduler = scheduler if scheduler is not None else LoopScheduler(now_ms)
         self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
 
     async def wait(self, queues: list[str], deadline: float) -> None:
@@ -187,7 +191,8 @@ class Arrivals:
         woken: asyncio.Future[None] = loop.create_future()
         for queue in queues:
             self._waiting.setdefault(queue, deque()).append(woken)
-        timer = loop.call_later(max(0.0, deadline - time.monotonic()), _wake, woken)
+        delay = max(0.0, deadline - self._scheduler.monotonic())
+        timer = self._scheduler.call_later(delay, _wake, woken)
         try:
             await woken
         finally:
@@ -221,33 +226,33 @@ class Lease:
 
     job: Job
     worker_id: str | None
-    message: Inbound | None
+    message: Delivery | None
     visibility_ms: int
     visibility_deadline: float
     execution_deadline: float | None
     timer: Callable[[], None] | None = field(default=None)
     #: Since when `message` has been held unacked (monotonic); None once it is acked and a
-    #: lease timer on the delay ladder stands in for it (the engine's `_hand_over`).
+    #: lease timer on the delay ladder stands in for it (`Leases.hand_over`).
     held_since: float | None = field(default_factory=time.monotonic)
 
     @property
     def job_id(self) -> str:
         return self.job.id
 
-    def next_deadline(self) -> tuple[float, str]:
+    def next_deadline(self) -> tuple[float, LeaseKind]:
         if (
             self.execution_deadline is not None
             and self.execution_deadline < self.visibility_deadline
         ):
-            return self.execution_deadline, "timeout"
-        return self.visibility_deadline, "visibility"
+            return self.execution_deadline, LeaseKind.TIMEOUT
+        return self.visibility_deadline, LeaseKind.VISIBILITY
 
-    def next_event(self, hold_s: float) -> tuple[float, str]:
+    def next_event(self, hold_s: float) -> tuple[float, LeaseKind]:
         """The next deadline, or "handover" when the delivery would be held longer than
         `hold_s` before it."""
         deadline, kind = self.next_deadline()
         if self.message is not None and self.held_since is not None:
             handover = self.held_since + hold_s
             if handover < deadline:
-                return handover, "handover"
+                return handover, LeaseKind.HANDOVER
         return deadline, kind

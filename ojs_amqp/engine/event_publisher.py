@@ -12,22 +12,18 @@ import asyncio
 import logging
 
 import orjson
-from pamqp.commands import Basic
 
-from ojs_amqp.amqp.broker import Broker
-from ojs_amqp.amqp.codec import Outgoing
 from ojs_amqp.engine.events import Event, EventLog
+from ojs_amqp.engine.ports import JobTransport
 from ojs_amqp.errors import OjsError
 
 log = logging.getLogger("ojs_amqp.events")
 
-CONTENT_TYPE = "application/cloudevents+json"
-
 
 class EventPublisher:
-    def __init__(self, log_: EventLog, broker: Broker, capacity: int = 10_000) -> None:
+    def __init__(self, log_: EventLog, transport: JobTransport, capacity: int = 10_000) -> None:
         self._log = log_
-        self._broker = broker
+        self._transport = transport
         self._buffer: asyncio.Queue[Event] = asyncio.Queue(capacity)
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
@@ -50,18 +46,11 @@ class EventPublisher:
             self.dropped += 1
 
     async def _run(self) -> None:
-        exchange = self._broker.topology.events_exchange
         while True:
             event = await self._buffer.get()
             body = orjson.dumps(self._log.envelope(event))
-            props = Basic.Properties(
-                content_type=CONTENT_TYPE, delivery_mode=2, message_type=event.type,
-                message_id=str(event.seq), app_id="ojs",
-            )  # fmt: skip
             try:
-                await self._broker.publish_nowait(
-                    exchange, f"{event.type}.{event.queue}", Outgoing(body, props)
-                )
-            except (OjsError, ConnectionError, RuntimeError) as exc:
+                await self._transport.publish_event(event.type, event.queue, event.seq, body)
+            except OjsError as exc:
                 self.dropped += 1
                 log.debug("event %s not published: %r", event.type, exc)

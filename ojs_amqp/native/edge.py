@@ -53,6 +53,13 @@ class NativeEdge:
         engine.on_new_queue.append(self._watch_control_queue)
         engine.on_reset.append(self.start)
 
+    def _settle(self, message: Inbound) -> None:
+        """Ack a message once it is acted on (a closed channel: the broker redelivers it,
+        and acting on it again is harmless)."""
+        if not message.settled:
+            message.ack()
+            self.metrics.acked()
+
     async def start(self) -> None:
         t = self.broker.topology
         carrying = t.job_carrying_queue_arguments()
@@ -95,7 +102,7 @@ class NativeEdge:
             if control.kind in (protocol.HEARTBEAT, protocol.PROGRESS) and not message.reply_to:
                 # A beat for a job not adopted yet (binding PUSH, no envelope): nothing to
                 # extend, nothing wrong with the message.
-                self.engine.settle(message)
+                self._settle(message)
             else:
                 await self._refuse(message, exc, "control")
             return
@@ -104,7 +111,7 @@ class NativeEdge:
             return
         if answer is not None:
             await self._reply(message, answer)
-        self.engine.settle(message)
+        self._settle(message)
 
     async def _apply(self, control: ControlMessage, queue: str | None) -> Job | list[str] | None:
         """Act on a control message: the job as it now stands, the queues announced, or None
@@ -160,7 +167,7 @@ class NativeEdge:
                 answers.append(await self._answer(item, outcome))
         if message.reply_to:
             await self._reply(message, {"results": answers})
-        self.engine.settle(message)
+        self._settle(message)
 
     async def _answer(
         self, control: ControlMessage, outcome: Job | list[str] | None
@@ -203,7 +210,7 @@ class NativeEdge:
             return
         if message.reply_to:
             await self._reply(message, {"job": to_wire(job)})
-        self.engine.settle(message)
+        self._settle(message)
 
     async def _on_binding_retry(self, message: Inbound) -> None:
         queue, _, delay = (message.routing_key or "").rpartition(".")
@@ -226,7 +233,7 @@ class NativeEdge:
         except OjsError as exc:
             await self._refuse(message, exc, "retry")
             return
-        self.engine.settle(message)
+        self._settle(message)
 
     # --- answers ---------------------------------------------------------------------------
 
@@ -250,14 +257,14 @@ class NativeEdge:
         ojs.rejected. Then ack: it is never dropped, never redelivered in a loop."""
         if message.reply_to:
             await self._reply(message, {"error": exc.to_wire()})
-            self.engine.settle(message)
+            self._settle(message)
             return
         try:
             await self._to_rejected(message, message.body, exc, source)
         except BackendUnavailable as publish_error:
             await self._hand_back(message, publish_error)
             return
-        self.engine.settle(message)
+        self._settle(message)
 
     async def _to_rejected(self, message: Inbound, body: bytes, exc: OjsError, source: str) -> None:
         """Publish `body` to ojs.rejected with the message's properties and the reason."""
@@ -290,7 +297,7 @@ class NativeEdge:
             except OjsError:
                 pass
             else:
-                self.engine.settle(message)
+                self._settle(message)
                 return
         message.reject(requeue=True)  # a closed channel: the broker redelivers it anyway
 

@@ -18,7 +18,6 @@ from typing import Any, Protocol
 import orjson
 
 from ojs_amqp.core.job import Job, from_record
-from ojs_amqp.store.base import JobStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +247,7 @@ class SqliteAdminQueries:
         return [row[3] for row in self._db.execute("EXPLAIN QUERY PLAN " + sql, args)]
 
 
-def admin_queries_for(store: JobStore) -> AdminQueries | None:
+def admin_queries_for(store: object) -> AdminQueries | None:
     """The admin queries of `store`, or None for a store that does not provide them yet."""
     from ojs_amqp.store.sqlite import SqliteJobStore
 

@@ -14,6 +14,7 @@ import pytest
 
 from ojs_amqp.amqp.broker import Broker
 from ojs_amqp.amqp.topology import Topology
+from ojs_amqp.amqp.transport import AmqpTransport
 from ojs_amqp.engine.events import EventLog
 from ojs_amqp.engine.jobs import JobEngine
 from ojs_amqp.metrics import Metrics
@@ -46,7 +47,9 @@ async def running_engine(
     await store.open()
     bus = Broker(amqp_url, Topology(prefix))
     await bus.start(attempts=3)
-    engine = JobEngine(Settings(prefix=prefix), store, bus, EventLog(), Metrics(), clock=clock)
+    settings = Settings(prefix=prefix)
+    transport = AmqpTransport(bus, settings.prefetch)
+    engine = JobEngine(settings, store, transport, EventLog(), Metrics(), clock=clock)
     try:
         await engine.start()
         yield engine

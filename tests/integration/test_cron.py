@@ -19,7 +19,7 @@ NY = ZoneInfo("America/New_York")
 
 
 def _leader(engine: JobEngine, clock: FakeClock) -> CronScheduler:
-    scheduler = CronScheduler(engine, clock=clock)
+    scheduler = CronScheduler(engine, engine.store, engine.transport, clock=clock)
     scheduler._last_token = time.monotonic() + 3600  # lead for the whole test
     return scheduler
 

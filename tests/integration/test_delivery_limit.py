@@ -25,7 +25,7 @@ from pathlib import Path
 import aiormq
 import pytest
 
-from ojs_amqp.amqp import codec
+from ojs_amqp.amqp.transport import AmqpTransport
 from ojs_amqp.core.job import JobState
 from ojs_amqp.engine.jobs import JobEngine
 from tests.conftest import SESSION_PREFIX
@@ -92,13 +92,13 @@ def _metric(engine: JobEngine, line_start: str) -> float:
 
 async def _buffered(engine: JobEngine, queue: str, count: int) -> None:
     async def full() -> bool:
-        return engine._buffers.sizes().get(queue, 0) == count
+        return engine.gateway.buffers.sizes().get(queue, 0) == count
 
     await _until(full, 10, f"{count} buffered deliveries on {queue}")
 
 
 def _buffered_delivery_counts(engine: JobEngine) -> list[int]:
-    return [codec.delivery_count(d.message.headers) for d in engine._buffers._entries.values()]
+    return [d.message.returns for d in engine.gateway.buffers._entries.values()]
 
 
 async def _push_mixed(engine: JobEngine, queue: str, count: int) -> list[str]:
@@ -124,15 +124,15 @@ async def test_renewing_buffered_jobs_never_counts_against_the_delivery_limit(
     await live_engine.ensure_queue(queue)
     with _limit_unless_4x(live_engine, queue):
         ids = await _push_mixed(live_engine, queue, 12)
-        await live_engine._open_gateway(queue)  # as the first FETCH does
+        await live_engine.gateway.open_queue(queue)  # as the first FETCH does
         await _buffered(live_engine, queue, 12)
 
         # When they sit there through 25 refreshes (10 min of --delivery-hold-ms each: more
         # than four hours of waiting, compressed by ageing the deliveries)
         for _ in range(25):
-            for delivery in live_engine._buffers._entries.values():
+            for delivery in live_engine.gateway.buffers._entries.values():
                 delivery.since -= live_engine.settings.delivery_hold_ms / 1000 + 1
-            await live_engine._refresh_held_deliveries()
+            await live_engine.gateway.refresh_held()
             await _buffered(live_engine, queue, 12)
 
         # Then each is a fresh message the broker never counted a return of, all still
@@ -159,19 +159,19 @@ async def test_closing_and_reopening_a_gateway_never_counts_against_the_delivery
         # When a gateway opens on them and closes idle 25 times (an HTTP worker that comes
         # by now and then, on a slow queue)
         for _ in range(25):
-            await live_engine._open_gateway(queue)
+            await live_engine.gateway.open_queue(queue)
             await _buffered(live_engine, queue, 9)
-            live_engine._gateways[queue] = 0.0  # idle since long ago
-            await live_engine._close_idle_gateways()
+            live_engine.gateway.open[queue] = 0.0  # idle since long ago
+            await live_engine.gateway.close_idle()
             assert not live_engine.broker.consuming(job_queue)
-            assert live_engine._buffers.sizes().get(queue, 0) == 0
+            assert live_engine.gateway.buffers.sizes().get(queue, 0) == 0
 
         # Then nothing was returned to the broker: every job comes back as a fresh message,
         # still available, in the order FETCH hands out, none dead-lettered
         assert (
             _metric(live_engine, 'ojs_amqp_deliveries_renewed_total{reason="gateway_close"}') == 225
         )
-        await live_engine._open_gateway(queue)
+        await live_engine.gateway.open_queue(queue)
         await _buffered(live_engine, queue, 9)
         assert _buffered_delivery_counts(live_engine) == [0] * 9
         assert (await live_engine.dead_letters(queue, 100, 0))[1] == 0
@@ -214,7 +214,7 @@ async def test_redelivered_job_reaching_the_gateway_is_renewed(
         assert await _take_and_die(broker, job_queue, 5)
 
     # When the daemon's gateway receives it
-    await live_engine._open_gateway(queue)
+    await live_engine.gateway.open_queue(queue)
     await _buffered(live_engine, queue, 1)
 
     # Then it holds a fresh copy (its count starts over: returns by the daemon, a restart or
@@ -355,12 +355,12 @@ async def test_a_fetch_while_its_gateway_closes_gets_a_job_and_the_queue_stays_c
     # Given a gateway with 5 jobs buffered, idle long enough to be closed
     await live_engine.ensure_queue(queue)
     ids = await _push_mixed(live_engine, queue, 5)
-    await live_engine._open_gateway(queue)
+    await live_engine.gateway.open_queue(queue)
     await _buffered(live_engine, queue, 5)
-    live_engine._gateways[queue] = 0.0
+    live_engine.gateway.open[queue] = 0.0
 
     # When a FETCH comes while the close is under way
-    closing = asyncio.create_task(live_engine._close_idle_gateways())
+    closing = asyncio.create_task(live_engine.gateway.close_idle())
     await asyncio.sleep(0)
     fetched = await live_engine.fetch([queue], 1, "w1", None)
     await closing
@@ -398,7 +398,8 @@ async def test_what_the_daemon_held_when_its_connection_dropped_comes_back_renew
     metrics = Metrics()
     bus = Broker(broker, Topology(prefix), connection_name=prefix, observer=metrics)
     await bus.start(attempts=3)
-    engine = JobEngine(Settings(prefix=prefix), store, bus, EventLog(), metrics,
+    transport = AmqpTransport(bus, Settings().prefetch)
+    engine = JobEngine(Settings(prefix=prefix), store, transport, EventLog(), metrics,
                        clock=lambda: time.time_ns() // 1_000_000)  # fmt: skip
     try:
         await engine.start()
@@ -426,7 +427,7 @@ async def test_what_the_daemon_held_when_its_connection_dropped_comes_back_renew
         assert _metric(engine, 'ojs_amqp_deliveries_renewed_total{reason="redelivered"}') == 3
 
         async def handed_over() -> bool:
-            lease = engine._leases.get(leased_id)
+            lease = engine.leases.get(leased_id)
             return lease is not None and lease.message is None
 
         await _until(handed_over, 10, "the lease's redelivery to be handed over")
@@ -459,7 +460,8 @@ async def test_a_held_timer_the_broker_returned_is_published_again_and_still_fir
     metrics = Metrics()
     bus = Broker(broker, Topology(prefix), observer=metrics)
     await bus.start(attempts=3)
-    engine = JobEngine(Settings(prefix=prefix), store, bus, EventLog(), metrics,
+    transport = AmqpTransport(bus, Settings().prefetch)
+    engine = JobEngine(Settings(prefix=prefix), store, transport, EventLog(), metrics,
                        clock=lambda: time.time_ns() // 1_000_000)  # fmt: skip
     parked = 'ojs_amqp_messages_published_total{exchange_kind="delay"}'
     try:
@@ -469,7 +471,7 @@ async def test_a_held_timer_the_broker_returned_is_published_again_and_still_fir
                                  "scheduled_at": format_ms(due)})  # fmt: skip
 
         async def held() -> bool:
-            return len(engine._held) == 1
+            return len(engine.timers) == 1
 
         await _until(held, 1.2, "the timer to be held")
         assert _metric(engine, parked) == 1
@@ -478,8 +480,8 @@ async def test_a_held_timer_the_broker_returned_is_published_again_and_still_fir
         # the daemon consumes the due queue again
         due_queue = bus.topology.due_queue
         await bus.stop_consumer(due_queue)
-        engine._cancel_timers(leases=False)
-        await bus.consume(due_queue, bus.topology.due_queue_arguments(), 2000, engine._on_due)
+        engine.timers.let_go()
+        await engine.timers.start()
 
         # Then the returned timer is published again as a fresh message (held anew), and the
         # job still becomes available at its time

@@ -105,7 +105,8 @@ def test_metrics_are_plain_text_that_prometheus_parses(module_daemon: Daemon) ->
 async def test_a_broker_stall_makes_the_health_degraded_with_its_reason(
     live_engine: JobEngine,
 ) -> None:
-    api = HttpApi(live_engine, CronScheduler(live_engine, clock=now_ms), live_engine.settings)
+    cron = CronScheduler(live_engine, live_engine.store, live_engine.transport, clock=now_ms)
+    api = HttpApi(live_engine, cron, live_engine.settings)
 
     async def health() -> tuple[int, dict[str, object]]:
         answer = await api.handle(Request("GET", "/ojs/v1/health", "", {}, b""))

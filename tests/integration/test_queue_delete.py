@@ -19,8 +19,9 @@ import aiormq
 import pytest
 
 from ojs_amqp.amqp.topology import Topology
-from ojs_amqp.engine import jobs as jobs_module
-from ojs_amqp.engine.jobs import RESET_DELETE_BUDGET_S, JobEngine
+from ojs_amqp.engine import deletion as jobs_module
+from ojs_amqp.engine.deletion import RESET_DELETE_BUDGET_S
+from ojs_amqp.engine.jobs import JobEngine
 from ojs_amqp.errors import OjsError
 from tests.daemon import Daemon, request
 
@@ -244,7 +245,7 @@ async def test_a_push_to_a_queue_still_being_deleted_after_a_reset_waits_and_rec
         await engine.push({"type": "qd.job", "args": [], "options": {"queue": queue}})
     monkeypatch.setattr(jobs_module, "RESET_DELETE_BUDGET_S", 0.0)
     await engine.reset()
-    pending = [engine._deleting.get(q) for q in queues]
+    pending = [engine.queues.deleting.get(q) for q in queues]
     assert any(p is not None and not p.done() for p in pending), "all deleted within 0 s"
     job = await engine.push({"type": "qd.job", "args": [], "options": {"queue": queues[-1]}})
     assert all(p is None or p.done() for p in pending[-1:])

@@ -111,7 +111,8 @@ async def _traced_http(
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     engine.tracing = JobTracing(provider.get_tracer("test"))
-    api = HttpApi(engine, CronScheduler(engine, clock=now_ms), engine.settings)
+    cron = CronScheduler(engine, engine.store, engine.transport, clock=now_ms)
+    api = HttpApi(engine, cron, engine.settings)
     server = HttpServer(
         api.handle, max_body_bytes=engine.settings.max_body_bytes, error_response=api.refused
     )

@@ -3,7 +3,8 @@ import time
 from typing import Any
 
 from ojs_amqp.core.job import Job, JobState
-from ojs_amqp.engine.dispatch import Arrivals, Delivery, Lease, ReadyBuffers
+from ojs_amqp.engine.dispatch import Arrivals, Lease, ReadyBuffers
+from ojs_amqp.engine.dispatch import Buffered as Delivery
 from ojs_amqp.engine.events import EventFilter, EventLog
 
 
