@@ -10,9 +10,10 @@ turn to the connection's writer as a single frame batch: ~25 µs per publish and
 syscalls. Delivery tags stay in order because tagging and queueing happen together, without
 an await in between, and nothing else publishes on the pipe's channel.
 
-That relies on aiormq 7 internals (`Channel.delivery_tag`, `confirmations`,
-`message_id_delivery_tag`, `Connection.write_queue`); when they are missing the pipe falls
-back to the public `basic_publish` / `basic_ack`, slower but the same semantics.
+That relies on aiormq 7 internals (the confirm bookkeeping of a channel, the connection's
+write queue), reached through amqp/_aiormq.py only; when they are missing the pipe falls
+back to the public `basic_publish` / `basic_ack`, slower but the same semantics (a warning
+at start, and the `ojs_amqp_fast_path` gauge, say so).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
+from ojs_amqp.amqp import _aiormq
 from ojs_amqp.amqp.bounded import stalled
 from ojs_amqp.amqp.failures import PUBLISH_ERRORS
 from ojs_amqp.errors import BackendUnavailable, OjsError, PublishRejected, Unroutable
@@ -60,17 +62,10 @@ def settle_frame(method: int, channel_number: int, delivery_tag: int, flag: bool
     )
 
 
-def has_aiormq_internals(channel: AbstractChannel) -> bool:
-    """The fast path is only taken on the aiormq Channel it was written against."""
-    return (
-        isinstance(channel, aiormq.Channel)
-        and bool(channel.publisher_confirms)
-        and channel.on_return_raises
-        and isinstance(getattr(channel, "delivery_tag", None), int)
-        and isinstance(getattr(channel, "confirmations", None), dict)
-        and isinstance(getattr(channel, "message_id_delivery_tag", None), dict)
-        and has_frame_queue(channel.connection)
-    )
+#: Whether a channel can take the fast path (aiormq 7's confirm-mode Channel).
+has_aiormq_internals = _aiormq.confirming_channel
+#: Whether a connection is aiormq 7's, whose writer FrameBatch feeds.
+has_frame_queue = _aiormq.has_write_queue
 
 
 def confirmation_error(
@@ -96,6 +91,10 @@ class FrameBatch:
 
     def __init__(self, connection: Any) -> None:
         self._connection = connection
+        queue = _aiormq.frame_queue_of(connection)
+        if queue is None:
+            raise TypeError(f"{connection!r} has no write queue to batch frames into")
+        self._queue = queue
         self._loop = asyncio.get_running_loop()
         self._chunks: list[bytes] = []
         self._scheduled = False
@@ -118,7 +117,7 @@ class FrameBatch:
         self._chunks.clear()
         if self._backlog_task is None:
             try:
-                self._connection.write_queue.put_nowait(frame)
+                self._queue.put_nowait(frame)
                 return
             except asyncio.QueueFull:
                 pass
@@ -139,16 +138,9 @@ class FrameBatch:
     async def _drain_backlog(self) -> None:
         try:
             while self._backlog:
-                await self._connection.write_queue.put(self._backlog.popleft())
+                await self._queue.put(self._backlog.popleft())
         finally:
             self._backlog_task = None
-
-
-def has_frame_queue(connection: Any) -> bool:
-    """Whether a connection is aiormq 7's, whose writer FrameBatch feeds."""
-    return isinstance(connection, aiormq.Connection) and isinstance(
-        getattr(connection, "write_queue", None), asyncio.Queue
-    )
 
 
 class Settler:
@@ -242,16 +234,10 @@ class Pipe:
         if self._closed is not None:
             raise BackendUnavailable(f"the publishing channel is closed ({self._closed!r})")
         channel = self.channel
-        assert isinstance(channel, aiormq.Channel)
         if properties.message_id is None:
             properties.message_id = f"p{next(self._ids)}"  # returns are matched by it
-        channel.delivery_tag += 1
-        tag = channel.delivery_tag
         future: Confirmation = self._loop.create_future()
-        channel.confirmations[tag] = future
-        message_id = properties.message_id
-        channel.message_id_delivery_tag[message_id] = tag
-        future.add_done_callback(lambda _: _forget(channel, message_id, tag))
+        tag = _aiormq.expect_confirm(channel, properties.message_id, future)
         head = self._heads.get((exchange, routing_key))
         if head is None:
             method = Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=True)
@@ -263,7 +249,7 @@ class Pipe:
         assert batch is not None
         batch.add(head)
         batch.add(pamqp.frame.marshal(ContentHeader(0, len(body), properties), number))
-        limit = channel.max_content_size
+        limit = cast(aiormq.Channel, channel).max_content_size
         for offset in range(0, len(body), limit):
             batch.add(pamqp.frame.marshal(ContentBody(body[offset : offset + limit]), number))
         self._deadlines.append((self._loop.time() + self.confirm_timeout, tag, future))
@@ -349,8 +335,8 @@ class Pipe:
     async def flush(self) -> None:
         """Wait until everything queued so far is handed to the connection's writer."""
         await self.settler.flush()
-        queue = getattr(self.channel.connection, "write_queue", None)
-        if isinstance(queue, asyncio.Queue) and not self.channel.connection.is_closed:
+        queue = _aiormq.frame_queue_of(self.channel.connection)
+        if queue is not None and not self.channel.connection.is_closed:
             # Bounded: a writer that died with its connection never empties the queue.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.confirm_timeout):
@@ -370,15 +356,7 @@ class Pipe:
         while deadlines and (deadlines[0][2].done() or deadlines[0][0] <= now):
             _, tag, future = deadlines.popleft()
             if not future.done():
-                channel = self.channel
-                if isinstance(channel, aiormq.Channel) and tag in channel.confirmations:
-                    # A cancelled stand-in: a late confirm (a broker that was blocked by a
-                    # resource alarm, say) is then dropped quietly, and a `multiple` one
-                    # still settles the tags before it; a missing tag would make aiormq log
-                    # an error and ignore the whole frame.
-                    late: Confirmation = self._loop.create_future()
-                    late.cancel()
-                    channel.confirmations[tag] = late
+                _aiormq.give_up_confirm(self.channel, tag, self._loop)
                 future.set_exception(stalled("a publish confirm", self.confirm_timeout))
         if deadlines:
             self._arm_watchdog()
@@ -446,11 +424,6 @@ async def _settle_slowly(
 def _log_settle_failure(done: asyncio.Future[None]) -> None:
     if not done.cancelled() and done.exception() is not None:
         log.debug("settling deliveries failed (%r); the broker will redeliver", done.exception())
-
-
-def _forget(channel: aiormq.Channel, message_id: str, tag: int) -> None:
-    if channel.message_id_delivery_tag.get(message_id) == tag:
-        del channel.message_id_delivery_tag[message_id]
 
 
 async def publish_slowly(

@@ -20,12 +20,11 @@ import aiormq
 from aiormq.abc import AbstractConnection
 
 from ojs_amqp.amqp import protocol
-from ojs_amqp.amqp.broker import TopologyMismatch
 from ojs_amqp.amqp.failures import DECLARE_RACE_RETRY_DELAYS_S, PUBLISH_ERRORS, is_declare_race
 from ojs_amqp.amqp.pipe import Pipe
 from ojs_amqp.amqp.topology import Topology
 from ojs_amqp.core.envelope import validate_queue
-from ojs_amqp.errors import BackendUnavailable
+from ojs_amqp.errors import BackendUnavailable, TopologyMismatch
 from ojs_amqp.sdk import control
 from ojs_amqp.sdk.errors import Unroutable
 

@@ -10,13 +10,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import aiormq
 from aiormq.abc import AbstractConnection
 
-from ojs_amqp.amqp import frames
+from ojs_amqp.amqp import _aiormq, frames
 from ojs_amqp.amqp.bounded import connect_within
-from ojs_amqp.amqp.broker import backoff_seconds
 from ojs_amqp.amqp.failures import CONNECTION_ERRORS
+from ojs_amqp.amqp.reconnect import backoff_seconds
 from ojs_amqp.logs import redact
 
 log = logging.getLogger("ojs_amqp.sdk")
@@ -36,12 +35,13 @@ async def connect(
     `attempts=None` retries forever. Raises the last connection error otherwise. Each
     attempt (TCP, TLS, AMQP handshake) ends within `attempt_timeout_s`: a broker that accepts
     the connection and says nothing fails it with BrokerStalled, saying so."""
-    frames.install()
     attempt = 0
     while True:
         attempt += 1
         try:
-            connection = aiormq.Connection(url, client_properties={"connection_name": name})
+            connection = _aiormq.connection(
+                url, frames.watch_handshake, client_properties={"connection_name": name}
+            )
             await connect_within(attempt_timeout_s, connection.connect)
             return connection
         except CONNECTION_ERRORS as exc:
