@@ -18,7 +18,7 @@ import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, TypeVar
 
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
@@ -31,6 +31,8 @@ from ojs_amqp.amqp.declarations import FRESH_QUEUE_S as FRESH_QUEUE_S
 from ojs_amqp.amqp.declarations import Declarations
 from ojs_amqp.amqp.failures import CONNECTION_ERRORS, PUBLISH_ERRORS
 from ojs_amqp.amqp.links import Links
+from ojs_amqp.amqp.observer import BrokerObserver as BrokerObserver  # importers' old path
+from ojs_amqp.amqp.observer import SupervisionObserver, _NoObserver
 from ojs_amqp.amqp.pipe import Pipe, Settler
 from ojs_amqp.amqp.queue_admin import DELETE_CHANNELS, QueueAdmin
 from ojs_amqp.amqp.reconnect import ConnectionLoop, Stopped, with_backoff
@@ -58,42 +60,6 @@ T = TypeVar("T")
 
 
 FRESH_QUEUE_RETRY_DELAYS_S = (0.02, 0.05, 0.1, 0.2, 0.4)
-
-
-class BrokerObserver(Protocol):
-    """What the broker reports as it works (the daemon's Metrics implements this)."""
-
-    def published(self, exchange_kind: str, confirm_seconds: float) -> None: ...
-
-    def returned(self) -> None: ...
-
-    def reconnected(self) -> None: ...
-
-    def consumed(self, queue_kind: str) -> None: ...
-
-
-@runtime_checkable
-class SupervisionObserver(Protocol):
-    """An observer that also counts background failures and shows whether the aiormq fast
-    path is on (the daemon's Metrics does; the four methods above suffice otherwise)."""
-
-    def background_failed(self, task: str) -> None: ...
-
-    def fast_path(self, available: bool) -> None: ...
-
-
-class _NoObserver:
-    def published(self, exchange_kind: str, confirm_seconds: float) -> None:
-        pass
-
-    def returned(self) -> None:
-        pass
-
-    def reconnected(self) -> None:
-        pass
-
-    def consumed(self, queue_kind: str) -> None:
-        pass
 
 
 def _is_connection_error(exc: BaseException) -> bool:

@@ -22,15 +22,13 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import struct
-import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import aiormq
 import pamqp.frame
-from aiormq.abc import AbstractChannel, ChannelFrame
+from aiormq.abc import AbstractChannel
 from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
@@ -38,6 +36,13 @@ from pamqp.header import ContentHeader
 from ojs_amqp.amqp import _aiormq
 from ojs_amqp.amqp.bounded import stalled
 from ojs_amqp.amqp.failures import PUBLISH_ERRORS
+from ojs_amqp.amqp.settling import ACK_METHOD as ACK_METHOD  # importers' old path
+from ojs_amqp.amqp.settling import REJECT_METHOD as REJECT_METHOD
+from ojs_amqp.amqp.settling import FrameBatch as FrameBatch
+from ojs_amqp.amqp.settling import Settler as Settler
+from ojs_amqp.amqp.settling import _keep
+from ojs_amqp.amqp.settling import has_frame_queue as has_frame_queue
+from ojs_amqp.amqp.settling import settle_frame as settle_frame
 from ojs_amqp.errors import BackendUnavailable, OjsError, PublishRejected, Unroutable
 
 log = logging.getLogger("ojs_amqp.pipe")
@@ -46,32 +51,13 @@ Confirmation = asyncio.Future[Any]
 #: Called once a publish is settled: None when the broker confirmed it, else the SDK error.
 Settled = Callable[[OjsError | None], None]
 
-#: Basic.Ack / Basic.Reject method frames, packed directly: pamqp's marshal costs ~2.5 µs a
-#: frame and a worker sends one per job. Type 1 (method), channel, size 13, class 60, method,
-#: delivery tag, flags (multiple / requeue), frame end. Checked against pamqp in the tests.
-_SETTLE_FRAME = struct.Struct(">BHIHHQBB")
-ACK_METHOD = 80
-REJECT_METHOD = 90
-_FRAME_END = 0xCE
-
-
-def settle_frame(method: int, channel_number: int, delivery_tag: int, flag: bool) -> bytes:
-    """A Basic.Ack (`flag` = multiple) or Basic.Reject (`flag` = requeue) frame."""
-    return _SETTLE_FRAME.pack(
-        1, channel_number, 13, 60, method, delivery_tag, int(flag), _FRAME_END
-    )
-
-
 #: Whether a channel can take the fast path (aiormq 7's confirm-mode Channel).
 has_aiormq_internals = _aiormq.confirming_channel
-#: Whether a connection is aiormq 7's, whose writer FrameBatch feeds.
-has_frame_queue = _aiormq.has_write_queue
 
 
-def confirmation_error(
-    exc: BaseException, exchange: str, routing_key: str
-) -> OjsError | BaseException:
-    """The SDK error for what a confirm future failed with."""
+def confirmation_error(exc: BaseException, exchange: str, routing_key: str) -> OjsError:
+    """The SDK error for what a confirm future failed with: aiormq's exceptions end here, at
+    the amqp/ edge (an OjsError passes through as it is)."""
     if isinstance(exc, aiormq.exceptions.PublishError):
         returned = getattr(getattr(exc, "message", None), "delivery", None)
         reply = getattr(returned, "reply_text", None) or "returned"
@@ -82,125 +68,9 @@ def confirmation_error(
         )
     if isinstance(exc, aiormq.exceptions.DeliveryError):
         return PublishRejected(f"the broker refused the message ({exc})")
-    return exc
-
-
-class FrameBatch:
-    """Frames for one aiormq connection, handed to its writer as one write per event-loop
-    turn. Order is kept: frames added later never overtake earlier ones."""
-
-    def __init__(self, connection: Any) -> None:
-        self._connection = connection
-        queue = _aiormq.frame_queue_of(connection)
-        if queue is None:
-            raise TypeError(f"{connection!r} has no write queue to batch frames into")
-        self._queue = queue
-        self._loop = asyncio.get_running_loop()
-        self._chunks: list[bytes] = []
-        self._scheduled = False
-        self._backlog: deque[ChannelFrame] = deque()
-        self._backlog_task: asyncio.Task[None] | None = None
-
-    def add(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        if not self._scheduled:
-            return
-        self._scheduled = False
-        if not self._chunks:
-            return
-        frame = ChannelFrame(payload=b"".join(self._chunks), should_close=False)
-        self._chunks.clear()
-        if self._backlog_task is None:
-            try:
-                self._queue.put_nowait(frame)
-                return
-            except asyncio.QueueFull:
-                pass
-        # The writer is behind: keep order by queueing behind what already waits.
-        self._backlog.append(frame)
-        if self._backlog_task is None:
-            self._backlog_task = asyncio.ensure_future(self._drain_backlog())
-
-    async def drained(self) -> None:
-        """Everything added so far is in the connection's write queue."""
-        self.flush()
-        if self._backlog_task is not None:
-            await asyncio.shield(self._backlog_task)
-
-    def clear(self) -> None:
-        self._chunks.clear()
-
-    async def _drain_backlog(self) -> None:
-        try:
-            while self._backlog:
-                await self._queue.put(self._backlog.popleft())
-        finally:
-            self._backlog_task = None
-
-
-class Settler:
-    """Acks and requeues for the channels of one connection: packed with struct and written
-    through `batch` (one write per loop turn), or through aiormq's public basic_ack /
-    basic_reject when there is no batch (aiormq internals missing) or the channel belongs to
-    another connection."""
-
-    def __init__(self, connection: Any, batch: FrameBatch | None) -> None:
-        self._connection = connection
-        self._batch = batch
-        #: Slow-path settles, referenced until they end (flush() waits for them).
-        self._slow: set[asyncio.Task[None]] = set()
-        #: Channels about to be closed by us: nothing more is written for them.
-        self._stopped: weakref.WeakSet[AbstractChannel] = weakref.WeakSet()
-
-    async def stop(self, channel: AbstractChannel) -> None:
-        """Call before closing `channel`: what was queued for it is handed to the writer
-        now, ahead of the Channel.Close, and later settles for it are dropped (its deliveries
-        go back to their queues with the close). A frame that followed the close would make
-        the broker close the whole connection (504 CHANNEL_ERROR)."""
-        self._stopped.add(channel)
-        await self.flush()
-
-    def settle(
-        self, channel: AbstractChannel, delivery_tags: Iterable[int], method: int
-    ) -> asyncio.Task[None] | None:
-        """Ack (method 80) or requeue (90) deliveries of `channel`; a closed channel means they
-        are void already (the broker redelivers them), so that is not an error. Returns the
-        task doing it on the slow path (None when queued on the fast path)."""
-        if channel.is_closed or channel in self._stopped:
-            return None
-        batch = self._batch
-        if batch is not None and channel.connection is self._connection:
-            number = channel.number
-            flag = method == REJECT_METHOD  # requeue; an ack is never `multiple`
-            for tag in delivery_tags:
-                batch.add(settle_frame(method, number, tag, flag))
-            return None
-        coro = _settle_slowly(channel, list(delivery_tags), method, method == REJECT_METHOD)
-        task = _keep(self._slow, coro)
-        task.add_done_callback(_log_settle_failure)
-        return task
-
-    def discard(self, channel: AbstractChannel, delivery_tag: int) -> None:
-        """Basic.Reject(requeue=false): the broker dead-letters the message or drops it."""
-        if channel.is_closed or channel in self._stopped:
-            return
-        if self._batch is not None and channel.connection is self._connection:
-            self._batch.add(settle_frame(REJECT_METHOD, channel.number, delivery_tag, False))
-            return
-        task = _keep(self._slow, _settle_slowly(channel, [delivery_tag], REJECT_METHOD, False))
-        task.add_done_callback(_log_settle_failure)
-
-    async def flush(self) -> None:
-        """Wait until every settle so far is handed to the connection's writer."""
-        if self._slow:
-            await asyncio.wait(set(self._slow))
-        if self._batch is not None:
-            await self._batch.drained()
+    if isinstance(exc, OjsError):
+        return exc
+    return BackendUnavailable(f"publishing failed: {exc!r}")
 
 
 class Pipe:
@@ -270,7 +140,9 @@ class Pipe:
         future = self.start(body, exchange=exchange, routing_key=routing_key, properties=properties)
         try:
             confirmation = await future
-        except (aiormq.exceptions.DeliveryError, aiormq.exceptions.AMQPError) as exc:
+        except OjsError:
+            raise
+        except Exception as exc:  # aiormq's, or the link's: wrapped here
             raise confirmation_error(exc, exchange, routing_key) from None
         if not isinstance(confirmation, Basic.Ack):
             raise PublishRejected(f"the broker did not confirm the message ({confirmation!r})")
@@ -387,18 +259,7 @@ def confirm_error(done: Confirmation, exchange: str, routing_key: str) -> OjsErr
         if isinstance(confirmation, Basic.Ack):
             return None
         return PublishRejected(f"the broker did not confirm the message ({confirmation!r})")
-    error = confirmation_error(exc, exchange, routing_key)
-    if isinstance(error, OjsError):
-        return error
-    return BackendUnavailable(f"the publish failed: {exc!r}")
-
-
-def _keep(tasks: set[asyncio.Task[None]], coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-    """A task for `coro`, held in `tasks` until it ends (the loop keeps only weak refs)."""
-    task = asyncio.ensure_future(coro)
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
-    return task
+    return confirmation_error(exc, exchange, routing_key)
 
 
 def _task_error(done: asyncio.Future[None]) -> OjsError | None:
@@ -408,22 +269,6 @@ def _task_error(done: asyncio.Future[None]) -> OjsError | None:
     if exc is None or isinstance(exc, OjsError):
         return exc
     return BackendUnavailable(f"the publish failed: {exc!r}")
-
-
-async def _settle_slowly(
-    channel: AbstractChannel, tags: list[int], method: int, requeue: bool
-) -> None:
-    """The public aiormq path, for channels the fast path does not cover."""
-    for tag in tags:
-        if method == ACK_METHOD:
-            await channel.basic_ack(tag, wait=False)
-        else:
-            await channel.basic_reject(tag, requeue=requeue)
-
-
-def _log_settle_failure(done: asyncio.Future[None]) -> None:
-    if not done.cancelled() and done.exception() is not None:
-        log.debug("settling deliveries failed (%r); the broker will redeliver", done.exception())
 
 
 async def publish_slowly(

@@ -14,6 +14,7 @@ idempotent re-declarations, never a 406.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 
 import aiormq
@@ -53,8 +54,9 @@ async def declare_queues(
 ) -> None:
     """Declare ojs.queue.{q}, ojs.queue.dlx.{q} and ojs.queue.control.{q} with their bindings,
     exactly as the daemon does. A channel of its own: a 406 closes the channel."""
-    channel = await connection.channel(publisher_confirms=False)
+    channel = None
     try:
+        channel = await connection.channel(publisher_confirms=False)
         for q in queues:
             for spec in topology.queues_of(q):  # the daemon's own list, job queue last
                 for delay in (*DECLARE_RACE_RETRY_DELAYS_S, None):
@@ -82,8 +84,9 @@ async def declare_queues(
     except PUBLISH_ERRORS as exc:
         raise BackendUnavailable(f"declaring the queues failed: {exc!r}") from None
     finally:
-        if not channel.is_closed:
-            await channel.close()
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(*PUBLISH_ERRORS):  # aiormq's errors end here
+                await channel.close()
 
 
 async def announce(

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ojs_amqp.core.envelope import parse_enqueue
 from ojs_amqp.core.ids import UUIDv7Generator
@@ -110,6 +112,7 @@ def test_a_flap_during_the_outbox_replay_is_ridden_out_and_every_job_completes(
     rabbit_node: RabbitNode, proxy: TcpProxy, make_node_daemon: Callable[..., Daemon]
 ) -> None:
     daemon = make_node_daemon(amqp=proxy.url(rabbit_node.amqp_url))
+    assert metric(daemon.url, "ojs_amqp_fast_path") == 1  # the pinned aiormq's fast path
     # Given jobs accepted while the broker is up
     pushed = []
     for n in range(PUSHED):
@@ -156,3 +159,15 @@ def test_a_flap_during_the_outbox_replay_is_ridden_out_and_every_job_completes(
         list(not_completed.items())[:5]
     )
     assert metric(daemon.url, "ojs_outbox_pending") == 0
+    # and the failed replay was counted, not lost: at least the one the second cut broke
+    assert _failures(daemon.url, "after a reconnect") >= 1
+
+
+def _failures(url: str, task: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "ojs_background_failures_total" and sample.labels == {"task": task}:
+                return float(sample.value)
+    return 0.0
