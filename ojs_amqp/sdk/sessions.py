@@ -18,7 +18,7 @@ from pamqp.commands import Basic
 from ojs_amqp.amqp import frames, protocol
 from ojs_amqp.amqp.failures import PUBLISH_ERRORS
 from ojs_amqp.amqp.pipe import Pipe
-from ojs_amqp.amqp.reconnect import backoff_seconds
+from ojs_amqp.amqp.reconnect import Stopped, backoff_seconds, with_backoff
 from ojs_amqp.amqp.topology import CONTROL_KEY_PREFIX
 from ojs_amqp.errors import OjsError, TopologyMismatch
 from ojs_amqp.sdk import control
@@ -166,16 +166,23 @@ class Sessions:
             session.spawn(self._resubscribe(session, queue), f"resubscribe {queue}")
 
     async def _resubscribe(self, session: Session, queue: str) -> None:
-        attempt = 0
-        while not session.stopping and not session.connection.is_closed:
-            attempt += 1
-            await asyncio.sleep(backoff_seconds(attempt))
-            try:
-                await announce(session.pipe, self.w.topology, [queue], worker_id=self.w.worker_id)
-                await self._consume(session, queue)
-                return
-            except (*PUBLISH_ERRORS, OjsError) as exc:
-                log.warning("re-subscribing to %s failed (%r); retry %d", queue, exc, attempt)
+        """Announce the queue and consume it again, after a backoff, retried with backoff
+        while the session lasts (the loop is amqp/reconnect.py's)."""
+
+        async def step() -> None:
+            await announce(session.pipe, self.w.topology, [queue], worker_id=self.w.worker_id)
+            await self._consume(session, queue)
+
+        def failed(attempt: int, exc: BaseException, delay: float) -> None:
+            log.warning("re-subscribing to %s failed (%r); retry %d", queue, exc, attempt - 1)
+
+        await asyncio.sleep(backoff_seconds(1))
+        with contextlib.suppress(Stopped):
+            await with_backoff(
+                step, retryable=lambda exc: isinstance(exc, (*PUBLISH_ERRORS, OjsError)),
+                on_failure=failed, first_attempt=2,
+                going_on=lambda: not session.stopping and not session.connection.is_closed,
+            )  # fmt: skip
 
     async def serve(self, session: Session) -> bool:
         """Until stop (drain, close: False) or the connection is lost (True)."""

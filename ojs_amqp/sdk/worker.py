@@ -7,10 +7,12 @@ finish close together share one `ojs.report.batch` (sdk/reports.py); then ack.
 Jobs running longer than `heartbeat_interval` send `ojs.control.heartbeat`s. An exclusive
 queue bound to ojs.exchange.workers (`cancel.{q}`) brings cancellations.
 
-Talks to aiormq directly (no aio-pika objects per message) and keeps its own reconnect loop
-with the project's backoff. ojs_amqp.amqp.Broker is not reused: it declares the daemon's
-fixed topology (the delay ladder) and opens two connections; a worker needs neither. The
-pipe, frame reader and frame-queue sizes of ojs_amqp/amqp/ are shared.
+Talks to aiormq directly (no aio-pika objects per message). ojs_amqp.amqp.Broker is not
+reused: it declares the daemon's fixed topology (the delay ladder) and opens two
+connections; a worker needs neither. The pipe, frame-queue sizes and reconnect loop
+(amqp/reconnect.py) of ojs_amqp/amqp/ are shared. Worker is the facade: its settings, stats
+and run/stop; sdk/sessions.py opens and serves each connection, sdk/deliveries.py takes each
+delivery from arrival to report, sdk/attempts.py judges attempts.
 """
 
 from __future__ import annotations
