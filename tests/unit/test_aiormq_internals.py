@@ -121,3 +121,51 @@ def test_the_frame_reader_can_be_given_back(monkeypatch: pytest.MonkeyPatch) -> 
     assert _aiormq.frame_reader() is frames.BufferedFrameReceiver
     _aiormq.uninstall_frame_reader()
     assert aiormq.connection.FrameReceiver is frames.AIORMQ_RECEIVER
+
+
+@pytest.mark.parametrize(
+    ("sends", "expected"),
+    [
+        (b"", "accepted the connection but did not answer the AMQP handshake"),
+        (b"\x01\x00", "began the AMQP handshake but did not finish it"),
+    ],
+)
+def test_without_the_fast_reader_a_stalled_handshake_still_says_how_far_it_got(
+    monkeypatch: pytest.MonkeyPatch, sends: bytes, expected: str
+) -> None:
+    """The SDK no longer installs the frame reader; its connect watches the handshake
+    through aiormq's public transport factory instead."""
+    import asyncio
+
+    from ojs_amqp.errors import BrokerStalled
+    from ojs_amqp.sdk.transport import connect
+
+    monkeypatch.setattr(aiormq.connection, "FrameReceiver", frames.AIORMQ_RECEIVER)
+
+    async def scenario() -> BrokerStalled:
+        held: list[asyncio.StreamWriter] = []
+
+        async def answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)
+            if sends:
+                writer.write(sends)  # half a frame, then nothing
+                await writer.drain()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(BrokerStalled) as caught:
+                await connect(
+                    f"amqp://guest:guest@127.0.0.1:{port}/", name="t", attempts=1,
+                    attempt_timeout_s=0.5,
+                )  # fmt: skip
+            return caught.value
+        finally:
+            for writer in held:
+                writer.close()
+            server.close()
+            await server.wait_closed()
+
+    error = asyncio.run(scenario())
+    assert aiormq.connection.FrameReceiver is frames.AIORMQ_RECEIVER
+    assert expected in error.message
