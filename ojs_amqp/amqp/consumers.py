@@ -156,8 +156,9 @@ class Consumers:
             "in the queue; consuming again", consumer.queue_name, reason,
         )  # fmt: skip
         consumer.channel, consumer.tag = None, None
-        for hook in self._b.on_consumer_lost:
-            hook(consumer.queue_name)
+        self._b._supervisor.call_hooks(
+            "after a consumer channel closed", self._b.on_consumer_lost, consumer.queue_name
+        )
         self._b._in_background(self._consume_again(consumer), "consume-again")
 
     async def _consume_again(self, consumer: ConsumerState) -> None:
@@ -182,16 +183,13 @@ class Consumers:
     async def _restored(self, consumer: ConsumerState) -> None:
         """Tell the engine a cancelled consumer consumes again, so it can republish what the
         broker lost; retried whenever the consumer is started again until it succeeds."""
-        try:
-            for hook in self._b.on_consumer_restored:
-                await hook(consumer.queue_name)
-        except Exception as exc:
-            log.warning(
-                "recovery after the cancelled consumer of %s failed (%r); retried when it "
-                "consumes again", consumer.queue_name, exc,
-            )  # fmt: skip
-            return
-        consumer.cancelled_by_broker = False
+        name = consumer.queue_name
+        hooks = self._b.on_consumer_restored
+        if await self._b._supervisor.run_hooks("recovery after a cancelled consumer", hooks, name):
+            consumer.cancelled_by_broker = False
+        else:
+            log.warning("recovery after the cancelled consumer of %s is retried when it "
+                        "consumes again", name)  # fmt: skip
 
     async def stop_consumer(self, queue_name: str) -> None:
         """Stop consuming one queue; its unacked deliveries return to it."""
