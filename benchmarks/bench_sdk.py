@@ -223,7 +223,11 @@ def sdk_worker_role(args: argparse.Namespace) -> None:
     """Runs in its own process: an SDK worker until it has completed --drain-jobs jobs."""
     import uvloop
 
+    import ojs_amqp.sdk
     from ojs_amqp.sdk import JobContext, Worker
+
+    # As `ojs-amqp worker` does (the fast frame reader is opt-in; older code had it always on).
+    getattr(ojs_amqp.sdk, "use_fast_frame_reader", lambda: True)()
 
     async def main() -> dict[str, float]:
         settings: dict[str, Any] = {}
@@ -504,6 +508,7 @@ def _series(args: argparse.Namespace) -> dict[str, Series]:
 
 
 async def run(args: argparse.Namespace) -> tuple[dict[str, Series], dict[str, str]]:
+    import ojs_amqp.sdk
     from ojs_amqp.sdk import Client
 
     prefix = f"bench-{secrets.token_hex(4)}"
@@ -524,6 +529,9 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Series], dict[str, st
             print(f"prefix {prefix}; daemon pid {daemon.pid}; broker pid {found}", flush=True)
             await push.setup()
             conn = await aio_pika.connect(args.amqp_url)
+            # The client's connection reads frames as before (the SDK used to install the
+            # reader on its first connect; it is opt-in now), the aio-pika baseline's as before.
+            getattr(ojs_amqp.sdk, "use_fast_frame_reader", lambda: True)()
             async with conn, Client(args.amqp_url, prefix=prefix) as client:
                 channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
                 exchange = await channel.get_exchange(push.raw_exchange, ensure=False)

@@ -16,6 +16,8 @@
     ├── PayloadTooLarge       413 payload_too_large
     ├── QueueFull             429 queue_full        (backpressure: max_depth or x-max-length)
     ├── Unsupported           422 unsupported
+    ├── TopologyMismatch      500 backend_error     (a queue or exchange exists with other
+    │                                                arguments; never redeclared by us)
     └── BackendUnavailable    503 backend_error     (the broker or store is gone; retryable)
         ├── Unroutable                              (a mandatory publish came back)
         ├── PublishRejected                         (the broker nacked a publish)
@@ -161,6 +163,13 @@ class QueueFull(OjsError):
     retryable = True
     hint = "Retry after the number of seconds in Retry-After, or add workers to the queue."
     retry_after_s = 1
+
+
+class TopologyMismatch(OjsError):
+    """A queue exists with other arguments (406 PRECONDITION_FAILED); we never redeclare it."""
+
+    code = "backend_error"
+    http_status = 500
 
 
 class BackendUnavailable(OjsError):

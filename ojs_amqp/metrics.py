@@ -114,6 +114,15 @@ class Metrics:
             "ojs_amqp_messages_rejected", "Messages moved to ojs.rejected", ("source",),
             registry=r,
         )  # fmt: skip
+        self._background_failures = Counter(
+            "ojs_background_failures", "Background tasks and hooks that raised (logged, the "
+            "loop that ran them goes on; ojs_amqp/supervisor.py)", ("task",), registry=r,
+        )  # fmt: skip
+        #: 1 while the AMQP fast path (ojs_amqp/amqp/_aiormq.py) works with this aiormq.
+        self.aiormq_fast_path = Gauge(
+            "ojs_amqp_fast_path", "1 if the installed aiormq has the internals the fast "
+            "publish/ack/frame path relies on, 0 if the slower public API is used", registry=r,
+        )  # fmt: skip
 
     def _child(self, collector: Any, *values: str) -> Any:
         key = (collector, values)
@@ -179,6 +188,12 @@ class Metrics:
 
     def reconnected(self) -> None:
         self._reconnections.inc()
+
+    def background_failed(self, task: str) -> None:
+        self._background_failures.labels(task).inc()
+
+    def fast_path(self, available: bool) -> None:
+        self.aiormq_fast_path.set(1 if available else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,6 +23,8 @@ from typing import Any, TypeVar
 import aio_pika.abc
 import aiormq.abc
 
+from ojs_amqp.amqp._aiormq import abort as abort  # a stalled link, dropped now
+from ojs_amqp.amqp._aiormq import blocked as blocked  # a resource alarm holds the link
 from ojs_amqp.amqp.frames import HANDSHAKE, Handshake
 from ojs_amqp.errors import BrokerStalled
 
@@ -145,25 +146,3 @@ def _forget(done: asyncio.Future[Any]) -> None:
     _abandoned.discard(done)
     if not done.cancelled():
         done.exception()
-
-
-def abort(connection: Any) -> bool:
-    """Drop a stalled aiormq connection now, as aiormq itself does when heartbeats stop: the
-    link marked stuck, its reader cancelled, so the writer aborts the socket instead of
-    waiting for a broker that reads nothing to take a Connection.Close. Its close callbacks
-    run as for any lost connection. False when this aiormq lacks those internals."""
-    reader = getattr(connection, "_reader_task", None)
-    if not isinstance(reader, asyncio.Task) or not hasattr(
-        connection, "_Connection__last_frame_time"
-    ):
-        return False
-    connection._Connection__last_frame_time = -math.inf
-    reader.cancel()
-    return True
-
-
-def blocked(connection: Any) -> bool:
-    """The broker sent Connection.Blocked (a memory or disk alarm) and no Unblocked yet: it
-    reads nothing from this connection meanwhile. False when this aiormq does not say."""
-    unblocked = getattr(connection, "_Connection__connection_unblocked", None)
-    return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()

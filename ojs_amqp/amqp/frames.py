@@ -4,8 +4,10 @@ aiormq's own FrameReceiver takes an asyncio lock, fills a BytesIO and awaits thr
 `readexactly` calls for every frame; a delivery is three frames, so that was ~20 µs of
 CPU per delivery on the reference machine (docs/performance.md). This reader awaits the
 socket only when the bytes it holds end mid-frame, and decodes each frame with pamqp as
-aiormq does, failing with the same aiormq exceptions. `install()` makes aiormq use it; the
-daemon and the SDK call it once at start.
+aiormq does, failing with the same aiormq exceptions. `install()` makes every aiormq
+connection of the process use it (through amqp/_aiormq.py): the daemon calls it at start,
+and `ojs-amqp worker` does; an application using the SDK opts in with
+`ojs_amqp.sdk.use_fast_frame_reader()`, since it changes its own aio-pika connections too.
 
 Then each channel queues frames for its own reader task. aiormq's default queue, 10 frames,
 is about three deliveries: under load every handful of deliveries waited a whole event-loop
@@ -25,19 +27,20 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import aiormq.connection
 import pamqp.frame
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
 from pamqp.commands import Basic
 from pamqp.exceptions import PAMQPException
 from pamqp.header import ContentHeader
 
+from ojs_amqp.amqp import _aiormq
+
 log = logging.getLogger("ojs_amqp.frames")
 
 #: type (1 byte), channel (2), payload size (4); the payload is followed by 0xCE.
 _HEAD = struct.Struct(">BHI")
 #: aiormq's own reader, kept for comparison (tests) and as the fallback.
-AIORMQ_RECEIVER = aiormq.connection.FrameReceiver
+AIORMQ_RECEIVER = _aiormq.AIORMQ_RECEIVER
 _READ_SIZE = 1 << 16
 _METHOD, _CONTENT_HEADER = 1, 2  # frame types
 #: A confirm-mode channel's frames are one confirm per publish in flight: no bound needed.
@@ -56,6 +59,23 @@ class Handshake:
 
 #: Set around one connection attempt; the frame reader created for it reports into it.
 HANDSHAKE: ContextVar[Handshake | None] = ContextVar("ojs_amqp_handshake", default=None)
+
+
+def watch_handshake(reader: asyncio.StreamReader) -> None:
+    """Report into the attempt's Handshake that the transport is up, and, when the broker's
+    first bytes arrive, that it answered (for connections read by aiormq's own reader)."""
+    progress = HANDSHAKE.get()
+    if progress is None:
+        return
+    progress.transport_up = True
+    feed = reader.feed_data
+
+    def first_bytes(data: bytes) -> None:
+        progress.answered = True
+        del reader.feed_data  # the class's own from now on
+        feed(data)
+
+    reader.feed_data = first_bytes  # type: ignore[method-assign,assignment]
 
 
 def consumer_frame_buffer(prefetch: int) -> int:
@@ -143,14 +163,7 @@ class BufferedFrameReceiver:
 def install() -> bool:
     """Make aiormq read frames with BufferedFrameReceiver; False (and aiormq's own reader
     kept) when this aiormq is not the version it was written against."""
-    current = getattr(aiormq.connection, "FrameReceiver", None)
-    if current is BufferedFrameReceiver:
-        return True
-    if current is None or not hasattr(current, "get_frame"):
-        log.warning("aiormq has no FrameReceiver to replace; keeping its own frame reader")
-        return False
-    aiormq.connection.FrameReceiver = BufferedFrameReceiver  # type: ignore[misc,assignment]
-    return True
+    return _aiormq.install_frame_reader(BufferedFrameReceiver)
 
 
 # --- content headers and Basic.Deliver -----------------------------------------------------

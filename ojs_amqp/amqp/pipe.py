@@ -10,9 +10,10 @@ turn to the connection's writer as a single frame batch: ~25 µs per publish and
 syscalls. Delivery tags stay in order because tagging and queueing happen together, without
 an await in between, and nothing else publishes on the pipe's channel.
 
-That relies on aiormq 7 internals (`Channel.delivery_tag`, `confirmations`,
-`message_id_delivery_tag`, `Connection.write_queue`); when they are missing the pipe falls
-back to the public `basic_publish` / `basic_ack`, slower but the same semantics.
+That relies on aiormq 7 internals (the confirm bookkeeping of a channel, the connection's
+write queue), reached through amqp/_aiormq.py only; when they are missing the pipe falls
+back to the public `basic_publish` / `basic_ack`, slower but the same semantics (a warning
+at start, and the `ojs_amqp_fast_path` gauge, say so).
 """
 
 from __future__ import annotations
@@ -21,21 +22,27 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import struct
-import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import aiormq
 import pamqp.frame
-from aiormq.abc import AbstractChannel, ChannelFrame
+from aiormq.abc import AbstractChannel
 from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
+from ojs_amqp.amqp import _aiormq
 from ojs_amqp.amqp.bounded import stalled
 from ojs_amqp.amqp.failures import PUBLISH_ERRORS
+from ojs_amqp.amqp.settling import ACK_METHOD as ACK_METHOD  # importers' old path
+from ojs_amqp.amqp.settling import REJECT_METHOD as REJECT_METHOD
+from ojs_amqp.amqp.settling import FrameBatch as FrameBatch
+from ojs_amqp.amqp.settling import Settler as Settler
+from ojs_amqp.amqp.settling import _keep
+from ojs_amqp.amqp.settling import has_frame_queue as has_frame_queue
+from ojs_amqp.amqp.settling import settle_frame as settle_frame
 from ojs_amqp.errors import BackendUnavailable, OjsError, PublishRejected, Unroutable
 
 log = logging.getLogger("ojs_amqp.pipe")
@@ -44,39 +51,13 @@ Confirmation = asyncio.Future[Any]
 #: Called once a publish is settled: None when the broker confirmed it, else the SDK error.
 Settled = Callable[[OjsError | None], None]
 
-#: Basic.Ack / Basic.Reject method frames, packed directly: pamqp's marshal costs ~2.5 µs a
-#: frame and a worker sends one per job. Type 1 (method), channel, size 13, class 60, method,
-#: delivery tag, flags (multiple / requeue), frame end. Checked against pamqp in the tests.
-_SETTLE_FRAME = struct.Struct(">BHIHHQBB")
-ACK_METHOD = 80
-REJECT_METHOD = 90
-_FRAME_END = 0xCE
+#: Whether a channel can take the fast path (aiormq 7's confirm-mode Channel).
+has_aiormq_internals = _aiormq.confirming_channel
 
 
-def settle_frame(method: int, channel_number: int, delivery_tag: int, flag: bool) -> bytes:
-    """A Basic.Ack (`flag` = multiple) or Basic.Reject (`flag` = requeue) frame."""
-    return _SETTLE_FRAME.pack(
-        1, channel_number, 13, 60, method, delivery_tag, int(flag), _FRAME_END
-    )
-
-
-def has_aiormq_internals(channel: AbstractChannel) -> bool:
-    """The fast path is only taken on the aiormq Channel it was written against."""
-    return (
-        isinstance(channel, aiormq.Channel)
-        and bool(channel.publisher_confirms)
-        and channel.on_return_raises
-        and isinstance(getattr(channel, "delivery_tag", None), int)
-        and isinstance(getattr(channel, "confirmations", None), dict)
-        and isinstance(getattr(channel, "message_id_delivery_tag", None), dict)
-        and has_frame_queue(channel.connection)
-    )
-
-
-def confirmation_error(
-    exc: BaseException, exchange: str, routing_key: str
-) -> OjsError | BaseException:
-    """The SDK error for what a confirm future failed with."""
+def confirmation_error(exc: BaseException, exchange: str, routing_key: str) -> OjsError:
+    """The SDK error for what a confirm future failed with: aiormq's exceptions end here, at
+    the amqp/ edge (an OjsError passes through as it is)."""
     if isinstance(exc, aiormq.exceptions.PublishError):
         returned = getattr(getattr(exc, "message", None), "delivery", None)
         reply = getattr(returned, "reply_text", None) or "returned"
@@ -87,128 +68,9 @@ def confirmation_error(
         )
     if isinstance(exc, aiormq.exceptions.DeliveryError):
         return PublishRejected(f"the broker refused the message ({exc})")
-    return exc
-
-
-class FrameBatch:
-    """Frames for one aiormq connection, handed to its writer as one write per event-loop
-    turn. Order is kept: frames added later never overtake earlier ones."""
-
-    def __init__(self, connection: Any) -> None:
-        self._connection = connection
-        self._loop = asyncio.get_running_loop()
-        self._chunks: list[bytes] = []
-        self._scheduled = False
-        self._backlog: deque[ChannelFrame] = deque()
-        self._backlog_task: asyncio.Task[None] | None = None
-
-    def add(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        if not self._scheduled:
-            return
-        self._scheduled = False
-        if not self._chunks:
-            return
-        frame = ChannelFrame(payload=b"".join(self._chunks), should_close=False)
-        self._chunks.clear()
-        if self._backlog_task is None:
-            try:
-                self._connection.write_queue.put_nowait(frame)
-                return
-            except asyncio.QueueFull:
-                pass
-        # The writer is behind: keep order by queueing behind what already waits.
-        self._backlog.append(frame)
-        if self._backlog_task is None:
-            self._backlog_task = asyncio.ensure_future(self._drain_backlog())
-
-    async def drained(self) -> None:
-        """Everything added so far is in the connection's write queue."""
-        self.flush()
-        if self._backlog_task is not None:
-            await asyncio.shield(self._backlog_task)
-
-    def clear(self) -> None:
-        self._chunks.clear()
-
-    async def _drain_backlog(self) -> None:
-        try:
-            while self._backlog:
-                await self._connection.write_queue.put(self._backlog.popleft())
-        finally:
-            self._backlog_task = None
-
-
-def has_frame_queue(connection: Any) -> bool:
-    """Whether a connection is aiormq 7's, whose writer FrameBatch feeds."""
-    return isinstance(connection, aiormq.Connection) and isinstance(
-        getattr(connection, "write_queue", None), asyncio.Queue
-    )
-
-
-class Settler:
-    """Acks and requeues for the channels of one connection: packed with struct and written
-    through `batch` (one write per loop turn), or through aiormq's public basic_ack /
-    basic_reject when there is no batch (aiormq internals missing) or the channel belongs to
-    another connection."""
-
-    def __init__(self, connection: Any, batch: FrameBatch | None) -> None:
-        self._connection = connection
-        self._batch = batch
-        #: Slow-path settles, referenced until they end (flush() waits for them).
-        self._slow: set[asyncio.Task[None]] = set()
-        #: Channels about to be closed by us: nothing more is written for them.
-        self._stopped: weakref.WeakSet[AbstractChannel] = weakref.WeakSet()
-
-    async def stop(self, channel: AbstractChannel) -> None:
-        """Call before closing `channel`: what was queued for it is handed to the writer
-        now, ahead of the Channel.Close, and later settles for it are dropped (its deliveries
-        go back to their queues with the close). A frame that followed the close would make
-        the broker close the whole connection (504 CHANNEL_ERROR)."""
-        self._stopped.add(channel)
-        await self.flush()
-
-    def settle(
-        self, channel: AbstractChannel, delivery_tags: Iterable[int], method: int
-    ) -> asyncio.Task[None] | None:
-        """Ack (method 80) or requeue (90) deliveries of `channel`; a closed channel means they
-        are void already (the broker redelivers them), so that is not an error. Returns the
-        task doing it on the slow path (None when queued on the fast path)."""
-        if channel.is_closed or channel in self._stopped:
-            return None
-        batch = self._batch
-        if batch is not None and channel.connection is self._connection:
-            number = channel.number
-            flag = method == REJECT_METHOD  # requeue; an ack is never `multiple`
-            for tag in delivery_tags:
-                batch.add(settle_frame(method, number, tag, flag))
-            return None
-        coro = _settle_slowly(channel, list(delivery_tags), method, method == REJECT_METHOD)
-        task = _keep(self._slow, coro)
-        task.add_done_callback(_log_settle_failure)
-        return task
-
-    def discard(self, channel: AbstractChannel, delivery_tag: int) -> None:
-        """Basic.Reject(requeue=false): the broker dead-letters the message or drops it."""
-        if channel.is_closed or channel in self._stopped:
-            return
-        if self._batch is not None and channel.connection is self._connection:
-            self._batch.add(settle_frame(REJECT_METHOD, channel.number, delivery_tag, False))
-            return
-        task = _keep(self._slow, _settle_slowly(channel, [delivery_tag], REJECT_METHOD, False))
-        task.add_done_callback(_log_settle_failure)
-
-    async def flush(self) -> None:
-        """Wait until every settle so far is handed to the connection's writer."""
-        if self._slow:
-            await asyncio.wait(set(self._slow))
-        if self._batch is not None:
-            await self._batch.drained()
+    if isinstance(exc, OjsError):
+        return exc
+    return BackendUnavailable(f"publishing failed: {exc!r}")
 
 
 class Pipe:
@@ -242,16 +104,10 @@ class Pipe:
         if self._closed is not None:
             raise BackendUnavailable(f"the publishing channel is closed ({self._closed!r})")
         channel = self.channel
-        assert isinstance(channel, aiormq.Channel)
         if properties.message_id is None:
             properties.message_id = f"p{next(self._ids)}"  # returns are matched by it
-        channel.delivery_tag += 1
-        tag = channel.delivery_tag
         future: Confirmation = self._loop.create_future()
-        channel.confirmations[tag] = future
-        message_id = properties.message_id
-        channel.message_id_delivery_tag[message_id] = tag
-        future.add_done_callback(lambda _: _forget(channel, message_id, tag))
+        tag = _aiormq.expect_confirm(channel, properties.message_id, future)
         head = self._heads.get((exchange, routing_key))
         if head is None:
             method = Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=True)
@@ -263,7 +119,7 @@ class Pipe:
         assert batch is not None
         batch.add(head)
         batch.add(pamqp.frame.marshal(ContentHeader(0, len(body), properties), number))
-        limit = channel.max_content_size
+        limit = cast(aiormq.Channel, channel).max_content_size
         for offset in range(0, len(body), limit):
             batch.add(pamqp.frame.marshal(ContentBody(body[offset : offset + limit]), number))
         self._deadlines.append((self._loop.time() + self.confirm_timeout, tag, future))
@@ -284,7 +140,9 @@ class Pipe:
         future = self.start(body, exchange=exchange, routing_key=routing_key, properties=properties)
         try:
             confirmation = await future
-        except (aiormq.exceptions.DeliveryError, aiormq.exceptions.AMQPError) as exc:
+        except OjsError:
+            raise
+        except Exception as exc:  # aiormq's, or the link's: wrapped here
             raise confirmation_error(exc, exchange, routing_key) from None
         if not isinstance(confirmation, Basic.Ack):
             raise PublishRejected(f"the broker did not confirm the message ({confirmation!r})")
@@ -349,8 +207,8 @@ class Pipe:
     async def flush(self) -> None:
         """Wait until everything queued so far is handed to the connection's writer."""
         await self.settler.flush()
-        queue = getattr(self.channel.connection, "write_queue", None)
-        if isinstance(queue, asyncio.Queue) and not self.channel.connection.is_closed:
+        queue = _aiormq.frame_queue_of(self.channel.connection)
+        if queue is not None and not self.channel.connection.is_closed:
             # Bounded: a writer that died with its connection never empties the queue.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.confirm_timeout):
@@ -370,15 +228,7 @@ class Pipe:
         while deadlines and (deadlines[0][2].done() or deadlines[0][0] <= now):
             _, tag, future = deadlines.popleft()
             if not future.done():
-                channel = self.channel
-                if isinstance(channel, aiormq.Channel) and tag in channel.confirmations:
-                    # A cancelled stand-in: a late confirm (a broker that was blocked by a
-                    # resource alarm, say) is then dropped quietly, and a `multiple` one
-                    # still settles the tags before it; a missing tag would make aiormq log
-                    # an error and ignore the whole frame.
-                    late: Confirmation = self._loop.create_future()
-                    late.cancel()
-                    channel.confirmations[tag] = late
+                _aiormq.give_up_confirm(self.channel, tag, self._loop)
                 future.set_exception(stalled("a publish confirm", self.confirm_timeout))
         if deadlines:
             self._arm_watchdog()
@@ -409,18 +259,7 @@ def confirm_error(done: Confirmation, exchange: str, routing_key: str) -> OjsErr
         if isinstance(confirmation, Basic.Ack):
             return None
         return PublishRejected(f"the broker did not confirm the message ({confirmation!r})")
-    error = confirmation_error(exc, exchange, routing_key)
-    if isinstance(error, OjsError):
-        return error
-    return BackendUnavailable(f"the publish failed: {exc!r}")
-
-
-def _keep(tasks: set[asyncio.Task[None]], coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-    """A task for `coro`, held in `tasks` until it ends (the loop keeps only weak refs)."""
-    task = asyncio.ensure_future(coro)
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
-    return task
+    return confirmation_error(exc, exchange, routing_key)
 
 
 def _task_error(done: asyncio.Future[None]) -> OjsError | None:
@@ -430,27 +269,6 @@ def _task_error(done: asyncio.Future[None]) -> OjsError | None:
     if exc is None or isinstance(exc, OjsError):
         return exc
     return BackendUnavailable(f"the publish failed: {exc!r}")
-
-
-async def _settle_slowly(
-    channel: AbstractChannel, tags: list[int], method: int, requeue: bool
-) -> None:
-    """The public aiormq path, for channels the fast path does not cover."""
-    for tag in tags:
-        if method == ACK_METHOD:
-            await channel.basic_ack(tag, wait=False)
-        else:
-            await channel.basic_reject(tag, requeue=requeue)
-
-
-def _log_settle_failure(done: asyncio.Future[None]) -> None:
-    if not done.cancelled() and done.exception() is not None:
-        log.debug("settling deliveries failed (%r); the broker will redeliver", done.exception())
-
-
-def _forget(channel: aiormq.Channel, message_id: str, tag: int) -> None:
-    if channel.message_id_delivery_tag.get(message_id) == tag:
-        del channel.message_id_delivery_tag[message_id]
 
 
 async def publish_slowly(

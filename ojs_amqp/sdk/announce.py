@@ -14,18 +14,18 @@ idempotent re-declarations, never a 406.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 
 import aiormq
 from aiormq.abc import AbstractConnection
 
 from ojs_amqp.amqp import protocol
-from ojs_amqp.amqp.broker import TopologyMismatch
 from ojs_amqp.amqp.failures import DECLARE_RACE_RETRY_DELAYS_S, PUBLISH_ERRORS, is_declare_race
 from ojs_amqp.amqp.pipe import Pipe
 from ojs_amqp.amqp.topology import Topology
 from ojs_amqp.core.envelope import validate_queue
-from ojs_amqp.errors import BackendUnavailable
+from ojs_amqp.errors import BackendUnavailable, TopologyMismatch
 from ojs_amqp.sdk import control
 from ojs_amqp.sdk.errors import Unroutable
 
@@ -54,8 +54,9 @@ async def declare_queues(
 ) -> None:
     """Declare ojs.queue.{q}, ojs.queue.dlx.{q} and ojs.queue.control.{q} with their bindings,
     exactly as the daemon does. A channel of its own: a 406 closes the channel."""
-    channel = await connection.channel(publisher_confirms=False)
+    channel = None
     try:
+        channel = await connection.channel(publisher_confirms=False)
         for q in queues:
             for spec in topology.queues_of(q):  # the daemon's own list, job queue last
                 for delay in (*DECLARE_RACE_RETRY_DELAYS_S, None):
@@ -83,8 +84,9 @@ async def declare_queues(
     except PUBLISH_ERRORS as exc:
         raise BackendUnavailable(f"declaring the queues failed: {exc!r}") from None
     finally:
-        if not channel.is_closed:
-            await channel.close()
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(*PUBLISH_ERRORS):  # aiormq's errors end here
+                await channel.close()
 
 
 async def announce(

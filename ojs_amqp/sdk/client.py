@@ -11,6 +11,7 @@ API answers, before anything is sent.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from pamqp.commands import Basic
 
 from ojs_amqp.amqp import codec, frames, protocol
 from ojs_amqp.amqp.bounded import abort, within
-from ojs_amqp.amqp.failures import CONNECTION_ERRORS
+from ojs_amqp.amqp.failures import CONNECTION_ERRORS, PUBLISH_ERRORS
 from ojs_amqp.amqp.pipe import Pipe, confirmation_error
 from ojs_amqp.amqp.topology import Topology
 from ojs_amqp.clock import now_ms
@@ -35,6 +36,8 @@ from ojs_amqp.sdk.errors import BatchPushError, PublishRejected, ReplyTimeout, U
 from ojs_amqp.sdk.rpc import REPLY_TO, ReplyRouter
 from ojs_amqp.sdk.transport import DEFAULT_URL, connect
 from ojs_amqp.sdk.wire import job_from_wire, request_envelope, submission_envelope
+
+log = logging.getLogger("ojs_amqp.sdk")
 
 
 def needs_daemon(job: Job) -> bool:
@@ -101,6 +104,8 @@ class Client:
                 await within(self.timeout, "Connection.Close", connection.close())
             except BrokerStalled:
                 abort(connection)
+            except PUBLISH_ERRORS as exc:  # closing a broken link: nothing more to do
+                log.debug("closing the client's connection failed: %r", exc)
 
     async def _ensure_pipe(self) -> Pipe:
         pipe = self._pipe
@@ -126,7 +131,7 @@ class Client:
                 )  # fmt: skip
             except BrokerStalled:
                 raise
-            except (*CONNECTION_ERRORS, RuntimeError) as exc:
+            except PUBLISH_ERRORS as exc:  # aiormq's exceptions end at this edge
                 raise BackendUnavailable(f"cannot open a channel: {exc!r}") from None
             channel.closing.add_done_callback(self._channel_closed)
             self._pipe = Pipe(channel, confirm_timeout=self.timeout)

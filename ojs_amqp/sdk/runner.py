@@ -13,9 +13,9 @@ import sys
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, NoReturn
 
-from ojs_amqp.amqp.broker import TopologyMismatch
-from ojs_amqp.errors import OjsError
+from ojs_amqp.errors import OjsError, TopologyMismatch
 from ojs_amqp.logs import configure
+from ojs_amqp.sdk import use_fast_frame_reader
 from ojs_amqp.sdk.worker import Worker
 
 Runner = Callable[[Coroutine[Any, Any, None]], None]
@@ -73,6 +73,7 @@ def worker_from_args(args: argparse.Namespace) -> Worker:
 def run_worker(args: argparse.Namespace, run: Runner) -> int:
     """0 after a graceful stop, 130 after an immediate one (second SIGINT)."""
     configure(args.log_level, args.log_format)
+    use_fast_frame_reader()  # a process of its own: nothing else reads frames here
     worker = worker_from_args(args)
     try:
         run(worker.run())

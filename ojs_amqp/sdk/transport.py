@@ -6,17 +6,16 @@ publish than the publish itself; publishing is ojs_amqp/amqp/pipe.py's.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
-import aiormq
 from aiormq.abc import AbstractConnection
 
-from ojs_amqp.amqp import frames
+from ojs_amqp.amqp import _aiormq, frames
 from ojs_amqp.amqp.bounded import connect_within
-from ojs_amqp.amqp.broker import backoff_seconds
 from ojs_amqp.amqp.failures import CONNECTION_ERRORS
+from ojs_amqp.amqp.reconnect import backoff_seconds as backoff_seconds  # importers' old path
+from ojs_amqp.amqp.reconnect import with_backoff
 from ojs_amqp.logs import redact
 
 log = logging.getLogger("ojs_amqp.sdk")
@@ -36,23 +35,24 @@ async def connect(
     `attempts=None` retries forever. Raises the last connection error otherwise. Each
     attempt (TCP, TLS, AMQP handshake) ends within `attempt_timeout_s`: a broker that accepts
     the connection and says nothing fails it with BrokerStalled, saying so."""
-    frames.install()
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            connection = aiormq.Connection(url, client_properties={"connection_name": name})
-            await connect_within(attempt_timeout_s, connection.connect)
-            return connection
-        except CONNECTION_ERRORS as exc:
-            if attempts is not None and attempt >= attempts:
-                raise
-            delay = backoff_seconds(attempt)
-            if on_failure is not None:
-                on_failure(attempt, exc, delay)
-            else:
-                log.warning(
-                    "cannot reach the broker at %s (%s); retry %d in %.1fs",
-                    redact(url), exc, attempt, delay,
-                )  # fmt: skip
-            await asyncio.sleep(delay)
+
+    def failed(attempt: int, exc: BaseException, delay: float) -> None:
+        if on_failure is not None:
+            on_failure(attempt, exc, delay)
+        else:
+            log.warning(
+                "cannot reach the broker at %s (%s); retry %d in %.1fs",
+                redact(url), exc, attempt, delay,
+            )  # fmt: skip
+
+    async def attempt() -> AbstractConnection:
+        connection = _aiormq.connection(
+            url, frames.watch_handshake, client_properties={"connection_name": name}
+        )
+        await connect_within(attempt_timeout_s, connection.connect)
+        return connection
+
+    return await with_backoff(
+        attempt, retryable=lambda exc: isinstance(exc, CONNECTION_ERRORS), on_failure=failed,
+        attempts=attempts,
+    )  # fmt: skip

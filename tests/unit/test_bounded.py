@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ojs_amqp.amqp import bounded, broker
+from ojs_amqp.amqp import bounded, stalls
 from ojs_amqp.amqp.bounded import handshake_stalled, within
 from ojs_amqp.amqp.broker import Broker
 from ojs_amqp.amqp.frames import Handshake
@@ -99,15 +99,15 @@ def test_a_silent_listener_is_reported_as_such() -> None:
 
 
 def test_a_stall_is_reported_until_answered_or_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(broker, "STALL_MEMORY_S", 0.2)
+    monkeypatch.setattr(stalls, "STALL_MEMORY_S", 0.2)
 
     async def scenario() -> list[str | None]:
         bus = Broker("amqp://guest:guest@127.0.0.1:1/", Topology("t"))
         seen: list[str | None] = [bus.stall]
-        bus._stalled("confirm", bounded.stalled("a publish confirm", 10))
-        bus._stalled("declare", bounded.stalled("the declare of queue q", 10))
+        bus._stall_watch.stalled("confirm", bounded.stalled("a publish confirm", 10))
+        bus._stall_watch.stalled("declare", bounded.stalled("the declare of queue q", 10))
         seen.append(bus.stall)
-        bus._answered("confirm")
+        bus._stall_watch.answered("confirm")
         seen.append(bus.stall)
         await asyncio.sleep(0.3)  # nothing declared since: forgotten
         seen.append(bus.stall)
@@ -147,9 +147,9 @@ def _probed(answers: bool) -> tuple[Broker, list[str]]:
             if not answers:
                 await asyncio.sleep(60)
 
-        bus._round_trip = round_trip  # type: ignore[method-assign]
-        bus._stalled("rpc", bounded.stalled("a ping", 10))
-        bus._stalled("declare", bounded.stalled("the declare of queue q", 10))
+        bus._stall_watch.round_trip = round_trip  # type: ignore[method-assign]
+        bus._stall_watch.stalled("rpc", bounded.stalled("a ping", 10))
+        bus._stall_watch.stalled("declare", bounded.stalled("the declare of queue q", 10))
         assert bus._probe is not None
         await bus._probe
         return bus, trips
