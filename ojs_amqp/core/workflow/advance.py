@@ -1,0 +1,236 @@
+"""The pure moves of a workflow: a job started, a job finished, the workflow was cancelled.
+
+Each returns an `Advance`: the new workflow (its version bumped), the nodes that changed, the
+jobs to create in the same commit, the queued jobs to cancel in it, and the events to emit
+after it. A move that changes nothing returns the workflow it was given and no effects, so
+the same outcome heard twice (a redelivered report, a dead-letter archive of a discard
+already recorded) is a no-op by construction: a node moves out of a terminal state never.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ojs_amqp.core.job import MISSING, Job, JobState
+from ojs_amqp.core.workflow.model import (
+    Node,
+    NodeKind,
+    NodeState,
+    Workflow,
+    WorkflowEvent,
+    WorkflowKind,
+    WorkflowState,
+)
+from ojs_amqp.core.workflow.spawn import spawn
+from ojs_amqp.errors import Conflict
+
+#: How a finished job's state reads as a node's (a retryable job has not finished).
+_FINISHED = {
+    JobState.COMPLETED: NodeState.COMPLETED,
+    JobState.DISCARDED: NodeState.FAILED,
+    JobState.CANCELLED: NodeState.CANCELLED,
+}
+_QUEUED = frozenset({JobState.SCHEDULED, JobState.AVAILABLE, JobState.PENDING, JobState.RETRYABLE})
+
+
+@dataclass(frozen=True, slots=True)
+class Advance:
+    workflow: Workflow
+    #: Indices of the nodes whose rows changed (the header changes whenever any does).
+    changed: tuple[int, ...] = ()
+    #: Jobs to insert in the same commit (as unpublished outbox rows), in index order.
+    create: tuple[Job, ...] = ()
+    #: Queued jobs to move to `cancelled` in the same commit (a workflow cancel).
+    cancel: tuple[str, ...] = ()
+    events: tuple[WorkflowEvent, ...] = ()
+
+    @property
+    def noop(self) -> bool:
+        """Nothing to write: the store keeps the workflow as it is."""
+        return not self.changed and not self.events
+
+    @property
+    def finished(self) -> WorkflowState | None:
+        """The terminal state the workflow reached in this move, if it did."""
+        done = any(e.type in _ENDS for e in self.events)
+        return self.workflow.state if done else None
+
+
+_ENDS = frozenset({"workflow.completed", "workflow.failed", "workflow.cancelled"})
+
+
+def job_started(workflow: Workflow, job_id: str, now_ms: int) -> Advance:
+    """A node's job began an attempt: pending -> active (later attempts change nothing)."""
+    node = workflow.node_of(job_id)
+    if node is None or node.state is not NodeState.PENDING:
+        return Advance(workflow)
+    nodes = list(workflow.nodes)
+    nodes[node.index] = replace(node, state=NodeState.ACTIVE, started_at_ms=now_ms)
+    events = _first_start(workflow, now_ms)
+    started = workflow.started_at_ms if workflow.started_at_ms is not None else now_ms
+    new = replace(workflow, nodes=tuple(nodes), started_at_ms=started, version=workflow.version + 1)
+    return Advance(new, changed=(node.index,), events=events)
+
+
+def job_finished(workflow: Workflow, job: Job, now_ms: int) -> Advance:
+    """A node's job reached a terminal state: record it, create what it unblocks, and end
+    the workflow when every node is terminal. After a cancel, the outcome is recorded on its
+    node and advances nothing."""
+    node = workflow.node_of(job.id)
+    state = _FINISHED.get(job.state)
+    if node is None or state is None or node.state.terminal or not node.created:
+        return Advance(workflow)
+    nodes = list(workflow.nodes)
+    nodes[node.index] = replace(
+        node, state=state, result=job.result if state is NodeState.COMPLETED else MISSING,
+        error=job.error if state is not NodeState.COMPLETED else None, attempt=job.attempt,
+        started_at_ms=node.started_at_ms or job.started_at_ms, finished_at_ms=now_ms,
+    )  # fmt: skip
+    events = [] if job.started_at_ms is None else list(_first_start(workflow, job.started_at_ms))
+    events.append(_step_event(workflow, nodes[node.index]))
+    started = workflow.started_at_ms
+    if started is None and job.started_at_ms is not None:
+        started = job.started_at_ms
+    new = replace(workflow, nodes=tuple(nodes), started_at_ms=started, version=workflow.version + 1)
+    if workflow.state is not WorkflowState.RUNNING:
+        return Advance(new, changed=(node.index,), events=tuple(events))
+    return _propagate(new, node.index, now_ms, events)
+
+
+def cancel(workflow: Workflow, now_ms: int, live: Mapping[str, JobState]) -> Advance:
+    """Cancel a running workflow in one commit: waiting nodes are cancelled, and so are the
+    jobs of queued ones (`live` is the current state of each created job; a job missing from
+    it is taken as queued). Active jobs may finish; their outcome advances nothing."""
+    if workflow.state.terminal:
+        raise Conflict(
+            f"workflow {workflow.id} is already in terminal state '{workflow.state.value}'",
+            details={"workflow_id": workflow.id, "current_state": workflow.state.value},
+        )  # fmt: skip
+    nodes = list(workflow.nodes)
+    changed: list[int] = []
+    to_cancel: list[str] = []
+    for node in workflow.nodes:
+        if node.state.terminal:
+            continue
+        live_state = live.get(node.job_id)
+        if node.created and live_state is JobState.ACTIVE:
+            continue
+        if node.created and live_state is not None and live_state not in _QUEUED:
+            continue  # terminal already: its own outcome will be (or was) recorded
+        if node.created:
+            to_cancel.append(node.job_id)
+        nodes[node.index] = replace(node, state=NodeState.CANCELLED, finished_at_ms=now_ms)
+        changed.append(node.index)
+    new = replace(
+        workflow, nodes=tuple(nodes), state=WorkflowState.CANCELLED, finished_at_ms=now_ms,
+        cancelled_at_ms=now_ms, version=workflow.version + 1,
+    )  # fmt: skip
+    event = WorkflowEvent("workflow.cancelled", workflow.id, {
+        **_about(workflow), "steps_cancelled": len(changed),
+    })  # fmt: skip
+    return Advance(new, changed=tuple(changed), cancel=tuple(to_cancel), events=(event,))
+
+
+def _propagate(
+    workflow: Workflow, finished: int, now_ms: int, events: list[WorkflowEvent]
+) -> Advance:
+    """Settle every waiting node whose dependencies are all terminal, until none is left:
+    cancelling a chain step can unblock (and so cancel) the next one."""
+    nodes = list(workflow.nodes)
+    changed = [finished]
+    created: list[Job] = []
+    settled = True
+    while settled:
+        settled = False
+        for node in nodes:
+            if node.state is not NodeState.WAITING:
+                continue
+            deps = [nodes[d] for d in node.deps]
+            if not all(d.state.terminal for d in deps):
+                continue
+            if _runs(node, deps):
+                job, nodes[node.index] = spawn(replace(workflow, nodes=tuple(nodes)), node, now_ms)
+                created.append(job)
+                if node.kind is NodeKind.CALLBACK:
+                    events.append(WorkflowEvent("workflow.callback_fired", workflow.id, {
+                        **_about(workflow), "callback": node.name, "job_id": node.job_id,
+                    }))  # fmt: skip
+            else:
+                blocked = (
+                    NodeState.SKIPPED if node.kind is NodeKind.CALLBACK else NodeState.CANCELLED
+                )
+                nodes[node.index] = replace(node, state=blocked, finished_at_ms=now_ms)
+                settled = True
+            changed.append(node.index)
+    new = replace(workflow, nodes=tuple(nodes))
+    if all(n.state.terminal for n in nodes):
+        new = replace(new, state=_ending(new), finished_at_ms=now_ms)
+        events.append(_end_event(new, now_ms))
+    created.sort(key=lambda j: j.extra["workflow_step"])
+    return Advance(new, changed=tuple(sorted(set(changed))), create=tuple(created),
+                   events=tuple(events))  # fmt: skip
+
+
+def _runs(node: Node, deps: list[Node]) -> bool:
+    """A step needs every dependency completed; a callback, its trigger to hold."""
+    any_failed = any(d.state is not NodeState.COMPLETED for d in deps)
+    if node.trigger is None:
+        return not any_failed
+    return node.trigger.fires(any_failed)
+
+
+def _ending(workflow: Workflow) -> WorkflowState:
+    """With callbacks (a batch), the callbacks that ran decide (§8.3: completed once every
+    triggered callback completed, failed if one failed); without, any job that did not
+    complete fails the workflow (§4.3 for chains, §8.3 for groups)."""
+    callbacks = workflow.callbacks
+    judged = [c for c in callbacks if c.state is not NodeState.SKIPPED] if callbacks else None
+    if judged is None:
+        judged = list(workflow.nodes)
+    ok = all(n.state is NodeState.COMPLETED for n in judged)
+    return WorkflowState.COMPLETED if ok else WorkflowState.FAILED
+
+
+def _first_start(workflow: Workflow, at_ms: int) -> tuple[WorkflowEvent, ...]:
+    if workflow.started_at_ms is not None:
+        return ()
+    return (WorkflowEvent("workflow.started", workflow.id, {
+        **_about(workflow), "total_steps": len(workflow.nodes), "started_at_ms": at_ms,
+    }),)  # fmt: skip
+
+
+def _about(workflow: Workflow) -> dict[str, Any]:
+    return {"workflow_id": workflow.id, "workflow_name": workflow.name,
+            "workflow_type": workflow.kind.value}  # fmt: skip
+
+
+def _step_event(workflow: Workflow, node: Node) -> WorkflowEvent:
+    """`step_*` for chains and the DAG dialect, `job_*` for group and batch jobs and callbacks."""
+    steps = workflow.kind in (WorkflowKind.CHAIN, WorkflowKind.DAG)
+    done = node.state is NodeState.COMPLETED
+    kind = ("step_" if steps else "job_") + ("completed" if done else "failed")
+    remaining = sum(1 for n in workflow.nodes if not n.state.terminal) - 1
+    data: dict[str, Any] = {
+        **_about(workflow), "step_index": node.index, "step_id": node.name or str(node.index),
+        "step_type": node.job_type, "job_id": node.job_id, "state": node.state.value,
+        "remaining_steps": max(0, remaining),
+    }  # fmt: skip
+    if node.started_at_ms is not None and node.finished_at_ms is not None:
+        data["duration_ms"] = node.finished_at_ms - node.started_at_ms
+    if node.error is not None:
+        data["error"] = node.error
+    return WorkflowEvent("workflow." + kind, workflow.id, data)
+
+
+def _end_event(workflow: Workflow, now_ms: int) -> WorkflowEvent:
+    data: dict[str, Any] = {**_about(workflow), "total_steps": len(workflow.nodes),
+                            "duration_ms": now_ms - workflow.created_at_ms}  # fmt: skip
+    if workflow.state is WorkflowState.FAILED:
+        failed = next((n for n in workflow.nodes if n.state is NodeState.FAILED), None)
+        if failed is not None:
+            data["failed_step_id"] = failed.name or str(failed.index)
+            data["failed_step_type"] = failed.job_type
+            data["error"] = failed.error or {}
+    return WorkflowEvent("workflow." + workflow.state.value, workflow.id, data)
