@@ -261,3 +261,26 @@ def test_a_dag_creates_a_step_only_once_all_its_dependencies_completed(
     assert all(n == 1 for n in run.created.values())
     ok = all(n.state is NodeState.COMPLETED for n in run.workflow.nodes)
     assert run.workflow.state is (WorkflowState.COMPLETED if ok else WorkflowState.FAILED)
+
+
+def test_cancel_without_live_states_keeps_an_active_node_running() -> None:
+    run = Run.of(jobs_body("group", 2))
+    run.start(0)
+    step = advance.cancel(run.workflow, run.tick(), {})
+    assert step.cancel == (run.workflow.nodes[1].job_id,)
+    assert [n.state.value for n in step.workflow.nodes] == ["active", X]
+
+
+def test_cancel_leaves_a_retrying_job_of_an_active_node_cancelled() -> None:
+    run = Run.of(jobs_body("group", 1))
+    run.start(0)
+    job_id = run.workflow.nodes[0].job_id
+    step = advance.cancel(run.workflow, run.tick(), {job_id: JobState.RETRYABLE})
+    assert step.cancel == (job_id,) and step.workflow.nodes[0].state is NodeState.CANCELLED
+
+
+def test_a_one_megabyte_result_reaches_the_next_step_whole() -> None:
+    big = {"blob": "x" * (1 << 20)}
+    run = Run.of(jobs_body("chain", 2))
+    run.finish(0, C, big)
+    assert run.job_of(1).extra["parent_results"] == [big]

@@ -33,6 +33,9 @@ _FINISHED = {
     JobState.CANCELLED: NodeState.CANCELLED,
 }
 _QUEUED = frozenset({JobState.SCHEDULED, JobState.AVAILABLE, JobState.PENDING, JobState.RETRYABLE})
+#: A created job's state as its node tells it, when the caller does not know better.
+_LIKELY = {NodeState.WAITING: JobState.AVAILABLE, NodeState.PENDING: JobState.AVAILABLE,
+           NodeState.ACTIVE: JobState.ACTIVE}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +104,9 @@ def job_finished(workflow: Workflow, job: Job, now_ms: int) -> Advance:
 
 def cancel(workflow: Workflow, now_ms: int, live: Mapping[str, JobState]) -> Advance:
     """Cancel a running workflow in one commit: waiting nodes are cancelled, and so are the
-    jobs of queued ones (`live` is the current state of each created job; a job missing from
-    it is taken as queued). Active jobs may finish; their outcome advances nothing."""
+    jobs of queued ones (`live` is the current state of each created job; for a job missing
+    from it, the node's own state is used). Active jobs may finish; their outcome advances
+    nothing."""
     if workflow.state.terminal:
         raise Conflict(
             f"workflow {workflow.id} is already in terminal state '{workflow.state.value}'",
@@ -114,11 +118,9 @@ def cancel(workflow: Workflow, now_ms: int, live: Mapping[str, JobState]) -> Adv
     for node in workflow.nodes:
         if node.state.terminal:
             continue
-        live_state = live.get(node.job_id)
-        if node.created and live_state is JobState.ACTIVE:
-            continue
-        if node.created and live_state is not None and live_state not in _QUEUED:
-            continue  # terminal already: its own outcome will be (or was) recorded
+        live_state = live.get(node.job_id, _LIKELY[node.state])
+        if node.created and live_state not in _QUEUED:
+            continue  # active (it may finish), or terminal already (its outcome is recorded)
         if node.created:
             to_cancel.append(node.job_id)
         nodes[node.index] = replace(node, state=NodeState.CANCELLED, finished_at_ms=now_ms)

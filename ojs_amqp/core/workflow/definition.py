@@ -248,7 +248,10 @@ def _located(exc: InvalidRequest | ValidationFailed, path: str) -> InvalidWorkfl
 
 
 def _refuse_nesting(raw: dict[str, Any], path: str) -> None:
-    nested = raw.get("type") in _PRIMITIVES or any(k in raw for k in ("steps", "jobs", "callbacks"))
+    kind = raw.get("type")
+    nested = (isinstance(kind, str) and kind in _PRIMITIVES) or any(
+        k in raw for k in ("steps", "jobs", "callbacks")
+    )
     if nested:
         raise InvalidWorkflow(
             f"{path} is a workflow inside a workflow: nesting is not supported (maximum depth "
