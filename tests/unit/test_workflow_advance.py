@@ -13,7 +13,13 @@ from ojs_amqp.core import lifecycle
 from ojs_amqp.core.job import JobState
 from ojs_amqp.core.retry import FailureReport
 from ojs_amqp.core.workflow import advance
-from ojs_amqp.core.workflow.model import NodeState, WorkflowState
+from ojs_amqp.core.workflow.model import (
+    NodeState,
+    WorkflowState,
+    from_records,
+    header_record,
+    node_record,
+)
 from ojs_amqp.core.workflow.wire import to_wire
 from ojs_amqp.errors import Conflict
 from tests.unit.workflow_harness import Run, callbacks, jobs_body
@@ -142,7 +148,7 @@ def test_first_start_sets_started_at_and_emits_workflow_started_once() -> None:
     assert run.workflow.started_at_ms == run.now and run.states()[0] == "active"
     run.start(1)
     assert run.event_types().count("workflow.started") == 1
-    assert advance.job_started(run.workflow, run.job_of(1).id, run.now).noop
+    assert advance.job_started(run.workflow, run.job_of(1), run.now).noop
 
 
 def test_cancel_cancels_waiting_and_queued_keeps_active_and_advances_nothing_after() -> None:
@@ -216,6 +222,8 @@ def test_any_order_of_a_fan_outs_outcomes_gives_one_final_state_and_each_callbac
                 if replay in sequence[: step + 1]:
                     assert run.replay(run.job_of(replay).id).noop
         finals.append((run.states(), run.workflow.state, run.job_results()))
+        rows = [node_record(n) for n in run.workflow.nodes]
+        assert from_records(header_record(run.workflow), rows) == run.workflow
         assert all(n == 1 for n in run.created.values())
     assert finals[0] == finals[1]
     states, _, _ = finals[1]
@@ -256,6 +264,9 @@ def test_a_dag_creates_a_step_only_once_all_its_dependencies_completed(
             node = run.workflow.nodes[job.extra["workflow_step"]]
             assert all(run.workflow.nodes[d].state is NodeState.COMPLETED for d in node.deps)
         assert run.replay(run.job_of(index).id).noop
+        # the derived fields an advance maintains equal those computed afresh from the rows
+        rows = [node_record(n) for n in run.workflow.nodes]
+        assert from_records(header_record(run.workflow), rows) == run.workflow
     assert all(n.state.terminal for n in run.workflow.nodes)
     assert run.workflow.state.terminal
     assert all(n == 1 for n in run.created.values())

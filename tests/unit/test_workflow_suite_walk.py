@@ -87,7 +87,7 @@ class Core:
                 continue  # a cancelled copy: stale, dropped
             active = lifecycle.fetch(job, self.tick(), body["worker_id"])
             self.jobs[active.id] = active
-            self._apply(advance.job_started(self._workflow_of(active), active.id, self.now))
+            self._apply(advance.job_started(self._workflow_of(active), active, self.now))
             return 200, {"jobs": [to_wire(active)]}
         return 200, {"jobs": []}
 

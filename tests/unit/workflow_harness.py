@@ -64,7 +64,7 @@ class Run:
     def start(self, index: int) -> Advance:
         job = lifecycle.fetch(self.job_of(index), self.tick(), "w-1")
         self.jobs[job.id] = job
-        return self.apply(advance.job_started(self.workflow, job.id, self.now))
+        return self.apply(advance.job_started(self.workflow, job, self.now))
 
     def finish(self, index: int, outcome: str, result: Any = MISSING) -> Advance:
         """Take the node's job to `outcome` (completed, failed, cancelled) and advance."""

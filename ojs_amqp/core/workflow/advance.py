@@ -10,7 +10,7 @@ already recorded) is a no-op by construction: a node moves out of a terminal sta
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from ojs_amqp.core.job import MISSING, Job, JobState
@@ -22,6 +22,7 @@ from ojs_amqp.core.workflow.model import (
     WorkflowEvent,
     WorkflowKind,
     WorkflowState,
+    revise,
 )
 from ojs_amqp.core.workflow.spawn import spawn
 from ojs_amqp.errors import Conflict
@@ -64,16 +65,16 @@ class Advance:
 _ENDS = frozenset({"workflow.completed", "workflow.failed", "workflow.cancelled"})
 
 
-def job_started(workflow: Workflow, job_id: str, now_ms: int) -> Advance:
+def job_started(workflow: Workflow, job: Job, now_ms: int) -> Advance:
     """A node's job began an attempt: pending -> active (later attempts change nothing)."""
-    node = workflow.node_of(job_id)
+    node = workflow.node_of(job.id, job.extra.get("workflow_step"))
     if node is None or node.state is not NodeState.PENDING:
         return Advance(workflow)
     nodes = list(workflow.nodes)
-    nodes[node.index] = replace(node, state=NodeState.ACTIVE, started_at_ms=now_ms)
+    nodes[node.index] = revise(node, state=NodeState.ACTIVE, started_at_ms=now_ms)
     events = _first_start(workflow, now_ms)
     started = workflow.started_at_ms if workflow.started_at_ms is not None else now_ms
-    new = replace(workflow, nodes=tuple(nodes), started_at_ms=started, version=workflow.version + 1)
+    new = revise(workflow, nodes=tuple(nodes), started_at_ms=started, version=workflow.version + 1)
     return Advance(new, changed=(node.index,), events=events)
 
 
@@ -81,25 +82,30 @@ def job_finished(workflow: Workflow, job: Job, now_ms: int) -> Advance:
     """A node's job reached a terminal state: record it, create what it unblocks, and end
     the workflow when every node is terminal. After a cancel, the outcome is recorded on its
     node and advances nothing."""
-    node = workflow.node_of(job.id)
+    node = workflow.node_of(job.id, job.extra.get("workflow_step"))
     state = _FINISHED.get(job.state)
     if node is None or state is None or node.state.terminal or not node.created:
         return Advance(workflow)
-    nodes = list(workflow.nodes)
-    nodes[node.index] = replace(
+    board = _Board(workflow)
+    board.put(revise(
         node, state=state, result=job.result if state is NodeState.COMPLETED else MISSING,
         error=job.error if state is not NodeState.COMPLETED else None, attempt=job.attempt,
         started_at_ms=node.started_at_ms or job.started_at_ms, finished_at_ms=now_ms,
-    )  # fmt: skip
+    ))  # fmt: skip
     events = [] if job.started_at_ms is None else list(_first_start(workflow, job.started_at_ms))
-    events.append(_step_event(workflow, nodes[node.index]))
+    events.append(_step_event(workflow, board.nodes[node.index]))
     started = workflow.started_at_ms
     if started is None and job.started_at_ms is not None:
         started = job.started_at_ms
-    new = replace(workflow, nodes=tuple(nodes), started_at_ms=started, version=workflow.version + 1)
-    if workflow.state is not WorkflowState.RUNNING:
-        return Advance(new, changed=(node.index,), events=tuple(events))
-    return _propagate(new, node.index, now_ms, events)
+    workflow = revise(workflow, started_at_ms=started, version=workflow.version + 1)
+    if workflow.state is WorkflowState.RUNNING:
+        board.settle(workflow, now_ms, events)
+    new = board.written(workflow)
+    if workflow.state is WorkflowState.RUNNING and new.open_nodes == 0:
+        new = revise(new, state=_ending(new), finished_at_ms=now_ms)
+        events.append(_end_event(new, now_ms))
+    return Advance(new, changed=board.changed_indices(), create=board.created_jobs(),
+                   events=tuple(events))  # fmt: skip
 
 
 def cancel(workflow: Workflow, now_ms: int, live: Mapping[str, JobState]) -> Advance:
@@ -112,8 +118,7 @@ def cancel(workflow: Workflow, now_ms: int, live: Mapping[str, JobState]) -> Adv
             f"workflow {workflow.id} is already in terminal state '{workflow.state.value}'",
             details={"workflow_id": workflow.id, "current_state": workflow.state.value},
         )  # fmt: skip
-    nodes = list(workflow.nodes)
-    changed: list[int] = []
+    board = _Board(workflow)
     to_cancel: list[str] = []
     for node in workflow.nodes:
         if node.state.terminal:
@@ -123,56 +128,73 @@ def cancel(workflow: Workflow, now_ms: int, live: Mapping[str, JobState]) -> Adv
             continue  # active (it may finish), or terminal already (its outcome is recorded)
         if node.created:
             to_cancel.append(node.job_id)
-        nodes[node.index] = replace(node, state=NodeState.CANCELLED, finished_at_ms=now_ms)
-        changed.append(node.index)
-    new = replace(
-        workflow, nodes=tuple(nodes), state=WorkflowState.CANCELLED, finished_at_ms=now_ms,
-        cancelled_at_ms=now_ms, version=workflow.version + 1,
-    )  # fmt: skip
+        board.put(revise(board.nodes[node.index], state=NodeState.CANCELLED,
+                          finished_at_ms=now_ms))  # fmt: skip
+    new = board.written(revise(
+        workflow, state=WorkflowState.CANCELLED, finished_at_ms=now_ms, cancelled_at_ms=now_ms,
+        version=workflow.version + 1,
+    ))  # fmt: skip
     event = WorkflowEvent("workflow.cancelled", workflow.id, {
-        **_about(workflow), "steps_cancelled": len(changed),
+        **_about(workflow), "steps_cancelled": len(board.changed),
     })  # fmt: skip
-    return Advance(new, changed=tuple(changed), cancel=tuple(to_cancel), events=(event,))
+    return Advance(new, changed=board.changed_indices(), cancel=tuple(to_cancel), events=(event,))
 
 
-def _propagate(
-    workflow: Workflow, finished: int, now_ms: int, events: list[WorkflowEvent]
-) -> Advance:
-    """Settle every waiting node whose dependencies are all terminal, until none is left:
-    cancelling a chain step can unblock (and so cancel) the next one."""
-    nodes = list(workflow.nodes)
-    changed = [finished]
-    created: list[Job] = []
-    settled = True
-    while settled:
-        settled = False
-        for node in nodes:
+class _Board:
+    """The nodes one move is changing. A node that turns terminal releases its dependents
+    (their open_deps drop), so settling visits only what the move can unblock."""
+
+    def __init__(self, workflow: Workflow) -> None:
+        self.nodes = list(workflow.nodes)
+        self.changed: set[int] = set()
+        self.closed = 0
+        self._released: list[int] = []
+        self._created: list[Job] = []
+
+    def put(self, node: Node) -> None:
+        before = self.nodes[node.index]
+        self.nodes[node.index] = node
+        self.changed.add(node.index)
+        if node.state.terminal and not before.state.terminal:
+            self.closed += 1
+            for index in node.dependents:
+                after = self.nodes[index]
+                after = revise(after, open_deps=after.open_deps - 1)
+                self.nodes[index] = after
+                if after.open_deps == 0:
+                    self._released.append(index)
+
+    def settle(self, workflow: Workflow, now_ms: int, events: list[WorkflowEvent]) -> None:
+        """Decide every waiting node whose dependencies are now all terminal: it runs (its job
+        is created) or, if its condition fails, is cancelled or skipped, which may release
+        the next ones (a chain's failure cancels every later step in this one move)."""
+        while self._released:
+            node = self.nodes[self._released.pop()]
             if node.state is not NodeState.WAITING:
                 continue
-            deps = [nodes[d] for d in node.deps]
-            if not all(d.state.terminal for d in deps):
+            deps = [self.nodes[d] for d in node.deps]
+            if not _runs(node, deps):
+                callback = node.kind is NodeKind.CALLBACK
+                blocked = NodeState.SKIPPED if callback else NodeState.CANCELLED
+                self.put(revise(node, state=blocked, finished_at_ms=now_ms))
                 continue
-            if _runs(node, deps):
-                job, nodes[node.index] = spawn(replace(workflow, nodes=tuple(nodes)), node, now_ms)
-                created.append(job)
-                if node.kind is NodeKind.CALLBACK:
-                    events.append(WorkflowEvent("workflow.callback_fired", workflow.id, {
-                        **_about(workflow), "callback": node.name, "job_id": node.job_id,
-                    }))  # fmt: skip
-            else:
-                blocked = (
-                    NodeState.SKIPPED if node.kind is NodeKind.CALLBACK else NodeState.CANCELLED
-                )
-                nodes[node.index] = replace(node, state=blocked, finished_at_ms=now_ms)
-                settled = True
-            changed.append(node.index)
-    new = replace(workflow, nodes=tuple(nodes))
-    if all(n.state.terminal for n in nodes):
-        new = replace(new, state=_ending(new), finished_at_ms=now_ms)
-        events.append(_end_event(new, now_ms))
-    created.sort(key=lambda j: j.extra["workflow_step"])
-    return Advance(new, changed=tuple(sorted(set(changed))), create=tuple(created),
-                   events=tuple(events))  # fmt: skip
+            job, pending = spawn(revise(workflow, nodes=tuple(self.nodes)), node, now_ms)
+            self.put(pending)
+            self._created.append(job)
+            if node.kind is NodeKind.CALLBACK:
+                events.append(WorkflowEvent("workflow.callback_fired", workflow.id, {
+                    **_about(workflow), "callback": node.name, "job_id": node.job_id,
+                }))  # fmt: skip
+
+    def written(self, workflow: Workflow) -> Workflow:
+        return revise(workflow, nodes=tuple(self.nodes),
+                       open_nodes=workflow.open_nodes - self.closed)  # fmt: skip
+
+    def changed_indices(self) -> tuple[int, ...]:
+        return tuple(sorted(self.changed))
+
+    def created_jobs(self) -> tuple[Job, ...]:
+        return tuple(sorted(self._created, key=lambda j: j.extra["workflow_step"]))
 
 
 def _runs(node: Node, deps: list[Node]) -> bool:
@@ -213,7 +235,7 @@ def _step_event(workflow: Workflow, node: Node) -> WorkflowEvent:
     steps = workflow.kind in (WorkflowKind.CHAIN, WorkflowKind.DAG)
     done = node.state is NodeState.COMPLETED
     kind = ("step_" if steps else "job_") + ("completed" if done else "failed")
-    remaining = sum(1 for n in workflow.nodes if not n.state.terminal) - 1
+    remaining = workflow.open_nodes - 1  # the workflow as it was: this node still open
     data: dict[str, Any] = {
         **_about(workflow), "step_index": node.index, "step_id": node.name or str(node.index),
         "step_type": node.job_type, "job_id": node.job_id, "state": node.state.value,

@@ -10,7 +10,7 @@ supported: a step that is itself a workflow is refused (MAX_NESTING_DEPTH, docum
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from ojs_amqp.core.envelope import MAX_NAME_BYTES, parse_enqueue
@@ -26,6 +26,8 @@ from ojs_amqp.core.workflow.model import (
     WorkflowEvent,
     WorkflowKind,
     WorkflowState,
+    linked,
+    revise,
 )
 from ojs_amqp.core.workflow.spawn import WORKFLOW_FIELDS, spawn
 from ojs_amqp.errors import InvalidRequest, InvalidWorkflow, Unsupported, ValidationFailed
@@ -77,7 +79,8 @@ def parse_workflow(body: Any, *, now_ms: int, new_id: NewId) -> Created:
                                                                      new_id))  # fmt: skip
     _check_ids(nodes)
     workflow = Workflow(id=workflow_id, kind=kind, name=name, state=WorkflowState.RUNNING,
-                        nodes=tuple(nodes), created_at_ms=now_ms)  # fmt: skip
+                        nodes=linked(nodes), created_at_ms=now_ms,
+                        open_nodes=len(nodes))  # fmt: skip
     return _start(workflow, now_ms)
 
 
@@ -89,7 +92,7 @@ def _start(workflow: Workflow, now_ms: int) -> Created:
         if not node.deps:
             job, nodes[node.index] = spawn(workflow, node, now_ms)
             jobs.append(job)
-    started = replace(workflow, nodes=tuple(nodes))
+    started = revise(workflow, nodes=tuple(nodes))
     event = WorkflowEvent("workflow.created", workflow.id, {
         "workflow_id": workflow.id, "workflow_name": workflow.name,
         "workflow_type": workflow.kind.value, "total_jobs": len(nodes),

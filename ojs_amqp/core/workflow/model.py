@@ -8,9 +8,10 @@ Counters are derived from the nodes, never stored apart from them, so they canno
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from ojs_amqp.core.job import MISSING, Job, from_record, to_record
 
@@ -93,6 +94,11 @@ class Node:
     attempt: int = 0
     started_at_ms: int | None = None
     finished_at_ms: int | None = None
+    #: Derived, never stored (`linked` computes them): the nodes that depend on this one, and
+    #: how many of this node's dependencies are not terminal yet. They let an advance touch
+    #: only the nodes a move can unblock, not the whole graph (a 1,000-job batch).
+    dependents: tuple[int, ...] = ()
+    open_deps: int = 0
 
     @property
     def created(self) -> bool:
@@ -108,6 +114,8 @@ class Workflow:
     state: WorkflowState
     nodes: tuple[Node, ...]
     created_at_ms: int
+    #: Nodes not terminal yet (derived like Node.open_deps; the workflow ends at 0).
+    open_nodes: int
     #: Bumped by every change: the store's compare-and-set guard for the header row.
     version: int = 1
     started_at_ms: int | None = None
@@ -115,8 +123,13 @@ class Workflow:
     #: Set with `cancelled` (finished_at_ms is set with it).
     cancelled_at_ms: int | None = None
 
-    def node_of(self, job_id: str) -> Node | None:
-        for node in self.nodes:
+    def node_of(self, job_id: str, hint: Any = None) -> Node | None:
+        """The node whose job this is; `hint` is the index the job's envelope carries
+        (`workflow_step`), checked before it is trusted."""
+        nodes = self.nodes
+        if isinstance(hint, int) and 0 <= hint < len(nodes) and nodes[hint].job_id == job_id:
+            return nodes[hint]
+        for node in nodes:
             if node.job_id == job_id:
                 return node
         return None
@@ -205,13 +218,15 @@ def from_records(header: dict[str, Any], nodes: list[dict[str, Any]]) -> Workflo
     built = sorted((_node_from(r) for r in nodes), key=lambda n: n.index)
     if [n.index for n in built] != list(range(header["node_count"])):
         raise ValueError(f"workflow {header['id']}: node rows do not match node_count")
+    linked_nodes = linked(built)
     return Workflow(
         id=header["id"],
         kind=WorkflowKind(header["kind"]),
         name=header["name"],
         state=WorkflowState(header["state"]),
-        nodes=tuple(built),
+        nodes=linked_nodes,
         created_at_ms=header["created_at_ms"],
+        open_nodes=sum(1 for n in linked_nodes if not n.state.terminal),
         version=header["version"],
         started_at_ms=header["started_at_ms"],
         finished_at_ms=header["finished_at_ms"],
@@ -240,8 +255,36 @@ def _node_from(r: dict[str, Any]) -> Node:
     )
 
 
-def with_node(workflow: Workflow, node: Node) -> Workflow:
-    """The workflow with one node replaced (same index), version unchanged."""
-    nodes = list(workflow.nodes)
-    nodes[node.index] = node
-    return replace(workflow, nodes=tuple(nodes))
+_FIELDS: dict[type, tuple[str, ...]] = {}
+_T = TypeVar("_T", Node, Workflow)
+
+
+def revise(obj: _T, **changes: Any) -> _T:
+    """A copy of a node or workflow with `changes`: dataclasses.replace without its per-call
+    introspection and __init__ (it was most of an advance's cost), as core.job.evolve."""
+    cls = type(obj)
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in fields(cls))
+    unknown = changes.keys() - set(names)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}")
+    new = object.__new__(cls)
+    for name in names:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(obj, name))
+    return new
+
+
+def linked(nodes: Iterable[Node]) -> tuple[Node, ...]:
+    """The nodes with their derived fields (dependents, open_deps) computed from deps and
+    states."""
+    listed = list(nodes)
+    dependents: list[list[int]] = [[] for _ in listed]
+    for node in listed:
+        for dep in node.deps:
+            dependents[dep].append(node.index)
+    return tuple(
+        revise(node, dependents=tuple(dependents[node.index]),
+                open_deps=sum(1 for d in node.deps if not listed[d].state.terminal))
+        for node in listed
+    )  # fmt: skip

@@ -7,11 +7,17 @@ from that moment, as they would for a push made then; absolute ones stay as writ
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from ojs_amqp.core.job import MISSING, Job, JobState, evolve
-from ojs_amqp.core.workflow.model import Node, NodeKind, NodeState, Workflow, WorkflowKind
+from ojs_amqp.core.workflow.model import (
+    Node,
+    NodeKind,
+    NodeState,
+    Workflow,
+    WorkflowKind,
+    revise,
+)
 
 #: Envelope fields the daemon sets on a workflow's jobs; a client's values are dropped.
 WORKFLOW_FIELDS = ("workflow_id", "workflow_step", "workflow_step_id", "parent_results")
@@ -41,7 +47,7 @@ def spawn(workflow: Workflow, node: Node, now_ms: int) -> tuple[Job, Node]:
         expires_at_ms=expires, enqueued_at_ms=now_ms if state is JobState.AVAILABLE else None,
         extra=extra,
     )  # fmt: skip
-    return job, replace(node, state=NodeState.PENDING, template=None)
+    return job, revise(node, state=NodeState.PENDING, template=None)
 
 
 def parent_results(workflow: Workflow, node: Node) -> list[Any]:
