@@ -295,3 +295,22 @@ def test_a_one_megabyte_result_reaches_the_next_step_whole() -> None:
     run = Run.of(jobs_body("chain", 2))
     run.finish(0, C, big)
     assert run.job_of(1).extra["parent_results"] == [big]
+
+
+def test_two_siblings_computed_from_one_version_conflict_and_the_retry_is_exact() -> None:
+    """The store's header CAS: both advances claim version v+1, so the second write fails;
+    recomputed from the winner's workflow it gives what applying both in order gives."""
+    run = Run.of(jobs_body("batch", 2, **callbacks("on_complete")))
+    base = run.workflow
+    done = []
+    for index in (0, 1):
+        active = lifecycle.fetch(run.job_of(index), run.tick(), "w")
+        done.append(lifecycle.ack(active, run.tick(), index))
+    first = advance.job_finished(base, done[0], run.now)
+    second = advance.job_finished(base, done[1], run.now)
+    assert first.workflow.version == second.workflow.version == base.version + 1
+    assert first.create == second.create == ()  # neither alone saw both finish
+    retried = advance.job_finished(first.workflow, done[1], run.now)
+    assert retried.workflow.version == base.version + 2
+    assert [j.extra["workflow_step_id"] for j in retried.create] == ["on_complete"]
+    assert retried.create[0].extra["parent_results"] == [0, 1]
