@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from ojs_amqp.core.envelope import UNHONOURED_OPTIONS
 from ojs_amqp.core.ids import UUIDv7Generator, is_uuidv7
 from ojs_amqp.core.job import JobState
 from ojs_amqp.core.workflow.definition import MAX_NODES, Created, parse_workflow
@@ -119,6 +120,9 @@ def test_the_storage_form_round_trips() -> None:
         from_records(header_record(wf), rows[:-1])
 
 
+#: Any option push refuses (the first in the table, so the row survives features landing).
+UNHONOURED = next(iter(UNHONOURED_OPTIONS))
+
 CYCLE = {"steps": [
     {"id": "a", "type": "x.a", "args": [], "depends_on": ["c"]},
     {"id": "b", "type": "x.b", "args": [], "depends_on": ["a"]},
@@ -143,8 +147,9 @@ REFUSED: list[tuple[Any, type[OjsError], str, str]] = [
     ({"type": "chain", "steps": [job("Bad")]}, InvalidWorkflow, "steps[0].type", "invalid"),
     ({"type": "chain", "steps": [job(options={"retry": {"on_exhaustion": "keep"}})]},
      InvalidWorkflow, "steps[0]", "on_exhaustion"),
-    ({"type": "group", "jobs": [job(options={"unique": {"keys": ["type"]}})]}, Unsupported,
-     "jobs[0]", "unique"),
+    # an option the daemon refuses on a push is refused in a workflow's job the same way
+    ({"type": "group", "jobs": [job(options={UNHONOURED: {}})]}, Unsupported, "jobs[0]",
+     UNHONOURED),
     ({"type": "batch", "jobs": [job()], "callbacks": {"on_success": {"type": "x"}}},
      InvalidWorkflow, "callbacks.on_success.args", "Field required"),
     ({"type": "chain", "steps": [{"type": "group", "jobs": [job()]}]}, InvalidWorkflow,
