@@ -4,7 +4,8 @@
     ├── Unauthenticated       401 unauthenticated   (no or unknown bearer token)
     ├── Forbidden             403 forbidden         (token scope does not allow it)
     ├── InvalidRequest        400 invalid_request   (structurally wrong request)
-    │   └── InvalidPayload    400 invalid_payload   (not JSON, wrong content type, no body)
+    │   ├── InvalidPayload    400 invalid_payload   (not JSON, wrong content type, no body)
+    │   └── InvalidWorkflow   400 invalid_workflow  (a workflow definition that cannot run)
     ├── ValidationFailed      422 validation_error  (well-formed but semantically invalid)
     ├── NotFound              404 not_found
     │   └── NoSuchEndpoint    404 not_found         (no route has this path)
@@ -89,6 +90,17 @@ class InvalidRequest(OjsError):
 class InvalidPayload(InvalidRequest):
     code = "invalid_payload"
     hint = "Send a UTF-8 JSON object with Content-Type application/openjobspec+json."
+
+
+class InvalidWorkflow(InvalidRequest):
+    """A workflow definition that cannot run as written (ojs-workflows §11.1): a bad step,
+    a cycle, an unknown dependency, nesting deeper than supported."""
+
+    code = "invalid_workflow"
+    hint = (
+        "Fix the part the message names: a chain lists `steps`, a group or batch `jobs` (a "
+        "batch also `callbacks`), the DAG dialect `steps` with `id` and `depends_on`."
+    )
 
 
 class ValidationFailed(OjsError):
