@@ -430,6 +430,19 @@ class Bench:
             await asyncio.sleep(0.5)
             outcome = await settle_fetch(records[queue], store, queue, completed, status_post)
             self.phases[key].note = outcome.note
+        if a.smoke:
+            await self.refusals_fail(store)
+
+    async def refusals_fail(self, store: StoreReader) -> None:
+        """--smoke: a wrk run whose answers are 4xx must fail the check, not count."""
+        bad_queue = "Not_A_Queue"  # upper case and "_": the daemon answers 400
+        record = await run_wrk(self.daemon.base, PUSH_SCRIPT, 1, 4, 1, bad_queue)
+        try:
+            check_push(record, store, bad_queue)
+        except BenchError as exc:
+            print(f"  smoke: a wrk push answered 4xx fails the check, as it must: {exc}")
+            return
+        raise BenchError(f"smoke: a wrk push answered non-2xx passed the check: {record}")
 
 
 def status_poster(session: aiohttp.ClientSession, base: str) -> PostStatus:
