@@ -40,32 +40,30 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import aiohttp
-import aiormq
 import orjson
 from _common import (
-    BASE,
     JSON_HEADERS,
     BenchError,
     Daemon,
     machine_cpu_ticks,
     machine_info,
     machine_load,
-    post_json,
-    run_window,
 )
 from _common import broker_pid as _broker_pid
 from _common import cpu_seconds as _cpu_seconds
 from _common import delete_topology as _delete_topology
+from _http_load import Post, aiohttp_poster, http_drain, http_push
 from _http_report import Phase, median_json, render, render_median
 from _lean_http import LeanSession
 from _profile import Profiler, summarize_profile
+from _raw_baseline import RAW_PREFETCH, RawNames, raw_consume, raw_declare, raw_publish
 from _wrk import (
     FETCH_SCRIPT,
     PUSH_SCRIPT,
@@ -77,13 +75,6 @@ from _wrk import (
     settle_fetch,
     wrk_available,
 )
-
-TARGET_PUSH = 0.5
-TARGET_FETCH = 0.4
-RAW_PREFETCH = 256
-ROW_ORDER = ["a#1", "a#2", "a", "b#1", "b#2", "b", "c1", "c10", "c", "d1", "d10"]
-PHASE_TIMEOUT_S = 300.0
-
 
 # --- measurement helpers -----------------------------------------------------------------
 
@@ -123,146 +114,6 @@ class CpuMeter:
             for who in after
             if who in before and after[who] >= before[who]
         }
-
-
-def payload(i: int) -> dict[str, Any]:
-    """The job arguments: with the envelope around them, about 300 bytes of JSON."""
-    return {"n": i, "customer": f"cust-{i % 997:04d}", "action": "bench.noop", "note": "x" * 180}
-
-
-def raw_body(i: int, queue: str) -> bytes:
-    return orjson.dumps({"type": "bench.noop", "queue": queue, "args": [payload(i)]})
-
-
-# --- (a) and (b): raw aio-pika baselines ---------------------------------------------------
-
-
-@dataclass
-class RawNames:
-    exchange: str
-    queue: str
-
-
-async def raw_declare(conn: aio_pika.abc.AbstractConnection, names: RawNames) -> None:
-    channel = await conn.channel(publisher_confirms=False)
-    exchange = await channel.declare_exchange(
-        names.exchange, aio_pika.ExchangeType.DIRECT, durable=True
-    )
-    queue = await channel.declare_queue(
-        names.queue, durable=True, arguments={"x-queue-type": "quorum"}
-    )
-    await queue.bind(exchange, "bench")
-    await channel.close()
-
-
-async def raw_publish(
-    conn: aio_pika.abc.AbstractConnection,
-    names: RawNames,
-    total: int,
-    concurrency: int,
-    offset: int = 0,
-) -> float:
-    """Confirmed, mandatory, persistent publishes, `concurrency` in flight on one channel."""
-    channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
-    exchange = await channel.get_exchange(names.exchange, ensure=False)
-
-    async def publish(i: int) -> None:
-        message = aio_pika.Message(
-            body=raw_body(offset + i, names.queue),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=str(offset + i),
-        )
-        confirmation = await exchange.publish(message, "bench", mandatory=True, timeout=10.0)
-        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
-            raise BenchError(f"publish not confirmed: {confirmation!r}")
-
-    seconds = await run_window(concurrency, total, publish, timeout_s=PHASE_TIMEOUT_S)
-    await channel.close()
-    return seconds
-
-
-async def raw_consume(
-    conn: aio_pika.abc.AbstractConnection, names: RawNames, warmup: int, total: int
-) -> float:
-    """Consume warmup + total messages with a manual ack each; time the last `total`."""
-    channel = await conn.channel(publisher_confirms=False)
-    await channel.set_qos(prefetch_count=RAW_PREFETCH)
-    queue = await channel.get_queue(names.queue, ensure=False)
-    seen = 0
-    start = time.perf_counter()
-    end = start
-    done = asyncio.Event()
-
-    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        nonlocal seen, start, end
-        await message.ack()
-        seen += 1
-        if seen == warmup:
-            start = time.perf_counter()
-        elif seen == warmup + total:
-            end = time.perf_counter()
-            done.set()
-
-    tag = await queue.consume(on_message, no_ack=False)
-    async with asyncio.timeout(PHASE_TIMEOUT_S):
-        await done.wait()
-    await queue.cancel(tag)
-    await channel.close()
-    return end - start
-
-
-# --- (c) and (d): through the daemon -------------------------------------------------------
-
-
-#: POST path, JSON body, expected status -> the answer's JSON (aiohttp or the lean client).
-Post = Callable[[str, Any, int], Awaitable[Any]]
-
-
-def aiohttp_poster(session: aiohttp.ClientSession, base: str) -> Post:
-    async def post(path: str, body: Any, expect: int) -> Any:
-        return await post_json(session, base + path, body, expect)
-
-    return post
-
-
-async def http_push(post: Post, queue: str, total: int, concurrency: int) -> float:
-    url = f"{BASE}/jobs"
-
-    async def push(i: int) -> None:
-        body = {"type": "bench.noop", "args": [payload(i)], "options": {"queue": queue}}
-        await post(url, body, 201)
-
-    return await run_window(concurrency, total, push, timeout_s=PHASE_TIMEOUT_S)
-
-
-async def http_drain(post: Post, queue: str, total: int, concurrency: int, count: int) -> float:
-    """C workers fetch (`count` per call) and ack each job until `total` jobs are acked.
-
-    The clock stops at the last ack; workers then still parked in an empty fetch (the daemon
-    holds those up to its fetch wait) finish untimed.
-    """
-    fetch_url, ack_url = f"{BASE}/workers/fetch", f"{BASE}/workers/ack"
-    fetch_body = {"queues": [queue], "count": count}
-    acked = 0
-    end = 0.0
-    finished = asyncio.Event()
-
-    async def worker() -> None:
-        nonlocal acked, end
-        while not finished.is_set():
-            answer = await post(fetch_url, fetch_body, 200)
-            for job in answer["jobs"]:
-                await post(ack_url, {"job_id": job["id"]}, 200)
-                acked += 1
-                if acked >= total and not finished.is_set():
-                    end = time.perf_counter()
-                    finished.set()
-
-    start = time.perf_counter()
-    async with asyncio.timeout(PHASE_TIMEOUT_S):
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return end - start
 
 
 async def delete_topology(
