@@ -278,3 +278,30 @@ async def run_window(
     async with asyncio.timeout(timeout_s):
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return time.perf_counter() - start
+
+
+def machine_cpu_ticks() -> list[int]:
+    """The whole machine's `cpu` line of /proc/stat: user nice system idle iowait irq softirq
+    steal (in clock ticks, summed over every core)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("cpu "):
+                return [int(v) for v in line.split()[1:9]]
+    return [0] * 8
+
+
+def machine_load(before: list[int], after: list[int], wall_s: float) -> dict[str, float]:
+    """Over a phase: cores busy on the whole machine (any process), % of CPU time stolen by
+    the hypervisor, and the 1-minute load average at its end: what tells a noisy run apart."""
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(delta) or 1
+    idle, iowait, steal = delta[3], delta[4], delta[7]
+    busy = (total - idle - iowait - steal) / CLK_TCK
+    load1 = 0.0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        load1 = float(Path("/proc/loadavg").read_text().split()[0])
+    return {
+        "busy_cores": busy / wall_s if wall_s > 0 else 0.0,
+        "steal_pct": 100.0 * steal / total,
+        "load1": load1,
+    }

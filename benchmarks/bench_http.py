@@ -10,11 +10,19 @@ Phases (each after a short warm-up):
   (d) HTTP fetch+ack: C workers loop POST /workers/fetch then POST /workers/ack per job,
       draining what (c) pushed, with count=1 and with count=10 per fetch.
 
+With --client wrk, (c) and (d) are driven by wrk (Debian's package) for fixed windows instead:
+benchmarks/wrk_push.lua and benchmarks/wrk_fetch_ack.lua (one connection a wrk thread, so a
+connection acks what it fetched), each phase checked against the daemon's store (benchmarks/
+_wrk.py); a non-2xx answer or a count the store disagrees with fails the run. Every phase also
+reports the machine's busy cores, CPU steal and load (from /proc), so a noisy run shows.
+
 The script starts the daemon itself (a subprocess with a random topology prefix and its own
 SQLite store), and at the end stops it and deletes every queue and exchange under that prefix
-together with the baseline's own queue and exchange.
+together with the baseline's own queue and exchange. --runs N repeats the whole sequence, each
+on a fresh daemon, and prints every run and the median; --smoke is a fast self-check.
 
-    python benchmarks/bench_http.py [--jobs N] [--concurrency C] [--profile DIR] [--json OUT]
+    python benchmarks/bench_http.py [--client lean|aiohttp|wrk] [--jobs N] [--concurrency C]
+        [--seconds S] [--fetch-seconds S] [--runs N] [--smoke] [--profile DIR] [--json OUT]
 
 With --profile DIR, py-spy samples the daemon during the HTTP phases (raw collapsed stacks in
 DIR/<phase>.txt) and a summary of the top costs is printed; rates of a profiled run are a few
@@ -25,42 +33,48 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import dataclasses
 import os
+import resource
 import secrets
-import signal
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import aiohttp
-import aiormq
 import orjson
 from _common import (
-    BASE,
+    JSON_HEADERS,
     BenchError,
     Daemon,
+    machine_cpu_ticks,
     machine_info,
-    post_json,
-    run_window,
+    machine_load,
 )
 from _common import broker_pid as _broker_pid
 from _common import cpu_seconds as _cpu_seconds
 from _common import delete_topology as _delete_topology
+from _http_load import Post, aiohttp_poster, http_drain, http_push
+from _http_report import Phase, median_json, render, render_median
 from _lean_http import LeanSession
-
-TARGET_PUSH = 0.5
-TARGET_FETCH = 0.4
-RAW_PREFETCH = 256
-ROW_ORDER = ["a#1", "a#2", "a", "b#1", "b#2", "b", "c1", "c10", "c", "d1", "d10"]
-PHASE_TIMEOUT_S = 300.0
-
+from _profile import Profiler, summarize_profile
+from _raw_baseline import RAW_PREFETCH, RawNames, raw_consume, raw_declare, raw_publish
+from _wrk import (
+    FETCH_SCRIPT,
+    PUSH_SCRIPT,
+    PostStatus,
+    StoreReader,
+    WrkOutcome,
+    check_push,
+    run_wrk,
+    settle_fetch,
+    wrk_available,
+)
 
 # --- measurement helpers -----------------------------------------------------------------
 
@@ -73,25 +87,8 @@ def _runq_seconds(pid: int) -> float:
         return 0.0
 
 
-@dataclass
-class Phase:
-    key: str
-    label: str
-    count: int
-    seconds: float
-    cpu: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def rate(self) -> float:
-        return self.count / self.seconds if self.seconds > 0 else 0.0
-
-    def cpu_percent(self, who: str) -> float | None:
-        used = self.cpu.get(who)
-        return None if used is None else 100.0 * used / self.seconds
-
-
 class CpuMeter:
-    """CPU seconds spent by the daemon, the broker and this client between two points."""
+    """CPU seconds spent by the daemon, the broker and the client between two points."""
 
     def __init__(self) -> None:
         self.pids: dict[str, int] = {"client": os.getpid()}
@@ -101,153 +98,22 @@ class CpuMeter:
 
     def snapshot(self) -> dict[str, float]:
         out = {who: _cpu_seconds(pid) for who, pid in self.pids.items()}
+        # The load generator: this process plus its finished children (a wrk run).
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out["client"] += children.ru_utime + children.ru_stime
         if "daemon" in self.pids:
             out["daemon_runq"] = _runq_seconds(self.pids["daemon"])
         return out
 
     @staticmethod
     def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-        return {who: after[who] - before[who] for who in after if who in before}
-
-
-def payload(i: int) -> dict[str, Any]:
-    """The job arguments: with the envelope around them, about 300 bytes of JSON."""
-    return {"n": i, "customer": f"cust-{i % 997:04d}", "action": "bench.noop", "note": "x" * 180}
-
-
-def raw_body(i: int, queue: str) -> bytes:
-    return orjson.dumps({"type": "bench.noop", "queue": queue, "args": [payload(i)]})
-
-
-# --- (a) and (b): raw aio-pika baselines ---------------------------------------------------
-
-
-@dataclass
-class RawNames:
-    exchange: str
-    queue: str
-
-
-async def raw_declare(conn: aio_pika.abc.AbstractConnection, names: RawNames) -> None:
-    channel = await conn.channel(publisher_confirms=False)
-    exchange = await channel.declare_exchange(
-        names.exchange, aio_pika.ExchangeType.DIRECT, durable=True
-    )
-    queue = await channel.declare_queue(
-        names.queue, durable=True, arguments={"x-queue-type": "quorum"}
-    )
-    await queue.bind(exchange, "bench")
-    await channel.close()
-
-
-async def raw_publish(
-    conn: aio_pika.abc.AbstractConnection,
-    names: RawNames,
-    total: int,
-    concurrency: int,
-    offset: int = 0,
-) -> float:
-    """Confirmed, mandatory, persistent publishes, `concurrency` in flight on one channel."""
-    channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
-    exchange = await channel.get_exchange(names.exchange, ensure=False)
-
-    async def publish(i: int) -> None:
-        message = aio_pika.Message(
-            body=raw_body(offset + i, names.queue),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=str(offset + i),
-        )
-        confirmation = await exchange.publish(message, "bench", mandatory=True, timeout=10.0)
-        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
-            raise BenchError(f"publish not confirmed: {confirmation!r}")
-
-    seconds = await run_window(concurrency, total, publish, timeout_s=PHASE_TIMEOUT_S)
-    await channel.close()
-    return seconds
-
-
-async def raw_consume(
-    conn: aio_pika.abc.AbstractConnection, names: RawNames, warmup: int, total: int
-) -> float:
-    """Consume warmup + total messages with a manual ack each; time the last `total`."""
-    channel = await conn.channel(publisher_confirms=False)
-    await channel.set_qos(prefetch_count=RAW_PREFETCH)
-    queue = await channel.get_queue(names.queue, ensure=False)
-    seen = 0
-    start = time.perf_counter()
-    end = start
-    done = asyncio.Event()
-
-    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        nonlocal seen, start, end
-        await message.ack()
-        seen += 1
-        if seen == warmup:
-            start = time.perf_counter()
-        elif seen == warmup + total:
-            end = time.perf_counter()
-            done.set()
-
-    tag = await queue.consume(on_message, no_ack=False)
-    async with asyncio.timeout(PHASE_TIMEOUT_S):
-        await done.wait()
-    await queue.cancel(tag)
-    await channel.close()
-    return end - start
-
-
-# --- (c) and (d): through the daemon -------------------------------------------------------
-
-
-#: POST path, JSON body, expected status -> the answer's JSON (aiohttp or the lean client).
-Post = Callable[[str, Any, int], Awaitable[Any]]
-
-
-def aiohttp_poster(session: aiohttp.ClientSession, base: str) -> Post:
-    async def post(path: str, body: Any, expect: int) -> Any:
-        return await post_json(session, base + path, body, expect)
-
-    return post
-
-
-async def http_push(post: Post, queue: str, total: int, concurrency: int) -> float:
-    url = f"{BASE}/jobs"
-
-    async def push(i: int) -> None:
-        body = {"type": "bench.noop", "args": [payload(i)], "options": {"queue": queue}}
-        await post(url, body, 201)
-
-    return await run_window(concurrency, total, push, timeout_s=PHASE_TIMEOUT_S)
-
-
-async def http_drain(post: Post, queue: str, total: int, concurrency: int, count: int) -> float:
-    """C workers fetch (`count` per call) and ack each job until `total` jobs are acked.
-
-    The clock stops at the last ack; workers then still parked in an empty fetch (the daemon
-    holds those up to its fetch wait) finish untimed.
-    """
-    fetch_url, ack_url = f"{BASE}/workers/fetch", f"{BASE}/workers/ack"
-    fetch_body = {"queues": [queue], "count": count}
-    acked = 0
-    end = 0.0
-    finished = asyncio.Event()
-
-    async def worker() -> None:
-        nonlocal acked, end
-        while not finished.is_set():
-            answer = await post(fetch_url, fetch_body, 200)
-            for job in answer["jobs"]:
-                await post(ack_url, {"job_id": job["id"]}, 200)
-                acked += 1
-                if acked >= total and not finished.is_set():
-                    end = time.perf_counter()
-                    finished.set()
-
-    start = time.perf_counter()
-    async with asyncio.timeout(PHASE_TIMEOUT_S):
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return end - start
+        """A process whose counter went backwards (a beam.smp of a test node that stopped:
+        the broker pid is found by name) is left out rather than reported negative."""
+        return {
+            who: after[who] - before[who]
+            for who in after
+            if who in before and after[who] >= before[who]
+        }
 
 
 async def delete_topology(
@@ -255,186 +121,6 @@ async def delete_topology(
 ) -> tuple[int, int]:
     """Delete every queue/exchange named `prefix...`, and the baseline's own; the counts."""
     return await _delete_topology(amqp_url, prefix, [raw.queue], [raw.exchange], use_rabbitmqctl)
-
-
-# --- profiling (py-spy) --------------------------------------------------------------------
-
-
-class Profiler:
-    """py-spy sampling the daemon during a phase, raw collapsed stacks to DIR/<phase>.txt."""
-
-    def __init__(self, pid: int, outdir: Path | None) -> None:
-        self.pid = pid
-        self.outdir = outdir
-        self.files: dict[str, Path] = {}
-        self._proc: asyncio.subprocess.Process | None = None
-
-    @contextlib.asynccontextmanager
-    async def phase(self, name: str) -> Any:
-        if self.outdir is None:
-            yield
-            return
-        path = self.outdir / f"{name}.txt"
-        cmd = [
-            "py-spy",
-            "record",
-            "--pid",
-            str(self.pid),
-            "--format",
-            "raw",
-            "--rate",
-            "250",
-            "--nonblocking",
-            "--idle",
-            "--output",
-            str(path),
-        ]
-        self._proc = await asyncio.create_subprocess_exec(
-            *cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-        )
-        await asyncio.sleep(1.0)  # py-spy attaches before the clock starts
-        try:
-            yield
-        finally:
-            self._proc.send_signal(signal.SIGINT)
-            async with asyncio.timeout(60):
-                await self._proc.wait()
-            self.files[name] = path
-
-
-def _frames(stack: str) -> list[str]:
-    """'f (pkg/file.py:12);g (x.py:3)' -> ['f (pkg/file.py)', 'g (x.py)'], outermost first."""
-    out = []
-    for frame in stack.split(";"):
-        name, _, where = frame.partition(" (")
-        out.append(f"{name} ({where.rstrip(')').rsplit(':', 1)[0]})")
-    return out
-
-
-#: Leaf frame -> cost centre; first match wins. py-spy shows C calls (sqlite3, send(),
-#: orjson) as the Python line that made them, so "store" is mostly time inside SQLite.
-_CATEGORIES = (
-    ("(selectors.py)", "idle (waiting in epoll)"),
-    ("_SelectorSocketTransport.write ", "socket send() syscalls (HTTP + AMQP writes)"),
-    ("ojs_amqp/store/", "ojs_amqp.store (SQLite statements, row (de)serialisation)"),
-    ("ojs_amqp/core/times.py", "ojs_amqp.core.times.format_ms (strftime)"),
-    ("ojs_amqp/", "ojs_amqp, other (engine, core, codec, http handlers)"),
-    ("aiohttp/", "aiohttp (HTTP server)"),
-    ("aio_pika/", "aio-pika / aiormq / pamqp (AMQP client)"),
-    ("aiormq/", "aio-pika / aiormq / pamqp (AMQP client)"),
-    ("pamqp/", "aio-pika / aiormq / pamqp (AMQP client)"),
-    ("pydantic", "pydantic (validation)"),
-    ("prometheus_client/", "prometheus_client (metrics)"),
-    ("asyncio/", "asyncio (event loop, tasks, futures)"),
-)
-
-
-def _category(frame: str) -> str:
-    for needle, label in _CATEGORIES:
-        if needle in frame:
-            return label
-    return "other (stdlib: dataclasses, enum, datetime, ...)"
-
-
-def _read_collapsed(path: Path) -> Iterator[tuple[list[str], int]]:
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if stack and count.isdigit():
-            yield _frames(stack), int(count)
-
-
-def summarize_profile(path: Path, top: int = 18) -> str:
-    """Leaf (self) time by category and by function, and inclusive time by function."""
-    self_cat: Counter[str] = Counter()
-    self_fn: Counter[str] = Counter()
-    incl_fn: Counter[str] = Counter()
-    total = 0
-    for frames, count in _read_collapsed(path):
-        total += count
-        leaf = frames[-1]
-        self_cat[_category(leaf)] += count
-        self_fn[leaf] += count
-        if "(selectors.py)" not in leaf:
-            for frame in set(frames):
-                incl_fn[frame] += count
-    if not total:
-        return f"{path.name}: no samples"
-    idle = self_cat.pop(_CATEGORIES[0][1], 0)
-    busy = max(1, total - idle)
-    lines = [
-        f"{path.name}: {total} samples, idle in epoll {100 * idle / total:.1f}% (includes"
-        " py-spy's 1 s attach and the phase's tail); below: % of the busy samples",
-        "  self time by category:",
-    ]
-    lines += [f"    {100 * n / busy:5.1f}%  {cat}" for cat, n in self_cat.most_common()]
-    lines.append("  self time, top functions:")
-    top_self = [(fn, n) for fn, n in self_fn.most_common(top + 1) if "(selectors.py)" not in fn]
-    lines += [f"    {100 * n / busy:5.1f}%  {fn}" for fn, n in top_self[:top]]
-    lines.append("  inclusive time, top functions (ojs_amqp, aiohttp web, aio-pika):")
-    interesting = [(fn, n) for fn, n in incl_fn.most_common() if _is_interesting(fn)]
-    lines += [f"    {100 * n / busy:5.1f}%  {fn}" for fn, n in interesting[:top]]
-    return "\n".join(lines)
-
-
-def _is_interesting(frame: str) -> bool:
-    return any(
-        k in frame
-        for k in (
-            "ojs_amqp/",
-            "engine/",
-            "store/",
-            "http/",
-            "aiohttp/web",
-            "aio_pika/",
-            "aiormq/",
-            "core/",
-        )
-    )
-
-
-# --- reporting -----------------------------------------------------------------------------
-
-
-def _fmt_pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}%"
-
-
-def render(phases: dict[str, Phase], info: dict[str, str], args: argparse.Namespace) -> str:
-    out = [
-        "",
-        "machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
-        f"jobs {args.jobs} per HTTP phase, raw messages {args.raw_jobs}, concurrency "
-        f"{args.concurrency}, warm-up {args.warmup}",
-        "",
-    ]
-    head = (
-        f"{'phase':44} {'count':>6} {'sec':>6} {'rate/s':>8} {'daemon':>7} "
-        f"{'broker':>7} {'client':>7} {'d.runq':>7} {'daemon CPU/job':>15}"
-    )
-    out += [head, "-" * len(head)]
-    for p in sorted(phases.values(), key=lambda p: ROW_ORDER.index(p.key)):
-        daemon = p.cpu.get("daemon")
-        per_job = "-" if daemon is None or p.key[0] in "ab" else f"{1e6 * daemon / p.count:.0f} us"
-        out.append(
-            f"{p.label:44} {p.count:>6} {p.seconds:>6.2f} {p.rate:>8.0f} "
-            f"{_fmt_pct(p.cpu_percent('daemon')):>7} {_fmt_pct(p.cpu_percent('broker')):>7} "
-            f"{_fmt_pct(p.cpu_percent('client')):>7} "
-            f"{_fmt_pct(p.cpu_percent('daemon_runq')):>7} {per_job:>15}"
-        )
-    out.append(
-        "(daemon/broker/client: CPU used during the phase, % of one core; d.runq: % of the"
-        " phase the daemon's event loop was runnable but waiting for a CPU)"
-    )
-    out.append("")
-    for num, den, target in (
-        ("c", "a", TARGET_PUSH),
-        ("d1", "b", TARGET_FETCH),
-        ("d10", "b", TARGET_FETCH),
-    ):
-        ratio = phases[num].rate / phases[den].rate
-        verdict = "MET" if ratio >= target else "NOT MET"
-        out.append(f"ratio ({num})/({den}) = {ratio:.3f}   target {target:.2f}   {verdict}")
-    return "\n".join(out)
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -448,12 +134,26 @@ class Bench:
     meter: CpuMeter
     phases: dict[str, Phase] = field(default_factory=dict)
 
-    async def measure(self, key: str, label: str, count: int, run: Awaitable[float]) -> None:
-        before = self.meter.snapshot()
-        seconds = await run
+    async def measure(
+        self, key: str, label: str, count: int, run: Awaitable[float | WrkOutcome]
+    ) -> None:
+        """Time `run` (its own seconds, or wrk's outcome) with the CPU and machine around it."""
+        before, ticks, start = self.meter.snapshot(), machine_cpu_ticks(), time.perf_counter()
+        outcome = await run
+        wall = time.perf_counter() - start
         cpu = CpuMeter.delta(before, self.meter.snapshot())
-        self.phases[key] = Phase(key, label, count, seconds, cpu)
-        print(f"  {label}: {count / seconds:,.0f}/s ({seconds:.2f}s)", flush=True)
+        machine = machine_load(ticks, machine_cpu_ticks(), wall)
+        note = ""
+        if isinstance(outcome, WrkOutcome):
+            count, seconds, note = outcome.count, outcome.seconds, outcome.note
+        else:
+            seconds = outcome
+        self.phases[key] = Phase(key, label, count, seconds, cpu, machine, wall, note)
+        print(
+            f"  {label}: {count / seconds:,.0f}/s ({seconds:.2f}s, steal "
+            f"{machine['steal_pct']:.1f}%, load {machine['load1']:.1f})",
+            flush=True,
+        )
 
     async def baselines(self, rnd: int) -> None:
         """Round `rnd` of (a) then (b); run before and after the HTTP phases."""
@@ -488,7 +188,7 @@ class Bench:
             rounds = [p for k, p in self.phases.items() if k.startswith(key + "#")]
             best = max(rounds, key=lambda p: p.rate)
             label = best.label.rsplit(" #", 1)[0] + " (best)"
-            self.phases[key] = Phase(key, label, best.count, best.seconds, best.cpu)
+            self.phases[key] = dataclasses.replace(best, key=key, label=label)
 
     async def http(self, post: Post, profiler: Profiler) -> None:
         a, tag = self.args, secrets.token_hex(3)
@@ -512,14 +212,7 @@ class Bench:
                 a.jobs,
                 http_push(post, q10, a.jobs, a.concurrency),
             )
-        both = self.phases["c1"].seconds + self.phases["c10"].seconds
-        self.phases["c"] = Phase(
-            "c",
-            "(c) HTTP push POST /jobs (both queues)",
-            2 * a.jobs,
-            both,
-            _sum_cpu(self.phases["c1"], self.phases["c10"]),
-        )
+        self.combine_push(2 * a.jobs)
         await asyncio.sleep(1.2)
         for key, label, queue, count in (
             ("d1", "(d) HTTP fetch(count=1) + ack", q1, 1),
@@ -537,16 +230,89 @@ class Bench:
                     http_drain(post, queue, a.jobs - 1, a.concurrency, count),
                 )
 
+    def combine_push(self, count: int) -> None:
+        """(c) is the two push phases together: their counts, seconds, CPU and machine."""
+        one, two = self.phases["c1"], self.phases["c10"]
+        wall = one.wall + two.wall
+        machine = {
+            k: (one.machine[k] * one.wall + two.machine[k] * two.wall) / wall for k in one.machine
+        }
+        machine["load1"] = two.machine["load1"]
+        cpu = {k: one.cpu[k] + two.cpu[k] for k in one.cpu if k in two.cpu}
+        label = "(c) HTTP push POST /jobs (both queues)"
+        self.phases["c"] = Phase("c", label, count, one.seconds + two.seconds, cpu, machine, wall)
 
-def _sum_cpu(x: Phase, y: Phase) -> dict[str, float]:
-    return {k: x.cpu[k] + y.cpu[k] for k in x.cpu if k in y.cpu}
+    async def http_wrk(self, post: Post, status_post: PostStatus, profiler: Profiler) -> None:
+        """(c) and (d) driven by wrk for fixed windows, each checked against the store."""
+        a, tag = self.args, secrets.token_hex(3)
+        q1, q10 = f"c1-{tag}", f"c10-{tag}"
+        store = StoreReader(self.daemon.workdir / "bench.db")
+        base = self.daemon.base
+
+        async def push(queue: str) -> WrkOutcome:
+            record = await run_wrk(
+                base, PUSH_SCRIPT, a.seconds, a.concurrency, a.wrk_threads, queue
+            )
+            records[queue] = record
+            return WrkOutcome(record["statuses"].get("201", 0), record["duration_us"] / 1e6, "")
+
+        async def fetch(queue: str, count: int) -> WrkOutcome:
+            c = a.concurrency  # one connection a thread: a connection acks what it fetched
+            record = await run_wrk(base, FETCH_SCRIPT, a.fetch_seconds, c, c, queue, str(count))
+            record["count"] = count
+            records[queue] = record
+            return WrkOutcome(record["acked"], record["duration_us"] / 1e6, "")
+
+        records: dict[str, dict[str, Any]] = {}
+        for count in (1, 10):  # warm-up, as in the other modes
+            await http_push(post, f"warm{count}-{tag}", a.warmup, a.concurrency)
+        await asyncio.sleep(1.2)
+        for count in (1, 10):
+            await http_drain(post, f"warm{count}-{tag}", a.warmup, a.concurrency, count)
+        async with profiler.phase("push"):
+            for key, queue in (("c1", q1), ("c10", q10)):
+                await self.measure(key, f"(c) HTTP push (wrk), queue {key}", 0, push(queue))
+                await asyncio.sleep(0.5)  # the pushes in flight at wrk's stop land
+                self.phases[key].note = check_push(records[queue], store, queue).note
+        self.combine_push(self.phases["c1"].count + self.phases["c10"].count)
+        await asyncio.sleep(1.2)
+        for key, label, queue, count in (
+            ("d1", "(d) HTTP fetch(1) + ack (wrk)", q1, 1),
+            ("d10", "(d) HTTP fetch(10) + ack each (wrk)", q10, 10),
+        ):
+            await http_drain(post, queue, 1, 1, 1)  # opens the gateway, untimed (see http())
+            completed = store.states(queue).get("completed", 0)
+            async with profiler.phase(f"fetch{count}"):
+                await self.measure(key, label, 0, fetch(queue, count))
+            await asyncio.sleep(0.5)
+            outcome = await settle_fetch(records[queue], store, queue, completed, status_post)
+            self.phases[key].note = outcome.note
+        if a.smoke:
+            await self.refusals_fail(store)
+
+    async def refusals_fail(self, store: StoreReader) -> None:
+        """--smoke: a wrk run whose answers are 4xx must fail the check, not count."""
+        bad_queue = "Not_A_Queue"  # upper case and "_": the daemon answers 400
+        record = await run_wrk(self.daemon.base, PUSH_SCRIPT, 1, 4, 1, bad_queue)
+        try:
+            check_push(record, store, bad_queue)
+        except BenchError as exc:
+            print(f"  smoke: a wrk push answered 4xx fails the check, as it must: {exc}")
+            return
+        raise BenchError(f"smoke: a wrk push answered non-2xx passed the check: {record}")
 
 
-async def main_async(
-    args: argparse.Namespace,
-) -> tuple[dict[str, Phase], dict[str, str]]:
-    run_id = secrets.token_hex(4)
-    prefix = f"bench-{run_id}"
+def status_poster(session: aiohttp.ClientSession, base: str) -> PostStatus:
+    async def post(path: str, body: Any) -> tuple[int, Any]:
+        async with session.post(base + path, data=orjson.dumps(body), headers=JSON_HEADERS) as r:
+            return r.status, orjson.loads(await r.read())
+
+    return post
+
+
+async def run_once(args: argparse.Namespace) -> tuple[dict[str, Phase], dict[str, str]]:
+    """The whole sequence on a fresh daemon: baselines, HTTP phases, baselines again."""
+    prefix = f"bench-{secrets.token_hex(4)}"
     raw = RawNames(exchange=f"{prefix}.raw.exchange", queue=f"{prefix}.raw.queue")
     profile_dir = Path(args.profile) if args.profile else None
     if profile_dir is not None:
@@ -558,22 +324,14 @@ async def main_async(
             async with aiohttp.ClientSession(connector=connector) as session:
                 daemon.start()
                 health = await daemon.wait_healthy(session)
-                assert daemon.process is not None
                 meter = CpuMeter()
-                meter.pids["daemon"] = daemon.process.pid
+                meter.pids["daemon"] = daemon.pid
                 info = machine_info(health)
-                print(f"prefix {prefix}, daemon pid {daemon.process.pid} on {daemon.base}")
+                print(f"prefix {prefix}, daemon pid {daemon.pid} on {daemon.base}")
                 bench = Bench(args, daemon, raw, meter)
+                profiler = Profiler(daemon.pid, profile_dir)
                 await bench.baselines(1)
-                if args.client == "lean":
-                    lean = LeanSession("127.0.0.1", daemon.port)
-                    try:
-                        await bench.http(lean.post_json, Profiler(daemon.process.pid, profile_dir))
-                    finally:
-                        await lean.close()
-                else:
-                    post = aiohttp_poster(session, daemon.base)
-                    await bench.http(post, Profiler(daemon.process.pid, profile_dir))
+                await _http_phases(args, bench, session, profiler)
                 await bench.baselines(2)
                 bench.best_baselines()
         except BaseException:
@@ -586,65 +344,96 @@ async def main_async(
     return bench.phases, info
 
 
-def report(phases: dict[str, Phase], info: dict[str, str], args: argparse.Namespace) -> None:
-    print(render(phases, info, args))
+async def _http_phases(
+    args: argparse.Namespace, bench: Bench, session: aiohttp.ClientSession, profiler: Profiler
+) -> None:
+    base = bench.daemon.base
+    if args.client == "aiohttp":
+        await bench.http(aiohttp_poster(session, base), profiler)
+        return
+    lean = LeanSession("127.0.0.1", bench.daemon.port)
+    try:
+        if args.client == "wrk":
+            await bench.http_wrk(lean.post_json, status_poster(session, base), profiler)
+        else:
+            await bench.http(lean.post_json, profiler)
+    finally:
+        await lean.close()
+
+
+def report(runs: list[tuple[dict[str, Phase], dict[str, str]]], args: argparse.Namespace) -> None:
+    for n, (phases, info) in enumerate(runs, 1):
+        print(f"\n=== run {n} of {len(runs)} ===" + render(phases, info, args))
+    if len(runs) > 1:
+        print(render_median([phases for phases, _ in runs]))
     if args.profile:
         for path in sorted(Path(args.profile).glob("*.txt")):
             print("\n" + summarize_profile(path))
     if args.json:
+        as_json = [{k: p.as_json() for k, p in phases.items()} for phases, _ in runs]
         record = {
-            "machine": info,
+            "machine": runs[0][1],
             "args": vars(args),
-            "phases": {
-                k: {
-                    "label": p.label,
-                    "count": p.count,
-                    "seconds": p.seconds,
-                    "rate": p.rate,
-                    "cpu": p.cpu,
-                }
-                for k, p in phases.items()
-            },
+            "phases": as_json[0],
+            "runs": as_json,
+            "median_ratios": median_json([phases for phases, _ in runs]),
         }
         Path(args.json).write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--jobs", type=int, default=10000, help="jobs per HTTP phase (default 10000)"
-    )
-    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (64)")
-    parser.add_argument(
-        "--raw-jobs",
-        type=int,
-        default=None,
-        help="messages in the raw phases (default 4 x --jobs: they are fast)",
-    )
-    parser.add_argument("--warmup", type=int, default=500, help="warm-up operations per phase")
-    parser.add_argument(
-        "--amqp-url", default=os.environ.get("OJS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    )
-    parser.add_argument(
+    add = parser.add_argument
+    add("--jobs", type=int, default=10000, help="jobs per HTTP phase (default 10000)")
+    add("--concurrency", type=int, default=64, help="requests in flight / wrk connections (64)")
+    add("--raw-jobs", type=int, default=None, help="raw-phase messages (default 4 x --jobs)")
+    add("--warmup", type=int, default=500, help="warm-up operations per phase")
+    add("--amqp-url", default=os.environ.get("OJS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"))
+    add(
         "--client",
-        choices=("lean", "aiohttp"),
+        choices=("lean", "aiohttp", "wrk"),
         default="lean",
-        help="HTTP load generator: a minimal keep-alive client (default) or aiohttp's",
+        help="HTTP load generator: a minimal keep-alive client (default), aiohttp's, or wrk",
     )
-    parser.add_argument("--profile", metavar="DIR", help="py-spy the daemon's HTTP phases")
-    parser.add_argument("--json", metavar="OUT", help="also write the figures as JSON")
+    add("--seconds", type=int, default=10, help="wrk: the push window per queue (10 s)")
+    add("--fetch-seconds", type=int, default=None, help="wrk: each fetch window (--seconds / 2)")
+    add("--wrk-threads", type=int, default=2, help="wrk: threads for push (fetch: one a conn.)")
+    add("--runs", type=int, default=1, help="repeat the whole sequence; print each and the median")
+    add("--smoke", action="store_true", help="a fast self-check: few jobs, short windows")
+    add("--profile", metavar="DIR", help="py-spy the daemon's HTTP phases")
+    add("--json", metavar="OUT", help="also write the figures as JSON")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.jobs, args.warmup, args.seconds = 300, 50, 2
+        args.raw_jobs = args.raw_jobs or 2000
     if args.raw_jobs is None:
         args.raw_jobs = 4 * args.jobs
-    if min(args.jobs, args.concurrency, args.raw_jobs, args.warmup) < 1:
-        parser.error("--jobs, --concurrency, --raw-jobs and --warmup must be positive")
+    if args.fetch_seconds is None:
+        args.fetch_seconds = max(1, args.seconds // 2)
+    sizes = (args.jobs, args.concurrency, args.raw_jobs, args.warmup, args.seconds, args.runs)
+    if min(*sizes, args.fetch_seconds, args.wrk_threads) < 1:
+        parser.error("every count, size and window must be positive")
+    if args.client == "wrk" and not wrk_available():
+        parser.error("--client wrk needs wrk on PATH (Debian: apt-get install -y wrk)")
+    args.load = (
+        f"wrk: push {args.seconds}s per queue, fetch {args.fetch_seconds}s per phase"
+        if args.client == "wrk"
+        else f"jobs {args.jobs} per HTTP phase"
+    )
     return args
+
+
+async def main_async(args: argparse.Namespace) -> list[tuple[dict[str, Phase], dict[str, str]]]:
+    runs = []
+    for n in range(1, args.runs + 1):
+        print(f"--- run {n} of {args.runs}", flush=True)
+        runs.append(await run_once(args))
+    return runs
 
 
 def main() -> int:
     args = parse_args()
-    phases, info = asyncio.run(main_async(args))
-    report(phases, info, args)
+    report(asyncio.run(main_async(args)), args)
     return 0
 
 
