@@ -26,10 +26,15 @@ class Supervisor:
     """The background tasks of one component (the broker, a worker's session, the engine)."""
 
     def __init__(
-        self, logger: logging.Logger, on_failure: Callable[[str], None] | None = None
+        self,
+        logger: logging.Logger,
+        on_failure: Callable[[str], None] | None = None,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._log = logger
         self._on_failure = on_failure
+        self._sleep = sleep  # a fake clock's, in tests
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Failures counted so far (tests and stats read it).
         self.failures = 0
@@ -73,7 +78,7 @@ class Supervisor:
 
         async def every() -> None:
             while True:
-                await asyncio.sleep(seconds)
+                await self._sleep(seconds)
                 await self.guarded(name, work())
 
         return self.spawn(every(), name)
@@ -114,6 +119,10 @@ class Supervisor:
                 self.failed(what, exc, _name_of(hook))
                 ok = False
         return ok
+
+    def running(self) -> list[asyncio.Task[Any]]:
+        """The tasks not ended yet."""
+        return list(self._tasks)
 
     def cancel(self) -> list[asyncio.Task[Any]]:
         """Cancel every task; returns them (await them with `close`)."""

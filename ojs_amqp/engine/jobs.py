@@ -78,7 +78,7 @@ class JobEngine:
         self.scheduler = sched = scheduler if scheduler is not None else LoopScheduler(clock)
         #: HTTP workers' announced states (beat, drain), for fetch and worker health.
         self.workers = WorkerRegistry()
-        self.tasks = Tasks(sched)
+        self.tasks = Tasks(sched, metrics.background_failed)
         self.outcomes = outcomes = Outcomes(metrics, events, tracing)
         ids = UUIDv7Generator()
         self.queues = queues = QueueRegistry(transport, store, sched)

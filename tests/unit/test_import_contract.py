@@ -80,10 +80,12 @@ def test_the_core_imports_nothing_of_ours_but_errors(path: Path) -> None:
     assert not stray, f"{path.name} imports {stray}"
 
 
-#: All the engine may import of ours: the core, the error tree, itself, and four I/O-free
-#: modules (the typed settings, the metrics registry, tracing's optional spans, the clock).
+#: All the engine may import of ours: the core, the error tree, itself, and five I/O-free
+#: modules (the typed settings, the metrics registry, tracing's optional spans, the clock,
+#: the task supervisor).
 ENGINE_ALLOWED = ("ojs_amqp.core", "ojs_amqp.errors", "ojs_amqp.engine", "ojs_amqp.settings",
-                  "ojs_amqp.metrics", "ojs_amqp.tracing", "ojs_amqp.clock")  # fmt: skip
+                  "ojs_amqp.metrics", "ojs_amqp.tracing", "ojs_amqp.clock",
+                  "ojs_amqp.supervisor")  # fmt: skip
 
 
 @pytest.mark.parametrize("path", _modules("engine"), ids=lambda p: p.name)
