@@ -175,7 +175,7 @@ class PostgresAdminQueries:
         sql = (
             "SELECT doc FROM (SELECT queue, created_at_ms, id, doc FROM ojs_jobs "
             "ORDER BY created_at_ms DESC, id DESC LIMIT $1) newest "
-            f"WHERE strpos(lower((ojs_doc_json(doc) -> '{field}')::text), "
+            f"WHERE strpos(lower((ojs_doc_text(doc)::json -> '{field}')::text), "
             "lower($2)) > 0 AND ($3::text IS NULL OR queue = $3) "
             "ORDER BY created_at_ms DESC, id DESC LIMIT $4"
         )
