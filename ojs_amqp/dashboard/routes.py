@@ -5,7 +5,6 @@ whether they may change things, `DELETE` logs out)."""
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Awaitable, Callable
 from importlib import resources
 
@@ -88,7 +87,7 @@ class Dashboard:
         self.settings = settings
         self.sessions = SessionStore()
         self.static = StaticFiles()
-        self.search = JobSearch(lambda: _sqlite_of(engine))
+        self.search = JobSearch(lambda: getattr(engine, "store", None))
 
     def routes(self) -> list[tuple[str, str, Route]]:
         return [
@@ -157,13 +156,6 @@ class Dashboard:
             self.sessions.close(session_id)
         cookie = f"{COOKIE}=; Path=/ojs; HttpOnly; SameSite=Strict; Max-Age=0"
         return json_response({"logged_out": True}, 200, [("Set-Cookie", cookie)])
-
-
-def _sqlite_of(engine: object) -> sqlite3.Connection | None:
-    """The SQLite store's connection, looked up when a search comes (the store opens later
-    than the routes are made)."""
-    db = getattr(getattr(engine, "store", None), "db", None)
-    return db if isinstance(db, sqlite3.Connection) else None
 
 
 def _identity(scope: str, *, login_required: bool) -> dict[str, object]:

@@ -3,7 +3,9 @@ dashboard's most requested feature that the admin API's indexed filters cannot a
 
 No index can serve "contains" over JSON, so a search reads the newest SEARCH_WINDOW jobs
 of the store (newest first) and stops at the first page of matches: its cost is bounded
-whatever the store holds, and the answer says how far it looked."""
+whatever the store holds, and the answer says how far it looked. On SQLite "newest" is the
+order rows were written (rowid); on PostgreSQL the creation time (its index, migration 0002),
+matched against the field's JSON text, so a NUL escape in a document cannot fail a search."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from ojs_amqp.core.job import from_record, to_wire
 from ojs_amqp.errors import InvalidRequest, Unsupported
 from ojs_amqp.http.responses import json_response
 from ojs_amqp.http.server import Request, Response
+from ojs_amqp.store.postgres import PostgresJobStore
 
 PATH = "/ojs/v1/admin/search"
 #: How many of the newest jobs one search reads at most.
@@ -26,15 +29,17 @@ FIELDS = ("args", "meta")
 
 
 class JobSearch:
-    """Over the SQLite store's connection (other stores answer 422 `unsupported`)."""
+    """Over the SQLite store's connection or the PostgreSQL store's pool (another store
+    answers 422 `unsupported`). `store` is looked up when a search comes: the store opens
+    later than the routes are made."""
 
-    def __init__(self, connection: Callable[[], sqlite3.Connection | None]) -> None:
-        self._connection = connection
+    def __init__(self, store: Callable[[], object]) -> None:
+        self._store = store
 
     async def handle(self, request: Request) -> Response:
         text = (request.query_value("q") or "").strip()
         field = request.query_value("in") or "args"
-        if not text:
+        if not text or "\x00" in text:
             raise InvalidRequest("q must be the text to look for", details={"field": "q"})
         if field not in FIELDS:
             raise InvalidRequest("in must be args or meta", details={"field": "in"})
@@ -42,13 +47,19 @@ class JobSearch:
         if not raw.isdigit() or int(raw) < 1:
             raise InvalidRequest("per_page must be a whole number", details={"field": "per_page"})
         limit = min(int(raw), MAX_RESULTS)
-        db = self._connection()
-        if db is None:
+        queue = request.query_value("queue")
+        store = self._store()
+        db = getattr(store, "db", None)
+        if isinstance(db, sqlite3.Connection):
+            jobs = find(db, field, text, queue, limit)
+        elif isinstance(store, PostgresJobStore):
+            found = await store.admin_queries().search(field, text, queue, limit, SEARCH_WINDOW)
+            jobs = [to_wire(job) for job in found]
+        else:
             raise Unsupported(
-                "searching job contents needs the SQLite job store",
+                "searching job contents needs the SQLite or PostgreSQL job store",
                 details={"feature": "job search"},
             )
-        jobs = find(db, field, text, request.query_value("queue"), limit)
         return json_response(
             {"items": jobs, "searched": {"field": field, "text": text, "newest": SEARCH_WINDOW},
              "pagination": {"total": len(jobs), "page": 1, "per_page": limit}}

@@ -3,9 +3,10 @@ time, dead letters with filters, and the counts dashboards poll. Every filter is
 index (no scan of the jobs table): `AdminQueries` is the port, `SqliteAdminQueries` its SQLite
 adapter, which adds the indexes it needs when it opens (`CREATE INDEX IF NOT EXISTS`).
 
-A second store (PostgreSQL) provides the same methods over its own indexes: on (queue, state,
-created), (state, created), (type, created), (queue, created), (created), and on dead
-letters by (queue, finished) and (type, finished); plus the `admin_queue_config` rows.
+The port is async so that a networked store can serve it: the PostgreSQL adapter
+(store/postgres/admin_queries.py) runs the same queries over the indexes of its migration
+0002. The SQLite adapter's SQL stays synchronous inside its async methods (a local read of
+an index takes microseconds; a thread hop would cost more than it saves).
 """
 
 from __future__ import annotations
@@ -43,36 +44,36 @@ class JobQuery:
 class AdminQueries(Protocol):
     """What the admin API reads from the store (and its one table of its own)."""
 
-    def jobs(
+    async def jobs(
         self, query: JobQuery, limit: int, offset: int, newest_first: bool
     ) -> tuple[list[Job], int]:
         """One page of matching jobs in creation order (dead letters: in order of death),
         and how many match in all."""
         ...
 
-    def page(self, query: JobQuery, limit: int, offset: int, newest_first: bool) -> list[Job]:
+    async def page(self, query: JobQuery, limit: int, offset: int, newest_first: bool) -> list[Job]:
         """One page of matching jobs, as `jobs` orders them."""
         ...
 
-    def count(self, query: JobQuery, at_most: int | None = None) -> int:
+    async def count(self, query: JobQuery, at_most: int | None = None) -> int:
         """How many jobs match, counting no further than `at_most` (None: all)."""
         ...
 
-    def job_ids(self, query: JobQuery, limit: int) -> list[str]:
+    async def job_ids(self, query: JobQuery, limit: int) -> list[str]:
         """Up to `limit` matching ids, oldest first (bulk actions walk them)."""
         ...
 
-    def counts(self, queue: str | None = None) -> dict[tuple[str, str], int]:
+    async def counts(self, queue: str | None = None) -> dict[tuple[str, str], int]:
         """(queue, state) -> number of jobs, for one queue or all."""
         ...
 
-    def dead_letter_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+    async def dead_letter_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """Dead letters by queue, and by the code of their last error."""
         ...
 
-    def oldest_available_ms(self, queue: str) -> int | None: ...
+    async def oldest_available_ms(self, queue: str) -> int | None: ...
 
-    def queue_config(self, queue: str | None = None) -> dict[str, dict[str, Any]]:
+    async def queue_config(self, queue: str | None = None) -> dict[str, dict[str, Any]]:
         """Run-time configuration set through the admin API: queue -> settings."""
         ...
 
@@ -82,7 +83,7 @@ class AdminQueries(Protocol):
         """Forget every queue's configuration (test mode's reset)."""
         ...
 
-    def explain(self, query: JobQuery) -> list[str]:
+    async def explain(self, query: JobQuery) -> list[str]:
         """The store's plan for a job page (tests check that an index serves it)."""
         ...
 
@@ -159,12 +160,12 @@ class SqliteAdminQueries:
         for statement in INDEXES:
             db.execute(statement)
 
-    def jobs(
+    async def jobs(
         self, query: JobQuery, limit: int, offset: int, newest_first: bool
     ) -> tuple[list[Job], int]:
-        return self.page(query, limit, offset, newest_first), self.count(query)
+        return await self.page(query, limit, offset, newest_first), await self.count(query)
 
-    def page(self, query: JobQuery, limit: int, offset: int, newest_first: bool) -> list[Job]:
+    async def page(self, query: JobQuery, limit: int, offset: int, newest_first: bool) -> list[Job]:
         where, args = _where(query)
         rows = self._db.execute(
             f"SELECT doc FROM jobs{where}{_order(query, newest_first)} LIMIT ? OFFSET ?",
@@ -172,7 +173,7 @@ class SqliteAdminQueries:
         ).fetchall()
         return [from_record(orjson.loads(r[0])) for r in rows]
 
-    def count(self, query: JobQuery, at_most: int | None = None) -> int:
+    async def count(self, query: JobQuery, at_most: int | None = None) -> int:
         where, args = _where(query)
         if at_most is None:
             sql = f"SELECT COUNT(*) FROM jobs{where}"
@@ -180,14 +181,14 @@ class SqliteAdminQueries:
             sql = f"SELECT COUNT(*) FROM (SELECT 1 FROM jobs{where} LIMIT {int(at_most)})"
         return int(self._db.execute(sql, args).fetchone()[0])
 
-    def job_ids(self, query: JobQuery, limit: int) -> list[str]:
+    async def job_ids(self, query: JobQuery, limit: int) -> list[str]:
         where, args = _where(query)
         rows = self._db.execute(
             f"SELECT id FROM jobs{where}{_order(query, False)} LIMIT ?", (*args, limit)
         )
         return [r[0] for r in rows]
 
-    def counts(self, queue: str | None = None) -> dict[tuple[str, str], int]:
+    async def counts(self, queue: str | None = None) -> dict[tuple[str, str], int]:
         if queue is None:
             rows = self._db.execute("SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state")
         else:
@@ -196,7 +197,7 @@ class SqliteAdminQueries:
             )
         return {(q, s): n for q, s, n in rows}
 
-    def dead_letter_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+    async def dead_letter_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         by_queue = dict(
             self._db.execute(
                 "SELECT queue, COUNT(*) FROM jobs WHERE dead_letter = 1 GROUP BY queue"
@@ -211,13 +212,13 @@ class SqliteAdminQueries:
         }
         return by_queue, by_error
 
-    def oldest_available_ms(self, queue: str) -> int | None:
+    async def oldest_available_ms(self, queue: str) -> int | None:
         row = self._db.execute(
             f"SELECT MIN({CREATED}) FROM jobs WHERE queue = ? AND state = 'available'", (queue,)
         ).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
-    def queue_config(self, queue: str | None = None) -> dict[str, dict[str, Any]]:
+    async def queue_config(self, queue: str | None = None) -> dict[str, dict[str, Any]]:
         if queue is None:
             rows = self._db.execute("SELECT queue, doc FROM admin_queue_config").fetchall()
         else:
@@ -241,14 +242,15 @@ class SqliteAdminQueries:
         if self._db.in_transaction:
             await asyncio.sleep(0)
 
-    def explain(self, query: JobQuery) -> list[str]:
+    async def explain(self, query: JobQuery) -> list[str]:
         where, args = _where(query)
         sql = f"SELECT doc FROM jobs{where}{_order(query, True)} LIMIT 20"
         return [row[3] for row in self._db.execute("EXPLAIN QUERY PLAN " + sql, args)]
 
 
 def admin_queries_for(store: object) -> AdminQueries | None:
-    """The admin queries of `store`, or None for a store that does not provide them yet."""
+    """The admin queries of `store` (SQLite: over its connection; others: their
+    `admin_queries()`), or None for a store that does not provide them."""
     from ojs_amqp.store.sqlite import SqliteJobStore
 
     if isinstance(store, SqliteJobStore):

@@ -4,22 +4,36 @@ the filters."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
 
 from ojs_amqp.core.times import format_ms
 from ojs_amqp.store.admin_queries import JobQuery, SqliteAdminQueries
 from tests.daemon import Daemon
 from tests.integration.admin_client import call, complete, fail, fetch, ok, push
+from tests.integration.admin_stores import STORES, daemons_on
 
 JOBS = "/ojs/v1/admin/jobs"
 
 
+@pytest.fixture(params=STORES)
+def make_store_daemon(
+    request: pytest.FixtureRequest, broker: str, tmp_path: Path
+) -> Iterator[Callable[..., Daemon]]:
+    """`make_daemon`, once on each store."""
+    with daemons_on(request.param, tmp_path) as factory:
+        yield factory
+
+
 def test_jobs_are_filtered_by_queue_state_type_and_time_and_paged_both_ways(
-    make_daemon: Callable[..., Daemon],
+    make_store_daemon: Callable[..., Daemon],
 ) -> None:
-    daemon = make_daemon()
+    daemon = make_store_daemon()
     mails = [push(daemon, "mail", "mail.send") for _ in range(5)]
     cut = format_ms(time.time_ns() // 1_000_000 + 1)
     time.sleep(0.01)
@@ -58,8 +72,8 @@ def test_jobs_are_filtered_by_queue_state_type_and_time_and_paged_both_ways(
     assert status == 400 and "not both" in body["error"]["message"]
 
 
-def test_job_detail_cancel_and_retry(make_daemon: Callable[..., Daemon]) -> None:
-    daemon = make_daemon()
+def test_job_detail_cancel_and_retry(make_store_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_store_daemon()
     job_id = push(daemon, "detail", meta={"tenant": "acme"}, retry={"max_attempts": 1})
     detail = ok(daemon, "GET", f"{JOBS}/{job_id}")
     assert detail["id"] == job_id and detail["args"] == ["detail"] and detail["errors"] == []
@@ -88,8 +102,10 @@ def test_job_detail_cancel_and_retry(make_daemon: Callable[..., Daemon]) -> None
     assert status == 422 and body["error"]["code"] == "unsupported"
 
 
-def test_scheduled_jobs_list_in_the_order_they_fall_due(make_daemon: Callable[..., Daemon]) -> None:
-    daemon = make_daemon()
+def test_scheduled_jobs_list_in_the_order_they_fall_due(
+    make_store_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_store_daemon()
     late = push(daemon, "later", delay_until="2031-01-01T00:00:00Z")
     soon = push(daemon, "later", delay_until="2030-01-01T00:00:00Z")
     got = ok(daemon, "GET", f"{JOBS}?state=scheduled&sort=scheduled_at&order=asc")
@@ -99,9 +115,9 @@ def test_scheduled_jobs_list_in_the_order_they_fall_due(make_daemon: Callable[..
 
 
 def test_bulk_actions_need_confirm_and_say_what_they_did(
-    make_daemon: Callable[..., Daemon],
+    make_store_daemon: Callable[..., Daemon],
 ) -> None:
-    daemon = make_daemon()
+    daemon = make_store_daemon()
     waiting = [push(daemon, "bulk", "b.job") for _ in range(4)]
     other = push(daemon, "other", "b.job")
     for action in ("cancel", "retry", "delete"):
@@ -158,7 +174,7 @@ def test_each_filter_is_served_by_an_index(make_daemon: Callable[..., Daemon]) -
             JobQuery(dead_letter=True): "jobs_dead",
         }
         for query, index in cases.items():
-            plan = " ".join(queries.explain(query))
+            plan = " ".join(asyncio.run(queries.explain(query)))
             assert f"INDEX {index}" in plan, (query, plan)
             assert "SCAN jobs" not in plan or "USING INDEX" in plan, (query, plan)
     finally:

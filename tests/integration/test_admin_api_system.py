@@ -5,20 +5,32 @@ files of --admin-ui-dir."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.daemon import Daemon
 from tests.integration.admin_client import call, complete, fail, fetch, ok, push
+from tests.integration.admin_stores import STORES, daemons_on
 
 ADMIN = "/ojs/v1/admin"
 WRITE, READ, PRODUCER = "a" * 24, "r" * 24, "p" * 24
 
 
+@pytest.fixture(params=STORES)
+def make_store_daemon(
+    request: pytest.FixtureRequest, broker: str, tmp_path: Path
+) -> Iterator[Callable[..., Daemon]]:
+    """`make_daemon`, once on each store."""
+    with daemons_on(request.param, tmp_path) as factory:
+        yield factory
+
+
 def test_backpressure_set_at_run_time_bounds_pushes_and_survives_a_restart(
-    make_daemon: Callable[..., Daemon],
+    make_store_daemon: Callable[..., Daemon],
 ) -> None:
-    daemon = make_daemon()
+    daemon = make_store_daemon()
     config = {"backpressure": {"max_depth": 4, "strategy": "reject", "warning_threshold": 0.5}}
     detail = ok(daemon, "PUT", f"{ADMIN}/queues/bounded/config", config)
     assert detail["configuration"]["backpressure"]["max_depth"] == 4
@@ -52,8 +64,10 @@ def test_backpressure_set_at_run_time_bounds_pushes_and_survives_a_restart(
     push(daemon, "bounded")  # unbounded again
 
 
-def test_queues_list_counts_and_purge_of_finished_jobs(make_daemon: Callable[..., Daemon]) -> None:
-    daemon = make_daemon()
+def test_queues_list_counts_and_purge_of_finished_jobs(
+    make_store_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_store_daemon()
     for _ in range(3):
         push(daemon, "pq")
     for job_id in fetch(daemon, "pq", count=2):
@@ -87,8 +101,10 @@ def test_queues_list_counts_and_purge_of_finished_jobs(make_daemon: Callable[...
     assert counts["completed"] == 0 and counts["available"] == 1
 
 
-def test_dead_letters_filter_stats_bulk_retry_and_purge(make_daemon: Callable[..., Daemon]) -> None:
-    daemon = make_daemon()
+def test_dead_letters_filter_stats_bulk_retry_and_purge(
+    make_store_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_store_daemon()
     dead = {}
     for queue, code in (("dl-a", "timeout"), ("dl-a", "boom"), ("dl-b", "boom")):
         job_id = push(daemon, queue, retry={"max_attempts": 1, "on_exhaustion": "dead_letter"})
@@ -139,8 +155,8 @@ def test_workers_are_listed_with_queues_and_jobs_quieted_and_only_stale_ones_for
     assert "w-beats" in [w["id"] for w in ok(daemon, "GET", f"{ADMIN}/workers")["items"]]
 
 
-def test_stats_and_history_count_what_happened(make_daemon: Callable[..., Daemon]) -> None:
-    daemon = make_daemon()
+def test_stats_and_history_count_what_happened(make_store_daemon: Callable[..., Daemon]) -> None:
+    daemon = make_store_daemon()
     for _ in range(3):
         push(daemon, "st")
     complete(daemon, fetch(daemon, "st")[0])

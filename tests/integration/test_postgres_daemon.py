@@ -83,14 +83,29 @@ def test_a_second_daemon_on_the_same_store_is_refused_at_start(
     assert _push(pg_daemon, "first")  # the first daemon serves on
 
 
-def test_the_admin_job_lists_say_plainly_they_need_the_sqlite_store(pg_daemon: Daemon) -> None:
-    """The admin API's indexed job queries exist for SQLite only (store/admin_queries.py):
-    on PostgreSQL they answer 422 unsupported, naming what is missing, never a crash."""
-    _push(pg_daemon, "admin")
-    status, body = request("GET", f"{pg_daemon.url}/ojs/v1/admin/jobs?queue=admin")
-    assert status == 422, body
-    assert body["error"]["code"] == "unsupported"
-    assert "admin API's indexed queries" in body["error"]["message"]
+def test_the_admin_api_and_the_dashboard_search_read_postgresql(
+    pg_daemon: Daemon, pg_url: str
+) -> None:
+    """The admin lists, counts and search on PostgreSQL (store/postgres/admin_queries.py):
+    the answers come from the columns migration 0002 fills, and a document with a NUL
+    escape neither fails its push nor the lists and search around it."""
+    first = _push(pg_daemon, "admin")
+    nul = {"type": "pg.nul", "args": ["x\x00y", "Findme"], "options": {"queue": "admin"}}
+    status, body = request("POST", f"{pg_daemon.url}/ojs/v1/jobs", nul)
+    assert status == 201, body
+    odd = body["job"]["id"]
+    status, body = request("GET", f"{pg_daemon.url}/ojs/v1/admin/jobs?queue=admin&order=asc")
+    assert status == 200, body
+    assert [j["id"] for j in body["items"]] == [first, odd]
+    assert body["pagination"]["total"] == 2
+    status, body = request("GET", f"{pg_daemon.url}/ojs/v1/admin/jobs?type=pg.*&state=available")
+    assert status == 200 and {j["id"] for j in body["items"]} == {first, odd}, body
+    status, body = request("GET", f"{pg_daemon.url}/ojs/v1/admin/search?q=findme")
+    assert status == 200, body
+    assert [j["id"] for j in body["items"]] == [odd] and body["items"][0]["args"][0] == "x\x00y"
+    status, body = request("GET", f"{pg_daemon.url}/ojs/v1/admin/search?q=%00")
+    assert status == 400 and body["error"]["code"] == "invalid_request", body
+    assert _rows(pg_url, f"SELECT job_type FROM ojs_jobs WHERE id = '{odd}'") == [("pg.nul",)]
 
 
 def test_a_sigkill_with_jobs_leased_and_waiting_loses_none_on_restart(

@@ -88,16 +88,17 @@ class _Queries:
     def __init__(self, matches: int) -> None:
         self.matches, self.count_calls, self.counts_calls = matches, 0, 0
 
-    def counts(self, queue: str | None = None) -> dict[tuple[str, str], int]:
+    async def counts(self, queue: str | None = None) -> dict[tuple[str, str], int]:
         self.counts_calls += 1
         return {("a", "available"): 3, ("a", "completed"): 4, ("b", "available"): 5}
 
-    def count(self, query: object, at_most: int | None = None) -> int:
+    async def count(self, query: object, at_most: int | None = None) -> int:
         self.count_calls += 1
         return self.matches if at_most is None else min(self.matches, at_most)
 
 
 def test_list_totals_come_from_cached_counts_or_a_capped_count() -> None:
+    from asyncio import run
     from typing import Any, cast
 
     from ojs_amqp.http.admin.context import MAX_COUNT, AdminContext
@@ -106,13 +107,13 @@ def test_list_totals_come_from_cached_counts_or_a_capped_count() -> None:
     fake = _Queries(matches=50_000)
     ctx = AdminContext(cast(Any, None), cast(Any, None), Settings())
     ctx._queries, ctx._looked_up = cast(Any, fake), True
-    assert ctx.total(JobQuery()) == (12, False)
-    assert ctx.total(JobQuery(queue="a")) == (7, False)
-    assert ctx.total(JobQuery(states=("available",))) == (8, False)
+    assert run(ctx.total(JobQuery())) == (12, False)
+    assert run(ctx.total(JobQuery(queue="a"))) == (7, False)
+    assert run(ctx.total(JobQuery(states=("available",)))) == (8, False)
     assert fake.counts_calls == 1 and fake.count_calls == 0  # one read serves all three
-    assert ctx.total(JobQuery(type="t")) == (MAX_COUNT, True)  # more matched than counted
+    assert run(ctx.total(JobQuery(type="t"))) == (MAX_COUNT, True)  # more matched than counted
     fake.matches = 42
-    assert ctx.total(JobQuery(type="t")) == (42, False)
+    assert run(ctx.total(JobQuery(type="t"))) == (42, False)
     ctx.forget_counts()
-    ctx.total(JobQuery())
+    run(ctx.total(JobQuery()))
     assert fake.counts_calls == 2

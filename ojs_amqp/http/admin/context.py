@@ -54,27 +54,27 @@ class AdminContext:
             )
         return self.store_queries
 
-    def counts(self) -> dict[tuple[str, str], int]:
+    async def counts(self) -> dict[tuple[str, str], int]:
         """(queue, state) -> jobs, re-read at most every COUNTS_TTL_S: the full count walks
         an index entry per job (about 0.2 s per million), and dashboards poll it."""
         now = time.monotonic()
         if self._counts is None or now - self._counts[0] >= COUNTS_TTL_S:
-            self._counts = (now, self.queries.counts())
+            self._counts = (now, await self.queries.counts())
         return self._counts[1]
 
     def forget_counts(self) -> None:
         """After an admin action: the next read counts afresh."""
         self._counts = None
 
-    def total(self, query: JobQuery) -> tuple[int, bool]:
+    async def total(self, query: JobQuery) -> tuple[int, bool]:
         """How many jobs a list matches, and whether that is a lower bound: a list by queue
         and state only reads the counts above; others count at most MAX_COUNT matches."""
         plain = JobQuery(queue=query.queue, states=query.states)
         if query == plain:
             return sum(
-                n for (q, s), n in self.counts().items()
+                n for (q, s), n in (await self.counts()).items()
                 if (query.queue is None or q == query.queue)
                 and (not query.states or s in query.states)
             ), False  # fmt: skip
-        counted = self.queries.count(query, MAX_COUNT + 1)
+        counted = await self.queries.count(query, MAX_COUNT + 1)
         return min(counted, MAX_COUNT), counted > MAX_COUNT

@@ -35,14 +35,14 @@ class DeadLetterRoutes:
         fields = params.query_fields(request, JOB_FILTERS)
         fields.pop("state", None)  # dead letters are discarded, always
         query = params.job_query(fields, dead_letter=True)
-        jobs = self.ctx.queries.page(query, page.limit, page.offset, True)
-        total, capped = self.ctx.total(query)
+        jobs = await self.ctx.queries.page(query, page.limit, page.offset, True)
+        total, capped = await self.ctx.total(query)
         return json_response(
             {"items": [views.job_detail(j) for j in jobs], "pagination": page.wire(total, capped)}
         )
 
     async def stats(self, request: Request) -> Response:
-        by_queue, by_error = self.ctx.queries.dead_letter_counts()
+        by_queue, by_error = await self.ctx.queries.dead_letter_counts()
         return json_response(
             {"total": sum(by_queue.values()), "by_queue": by_queue, "by_error_type": by_error}
         )

@@ -45,8 +45,8 @@ class JobRoutes:
         page = params.page_of(request)
         query = params.job_query(params.query_fields(request, JOB_FILTERS))
         query, newest_first = params.sorted_query(request, query)
-        jobs = self.ctx.queries.page(query, page.limit, page.offset, newest_first)
-        total, capped = self.ctx.total(query)
+        jobs = await self.ctx.queries.page(query, page.limit, page.offset, newest_first)
+        total, capped = await self.ctx.total(query)
         return json_response(
             {"items": [views.job_item(j) for j in jobs], "pagination": page.wire(total, capped)}
         )
@@ -105,8 +105,8 @@ class JobRoutes:
 async def run_bulk(ctx: AdminContext, action: str, query: JobQuery, act: Action) -> dict[str, Any]:
     """Apply `act` to every matching job (at most MAX_BULK): the spec's summary, with each
     failure's job id and OJS error."""
-    total = ctx.queries.count(query)
-    ids = ctx.queries.job_ids(query, MAX_BULK)
+    total = await ctx.queries.count(query)
+    ids = await ctx.queries.job_ids(query, MAX_BULK)
     errors: list[dict[str, Any]] = []
 
     async def one(job_id: str) -> None:

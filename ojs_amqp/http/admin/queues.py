@@ -4,13 +4,15 @@ queue stats backpressure clients read (`GET /ojs/v1/queues/{name}/stats`)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from ojs_amqp.clock import now_ms
 from ojs_amqp.core.durations import format_duration_ms
 from ojs_amqp.core.envelope import validate_queue
 from ojs_amqp.core.times import format_ms
-from ojs_amqp.errors import InvalidRequest, NotFound, Unsupported
+from ojs_amqp.errors import InvalidRequest, NotFound, OjsError, Unsupported
 from ojs_amqp.http.admin import params, views
 from ojs_amqp.http.admin.context import ADMIN, AdminContext, Routes
 from ojs_amqp.http.admin.history import MINUTE_MS, percentile
@@ -18,6 +20,8 @@ from ojs_amqp.http.admin.jobs import run_bulk
 from ojs_amqp.http.responses import json_response, read_object
 from ojs_amqp.http.server import Request, Response
 from ojs_amqp.store.admin_queries import JobQuery
+
+log = logging.getLogger("ojs_amqp.admin")
 
 FINISHED = ("completed", "cancelled", "discarded")
 STRATEGIES = ("reject", "block", "drop_oldest")
@@ -34,14 +38,32 @@ NOT_APPLICABLE = {
 class QueueRoutes:
     def __init__(self, ctx: AdminContext) -> None:
         self.ctx = ctx
+        self._loading: asyncio.Task[None] | None = None
 
     def attach(self) -> None:
-        """Run-time configuration survives restarts (applied again here, at start); test
-        mode's reset forgets it."""
+        """Run-time configuration survives restarts: read back from the store at start (a
+        task: the routes are made synchronously, and a networked store answers in a round
+        trip, before the server's first requests in practice); test mode's reset forgets it."""
         self.ctx.engine.on_reset.append(self._reset)
         if self.ctx.store_queries is not None:
-            for queue, config in self.ctx.store_queries.queue_config().items():
-                self._apply(queue, config)
+            self._loading = asyncio.get_running_loop().create_task(self._load())
+
+    async def _load(self) -> None:
+        queries = self.ctx.store_queries
+        if queries is None:
+            return
+        try:
+            stored = await queries.queue_config()
+        except OjsError as exc:  # a store that is gone at start: the settings' bounds apply
+            log.error("run-time queue configuration not applied: %s", exc.message)
+            return
+        for queue, config in stored.items():
+            self._apply(queue, config)
+
+    async def _loaded(self) -> None:
+        """A change waits for the start's read, which would otherwise undo it."""
+        if self._loading is not None:
+            await asyncio.shield(self._loading)
 
     def routes(self) -> Routes:
         return [
@@ -57,13 +79,14 @@ class QueueRoutes:
         self.ctx.engine.depth_bounds.clear()
         self.ctx.history.clear()
         self.ctx.forget_counts()
+        await self._loaded()
         await self.ctx.queries.reset()
 
     async def list(self, request: Request) -> Response:
         page = params.page_of(request)
         known = await self.ctx.engine.queue_names()
-        counts = self.ctx.counts()
-        config = self.ctx.queries.queue_config()
+        counts = await self.ctx.counts()
+        config = await self.ctx.queries.queue_config()
         items = [
             self._summary(name, created, _by_state(counts, name), config.get(name))
             for name, created in known[page.offset : page.offset + page.limit]
@@ -77,9 +100,10 @@ class QueueRoutes:
             raise NotFound(f"queue {name!r} not found",
                            details={"resource_type": "queue", "resource_id": name})  # fmt: skip
         queries = self.ctx.queries
-        config = queries.queue_config(name).get(name)
-        out = self._summary(name, created, _by_state(queries.counts(name), name), config)
-        oldest = queries.oldest_available_ms(name)
+        config = (await queries.queue_config(name)).get(name)
+        by_state = _by_state(await queries.counts(name), name)
+        out = self._summary(name, created, by_state, config)
+        oldest = await queries.oldest_available_ms(name)
         out["oldest_available_at"] = format_ms(oldest) if oldest is not None else None
         settings = self.ctx.settings
         out["configuration"] = {
@@ -153,6 +177,7 @@ class QueueRoutes:
             if key != "backpressure":
                 raise InvalidRequest(f"unknown queue setting {key!r}", details={"field": key})
         config = {"backpressure": _backpressure(body.get("backpressure"))}
+        await self._loaded()
         await self.ctx.engine.ensure_queue(name)
         await self.ctx.queries.put_queue_config(name, config)
         self._apply(name, config)
@@ -168,7 +193,7 @@ class QueueRoutes:
     async def stats(self, request: Request) -> Response:
         name = request.params["name"]
         validate_queue(name)
-        by_state = _by_state(self.ctx.queries.counts(name), name)
+        by_state = _by_state(await self.ctx.queries.counts(name), name)
         bound, warning = self.ctx.engine.depth_bound(name)
         depth = await self.ctx.engine.queue_depth(name)
         now = now_ms()

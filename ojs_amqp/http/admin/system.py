@@ -39,7 +39,7 @@ class SystemRoutes:
     async def stats(self, request: Request) -> Response:
         engine = self.ctx.engine
         by_state: dict[str, int] = {}
-        for (_, state), n in self.ctx.counts().items():
+        for (_, state), n in (await self.ctx.counts()).items():
             by_state[state] = by_state.get(state, 0) + n
         now = now_ms()
         recent = self.ctx.history.total(now - MINUTE_MS, now + 1)
@@ -51,7 +51,7 @@ class SystemRoutes:
                 "throughput": {"processed_per_minute": recent.processed,
                                "failed_per_minute": recent.failed,
                                "enqueued_per_minute": recent.enqueued},
-                "dead_letters": sum(self.ctx.queries.dead_letter_counts()[0].values()),
+                "dead_letters": sum((await self.ctx.queries.dead_letter_counts())[0].values()),
                 "uptime_seconds": int(time.monotonic() - self.ctx.started),
                 "broker": {"connected": engine.broker.connected,
                            "version": engine.broker.server_version},

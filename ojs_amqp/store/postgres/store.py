@@ -23,6 +23,7 @@ from ojs_amqp.core.job import Job, JobState, from_record, to_record
 from ojs_amqp.errors import Duplicate
 from ojs_amqp.store.base import QueueInfo, StoreUnavailable
 from ojs_amqp.store.location import describe
+from ojs_amqp.store.postgres.admin_queries import PostgresAdminQueries
 from ojs_amqp.store.postgres.batch import DELETE, INSERT, PUBLISH, UPDATE, GroupCommit
 from ojs_amqp.store.postgres.guard import hold
 from ojs_amqp.store.postgres.lookups import BatchedLookups
@@ -64,6 +65,10 @@ class PostgresJobStore:
         self._lock: asyncpg.Connection | None = None  # holds the one-daemon guard (guard.py)
         self._writes = GroupCommit(self._connection, _unavailable)
         self._lookups = BatchedLookups(self._connection, _unavailable)
+
+    def admin_queries(self) -> PostgresAdminQueries:
+        """The admin API's indexed reads (store/admin_queries.py), over this store's pool."""
+        return PostgresAdminQueries(self._fetch, self._writes.statement)
 
     @property
     def group_commits(self) -> int:
