@@ -101,7 +101,7 @@ class Runtime:
             settings.amqp_url, Topology(settings.prefix), connection_name=name, observer=metrics,
             ssl_context=tls, timeouts=broker_timeouts(settings),
         )  # fmt: skip
-        transport = AmqpTransport(broker, settings.prefetch)
+        transport = AmqpTransport(broker, settings.prefetch, metrics.background_failed)
         engine = JobEngine(settings, store, transport, EventLog(), metrics,
                            tracing=create_tracing())  # fmt: skip
         https = server_context(settings.tls_cert_file, settings.tls_key_file)

@@ -11,6 +11,7 @@ counted, and the broker's own loop goes on.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import cast
 
 import orjson
@@ -24,6 +25,7 @@ from ojs_amqp.amqp.topology import ladder_routing_key as _ladder_key
 from ojs_amqp.core.job import Job
 from ojs_amqp.engine.ports import Delivery, DeliveryHandler, TransportListener
 from ojs_amqp.errors import BackendUnavailable
+from ojs_amqp.supervisor import Supervisor
 
 log = logging.getLogger("ojs_amqp.transport")
 
@@ -69,13 +71,18 @@ class AmqpTransport:
     """`engine.ports.JobTransport` over one `Broker` (which it does not own: the runtime
     starts and closes it)."""
 
-    def __init__(self, broker: Broker, prefetch: int) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        prefetch: int,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
         self.broker = broker
         self.topology = broker.topology
         self._prefetch = prefetch
         #: broker queue name -> OJS queue, for the job queues declared so far.
         self._job_queues: dict[str, str] = {}
-        self.listeners = _Listeners(broker, self._job_queues)
+        self.listeners = _Listeners(broker, self._job_queues, on_failure)
 
     @property
     def connected(self) -> bool:
@@ -218,61 +225,57 @@ class AmqpTransport:
 
 class _Listeners:
     """Broker's `on_*` hook lists, adapted to typed `TransportListener`s: broker queue names
-    become OJS queues, and a listener that raises is logged and counted, never raised into
-    the broker's reconnect loop."""
+    become OJS queues, and a listener that raises is handled by the daemon's one policy
+    (`Supervisor`: logged, counted in ojs_background_failures_total under the broker's own
+    task names), never raised into the broker's reconnect loop; the next listener still
+    hears."""
 
-    def __init__(self, broker: Broker, job_queues: dict[str, str]) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        job_queues: dict[str, str],
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
         self._due_queue = broker.topology.due_queue
         self._job_queues = job_queues
         self._listeners: list[TransportListener] = []
-        #: Listener calls that raised (logged each time; the broker's loop went on).
-        self.failures = 0
+        self._supervisor = Supervisor(log, on_failure)
         broker.on_connection_lost.append(self._connection_lost)
         broker.on_reconnected.append(self._reconnected)
         broker.on_consumer_restored.append(self._consumer_restored)
         broker.on_consumer_lost.append(self._consumer_lost)
 
+    @property
+    def failures(self) -> int:
+        """Listener calls that raised so far."""
+        return self._supervisor.failures
+
     def add(self, listener: TransportListener) -> None:
         self._listeners.append(listener)
 
-    def _failed(self, what: str, exc: BaseException) -> None:
-        self.failures += 1
-        log.error("a transport listener failed on %s", what, exc_info=exc)
-
     def _connection_lost(self) -> None:
-        for listener in self._listeners:
-            try:
-                listener.connection_lost()
-            except Exception as exc:
-                self._failed("connection_lost", exc)
+        hooks = [listener.connection_lost for listener in self._listeners]
+        self._supervisor.call_hooks("a connection-lost hook", hooks)
 
     async def _reconnected(self) -> None:
-        for listener in self._listeners:
-            try:
-                await listener.reconnected()
-            except Exception as exc:
-                self._failed("reconnected", exc)
+        hooks = [listener.reconnected for listener in self._listeners]
+        await self._supervisor.run_hooks("after a reconnect", hooks)
 
     def _consumer_lost(self, queue_name: str) -> None:
         queue = self._job_queues.get(queue_name)
-        for listener in self._listeners:
-            try:
-                if queue_name == self._due_queue:
-                    listener.due_consumer_lost()
-                elif queue is not None:
-                    listener.job_consumer_lost(queue)
-            except Exception as exc:
-                self._failed("consumer_lost", exc)
+        if queue_name == self._due_queue:
+            hooks = [listener.due_consumer_lost for listener in self._listeners]
+            self._supervisor.call_hooks("after a consumer channel closed", hooks)
+        elif queue is not None:
+            lost = [listener.job_consumer_lost for listener in self._listeners]
+            self._supervisor.call_hooks("after a consumer channel closed", lost, queue)
 
     async def _consumer_restored(self, queue_name: str) -> None:
         queue = self._job_queues.get(queue_name)
         if queue is None:
             return
-        for listener in self._listeners:
-            try:
-                await listener.job_queue_restored(queue)
-            except Exception as exc:
-                self._failed("consumer_restored", exc)
+        hooks = [listener.job_queue_restored for listener in self._listeners]
+        await self._supervisor.run_hooks("recovery after a cancelled consumer", hooks, queue)
 
 
 def _ladder_routing(delay_ms: int) -> str:

@@ -77,4 +77,4 @@ async def test_a_listener_that_raises_is_counted_and_the_next_still_hears(
                 ("due_lost", None), ("restored", "emails")]  # fmt: skip
     assert fine.calls == expected and broken.calls == expected
     assert transport.listeners.failures == 5
-    assert "a transport listener failed on reconnected" in caplog.text
+    assert "after a reconnect (Heard.reconnected) failed" in caplog.text
