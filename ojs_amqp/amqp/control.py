@@ -58,7 +58,7 @@ class ControlMessage:
     worker_id: str | None = None
     copy: int | None = None
     started_at_ms: int | None = None
-    #: The attempt the worker says this was (reports); see JobEngine.apply_report.
+    #: The attempt the worker says this was (reports); see engine/native.py (NativeReports.apply).
     attempt: int | None = None
     #: The handler's return value (MISSING when the report carried none).
     result: Any = MISSING

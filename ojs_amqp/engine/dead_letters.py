@@ -115,6 +115,22 @@ class DeadLetters:
         await self._dead_letter(job_id)
         await self._store.delete(job_id)
 
+    async def _job(self, job_id: str) -> Job:
+        job = await self._store.get(job_id)
+        if job is None:
+            raise NotFound(
+                f"no job with id {job_id}", details={"resource_type": "job", "resource_id": job_id}
+            )
+        return job
+
+    async def retry_job(self, job_id: str) -> Job:
+        """Admin retry of a discarded job by id (`retry_discarded`)."""
+        return await self.retry_discarded(await self._job(job_id))
+
+    async def delete_finished_job(self, job_id: str) -> None:
+        """Admin delete of a finished job's record by id (`delete_finished`)."""
+        await self.delete_finished(await self._job(job_id))
+
     async def retry_discarded(self, job: Job) -> Job:
         """Admin retry of a discarded job (dead letter or not): available again, attempts
         reset, its history kept (ojs-admin-api §7.4). A cancelled job stays cancelled: the

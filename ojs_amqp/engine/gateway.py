@@ -286,7 +286,8 @@ class Gateway:
             return True
         try:
             written = await self._mover.advance(replace(job, copy=job.copy + 1),
-                                                delivery.message, job.copy)  # fmt: skip
+                                                delivery.message, job.copy,
+                                                JobState.AVAILABLE)  # fmt: skip
         except OjsError as exc:
             log.warning("could not renew the delivery of job %s (%s)", job.id, exc.message)
             return False

@@ -31,7 +31,7 @@ from ojs_amqp.engine.gateway import Gateway, GatewayPeers
 from ojs_amqp.engine.leases import Leases
 from ojs_amqp.engine.maintenance import Maintenance
 from ojs_amqp.engine.moves import Mover
-from ojs_amqp.engine.native import CopyRef, NativeReports, WorkerReport
+from ojs_amqp.engine.native import NativeReports
 from ojs_amqp.engine.outcomes import OutcomeListener, Outcomes
 from ojs_amqp.engine.ports import EngineStore, JobTransport, LoopScheduler, Scheduler
 from ojs_amqp.engine.producer import Producer
@@ -173,22 +173,6 @@ class JobEngine:
     async def cancel(self, job_id: str) -> Job:
         return await self.commands.cancel(job_id)
 
-    # --- native workers --------------------------------------------------------------------
-
-    async def apply_report(self, report: WorkerReport, queue: str | None) -> Job | None:
-        return await self.native.apply(report, queue)
-
-    async def native_heartbeat(self, beat: WorkerReport, queue: str | None) -> Job:
-        return await self.native.heartbeat(beat, queue)
-
-    async def native_progress(self, report: WorkerReport, queue: str | None) -> Job:
-        return await self.native.progress(report, queue)
-
-    async def binding_retry(
-        self, ref: CopyRef, body: Any, queue: str, delay_ms: int, report: FailureReport
-    ) -> Job | None:
-        return await self.native.binding_retry(ref, body, queue, delay_ms, report)
-
     # --- HTTP workers ----------------------------------------------------------------------
 
     async def fetch(
@@ -234,33 +218,6 @@ class JobEngine:
 
     async def delete_dead_letter(self, job_id: str) -> None:
         await self.dead.delete(job_id)
-
-    async def retry_job(self, job_id: str) -> Job:
-        """Admin retry of a discarded job, dead letter or not (dead_letters.py)."""
-        return await self.dead.retry_discarded(await self.get(job_id))
-
-    async def delete_finished(self, job_id: str) -> None:
-        """Admin delete of a finished job's record (dead_letters.py)."""
-        await self.dead.delete_finished(await self.get(job_id))
-
-    def leases_by_worker(self) -> dict[str, list[str]]:
-        return self.leases.by_worker()
-
-    # --- backpressure (admission.py) -------------------------------------------------------
-
-    @property
-    def depth_bounds(self) -> dict[str, tuple[int, float]]:
-        return self.admission.depth_bounds
-
-    def depth_bound(self, queue: str) -> tuple[int, float]:
-        return self.admission.depth_bound(queue)
-
-    async def pressure_headers(self, queue: str) -> list[tuple[str, str]]:
-        return await self.admission.pressure_headers(queue)
-
-    async def queue_depth(self, queue: str) -> int:
-        """Open (non-terminal) jobs of `queue`, as backpressure counts them."""
-        return await self.admission.depths.depth(queue)
 
     async def delete_queue(self, queue: str, force: bool) -> dict[str, Any]:
         deleted = await self.deletion.delete_queue(queue, force)

@@ -94,10 +94,11 @@ class Leases:
         self, d: Buffered, worker_id: str | None, visibility_ms: int | None, now: int
     ) -> Job | None:
         """Hand a buffered job to a worker. The store write is a compare-and-set on the copy
-        number, so a job cancelled or moved since it was buffered is dropped, not leased."""
+        number and the state: a lease or an ack keeps the copy number, so only the state
+        tells a job leased, finished or cancelled since it was buffered; it is dropped."""
         job = d.job
         new = lifecycle.fetch(job, now, worker_id)
-        if not await self._store.update(new, expect_copy=job.copy):
+        if not await self._store.update(new, expect_copy=job.copy, expect_state=JobState.AVAILABLE):
             self._mover.settle(d.message)
             return None
         s = self._settings
@@ -174,7 +175,8 @@ class Leases:
         job = self._progress.with_progress(job)
         now = self._scheduler.now_ms()
         new = lifecycle.lease_expired(job, now, kind, self._rng)
-        if not await self._mover.advance(new, current, job.copy):
+        # Still active as read: an ack or nack recorded meanwhile keeps the copy number.
+        if not await self._mover.advance(new, current, job.copy, JobState.ACTIVE):
             return False
         self._outcomes.lease_expired(job, new, now, kind)
         return True

@@ -31,7 +31,7 @@ class JobRoutes:
         job = await self.engine.push(body)
         headers = [
             ("Location", f"{BASE}/jobs/{job.id}"),
-            *await self.engine.pressure_headers(job.queue),
+            *await self.engine.admission.pressure_headers(job.queue),
         ]
         return json_response({"job": to_wire(job)}, 201, headers)
 

@@ -124,11 +124,11 @@ class NativeEdge:
             return control.queues
         assert control.job_id is not None
         if kind in (protocol.COMPLETED, protocol.FAILED):
-            return await self.engine.apply_report(control, queue)
+            return await self.engine.native.apply(control, queue)
         if kind == protocol.HEARTBEAT:
-            return await self.engine.native_heartbeat(control, queue)
+            return await self.engine.native.heartbeat(control, queue)
         if kind == protocol.PROGRESS:
-            return await self.engine.native_progress(control, queue)
+            return await self.engine.native.progress(control, queue)
         if kind == protocol.CANCEL:
             return await self.engine.cancel(control.job_id)
         return await self.engine.get(control.job_id)
@@ -142,7 +142,7 @@ class NativeEdge:
         async def apply(item: ControlMessage | InvalidRequest) -> Job | None:
             if isinstance(item, InvalidRequest):
                 raise item
-            return await self.engine.apply_report(item, queue)
+            return await self.engine.native.apply(item, queue)
 
         outcomes = await asyncio.gather(
             *(apply(item) for item in batch.reports), return_exceptions=True
@@ -226,7 +226,9 @@ class NativeEdge:
                     "'{queue}.{delay_ms}'"
                 )
             ref = codec.read_ref(message.headers, message.message_id)
-            await self.engine.binding_retry(ref, _json(message.body), queue, int(delay), report)
+            await self.engine.native.binding_retry(
+                ref, _json(message.body), queue, int(delay), report
+            )
         except BackendUnavailable as exc:
             await self._hand_back(message, exc, renew=True)
             return

@@ -52,7 +52,7 @@ async def _native_job(rig: Rig) -> Any:
 async def test_a_native_completion_completes_the_job(tmp_path: Path) -> None:
     async with engine_rig(tmp_path) as rig:
         job = await _native_job(rig)
-        done = await rig.engine.apply_report(Report(job.id, copy=job.copy, result=7), "nq")
+        done = await rig.engine.native.apply(Report(job.id, copy=job.copy, result=7), "nq")
         assert done is not None and done.state is JobState.COMPLETED and done.result == 7
         assert rig.event_types() == ["job.enqueued", "job.started", "job.completed"]
         applied = ('type="ojs.report.completed"', 'outcome="applied"')
@@ -62,7 +62,7 @@ async def test_a_native_completion_completes_the_job(tmp_path: Path) -> None:
 async def test_a_report_about_an_older_copy_is_stale_and_changes_nothing(tmp_path: Path) -> None:
     async with engine_rig(tmp_path) as rig:
         job = await _native_job(rig)
-        assert await rig.engine.apply_report(Report(job.id, copy=job.copy + 5), "nq") is None
+        assert await rig.engine.native.apply(Report(job.id, copy=job.copy + 5), "nq") is None
         assert (await rig.stored(job.id)).state is JobState.AVAILABLE
         stale = ('type="ojs.report.completed"', 'outcome="stale"')
         assert rig.metric("ojs_amqp_worker_reports_total", *stale) == 1
@@ -73,7 +73,7 @@ async def test_a_native_failure_follows_the_retry_policy(tmp_path: Path) -> None
         job = await _native_job(rig)
         report = Report(job.id, kind="ojs.report.failed", copy=job.copy,
                         failure=FailureReport(message="boom"))  # fmt: skip
-        failed = await rig.engine.apply_report(report, "nq")
+        failed = await rig.engine.native.apply(report, "nq")
         assert failed is not None and failed.state is JobState.RETRYABLE
         assert rig.transport.kinds() == ["available", "parked"]
 
@@ -81,7 +81,7 @@ async def test_a_native_failure_follows_the_retry_policy(tmp_path: Path) -> None
 async def test_a_completion_for_a_job_never_seen_adopts_and_completes_it(tmp_path: Path) -> None:
     async with engine_rig(tmp_path) as rig:
         envelope = {"type": "ext", "args": []}
-        done = await rig.engine.apply_report(Report("ext-1", envelope=envelope), "nq")
+        done = await rig.engine.native.apply(Report("ext-1", envelope=envelope), "nq")
         assert done is not None and done.state is JobState.COMPLETED
         assert (await rig.stored("ext-1")).state is JobState.COMPLETED
         assert rig.event_types() == ["job.enqueued", "job.started", "job.completed"]
@@ -90,7 +90,7 @@ async def test_a_completion_for_a_job_never_seen_adopts_and_completes_it(tmp_pat
 async def test_a_first_heartbeat_marks_the_job_active_under_its_worker(tmp_path: Path) -> None:
     async with engine_rig(tmp_path) as rig:
         job = await _native_job(rig)
-        beat = await rig.engine.native_heartbeat(Report(job.id, copy=job.copy), "nq")
+        beat = await rig.engine.native.heartbeat(Report(job.id, copy=job.copy), "nq")
         assert (beat.state, beat.worker_id) == (JobState.ACTIVE, "nw1")
         assert rig.event_types()[-2:] == ["job.started", "job.heartbeat"]
 
@@ -98,10 +98,10 @@ async def test_a_first_heartbeat_marks_the_job_active_under_its_worker(tmp_path:
 async def test_a_restart_after_a_lost_worker_charges_the_attempt(tmp_path: Path) -> None:
     async with engine_rig(tmp_path) as rig:
         job = await _native_job(rig)
-        await rig.engine.native_heartbeat(Report(job.id, copy=job.copy), "nq")
+        await rig.engine.native.heartbeat(Report(job.id, copy=job.copy), "nq")
         # The worker died; the copy came back and another worker asks before running it
         asked = Report(job.id, worker_id="nw2", copy=job.copy, started=True, delivery_count=1)
-        again = await rig.engine.native_heartbeat(asked, "nq")
+        again = await rig.engine.native.heartbeat(asked, "nq")
         assert (again.state, again.worker_id, again.attempt) == (JobState.ACTIVE, "nw2", 2)
         assert rig.metric('ojs_lease_expired_total{kind="worker_lost"') == 1
         assert "job.failed" in rig.event_types()
@@ -110,7 +110,7 @@ async def test_a_restart_after_a_lost_worker_charges_the_attempt(tmp_path: Path)
 async def test_a_binding_retry_parks_the_job_for_its_delay(tmp_path: Path) -> None:
     async with engine_rig(tmp_path) as rig:
         job = await _native_job(rig)
-        parked = await rig.engine.binding_retry(Ref(job.id, job.copy), {}, "nq", 5_000,
+        parked = await rig.engine.native.binding_retry(Ref(job.id, job.copy), {}, "nq", 5_000,
                                                 FailureReport(message="later"))  # fmt: skip
         assert parked is not None and parked.state is JobState.RETRYABLE
         [timer] = rig.transport.ladder

@@ -69,12 +69,12 @@ class JobRoutes:
         return json_response(views.job_detail(job))
 
     async def retry(self, request: Request) -> Response:
-        job = await self.ctx.engine.retry_job(request.params["id"])
+        job = await self.ctx.engine.dead.retry_job(request.params["id"])
         self.ctx.forget_counts()
         return json_response(views.job_detail(job))
 
     async def bulk_retry(self, request: Request) -> Response:
-        return await self._bulk(request, "retry", self.ctx.engine.retry_job, ("discarded",))
+        return await self._bulk(request, "retry", self.ctx.engine.dead.retry_job, ("discarded",))
 
     async def bulk_cancel(self, request: Request) -> Response:
         return await self._bulk(
@@ -85,7 +85,7 @@ class JobRoutes:
         )
 
     async def bulk_delete(self, request: Request) -> Response:
-        return await self._bulk(request, "delete", self.ctx.engine.delete_finished,
+        return await self._bulk(request, "delete", self.ctx.engine.dead.delete_finished_job,
                                 ("completed", "cancelled", "discarded"))  # fmt: skip
 
     async def _bulk(

@@ -76,7 +76,7 @@ class QueueRoutes:
 
     async def _reset(self) -> None:
         """Test mode's reset forgets run-time configuration too."""
-        self.ctx.engine.depth_bounds.clear()
+        self.ctx.engine.admission.depth_bounds.clear()
         self.ctx.history.clear()
         self.ctx.forget_counts()
         await self._loaded()
@@ -120,7 +120,7 @@ class QueueRoutes:
     ) -> dict[str, Any]:
         now = now_ms()
         recent = self.ctx.history.total(now - MINUTE_MS, now + 1, name)
-        bound, warning = self.ctx.engine.depth_bound(name)
+        bound, warning = self.ctx.engine.admission.depth_bound(name)
         return {
             "name": name,
             "state": "active",
@@ -159,7 +159,7 @@ class QueueRoutes:
             )
         before = params.job_query({"until": body.get("older_than")}).until_ms
         query = JobQuery(queue=name, states=query.states, finished_before_ms=before)
-        result = await run_bulk(self.ctx, "purge", query, self.ctx.engine.delete_finished)
+        result = await run_bulk(self.ctx, "purge", query, self.ctx.engine.dead.delete_finished_job)
         return json_response({**result, "purged_count": result["succeeded"],
                               "states": list(query.states), "queue": name})  # fmt: skip
 
@@ -186,16 +186,19 @@ class QueueRoutes:
     def _apply(self, queue: str, config: dict[str, Any]) -> None:
         bp = config.get("backpressure") or {}
         if bp.get("max_depth"):
-            self.ctx.engine.depth_bounds[queue] = (bp["max_depth"], bp["warning_threshold"])
+            self.ctx.engine.admission.depth_bounds[queue] = (
+                bp["max_depth"],
+                bp["warning_threshold"],
+            )
         else:
-            self.ctx.engine.depth_bounds.pop(queue, None)
+            self.ctx.engine.admission.depth_bounds.pop(queue, None)
 
     async def stats(self, request: Request) -> Response:
         name = request.params["name"]
         validate_queue(name)
         by_state = _by_state(await self.ctx.queries.counts(name), name)
-        bound, warning = self.ctx.engine.depth_bound(name)
-        depth = await self.ctx.engine.queue_depth(name)
+        bound, warning = self.ctx.engine.admission.depth_bound(name)
+        depth = await self.ctx.engine.admission.depths.depth(name)
         now = now_ms()
         recent = self.ctx.history.total(now - MINUTE_MS, now + 1, name)
         stats = {

@@ -26,7 +26,7 @@ class WorkerRoutes:
 
     def _items(self) -> list[dict[str, object]]:
         now = now_ms()
-        leased = self.ctx.engine.leases_by_worker()
+        leased = self.ctx.engine.leases.by_worker()
         return [
             views.worker_item(info, now, leased.get(info.worker_id, []))
             for info in self.ctx.engine.workers.all()
