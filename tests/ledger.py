@@ -32,11 +32,13 @@ DEFAULT_MAX_ATTEMPTS = 3
 #: and `line` counts it ("known bugs seen"); remove the name with the engine fix, and the
 #: crash tests fail without it.
 #: - "same attempt twice": `_renew` (and `_lease`) overwrite a lease made meanwhile, so the
-#:   job is leased again at the same attempt.
-#: - "acked then lapsed": a lost lease's expiry (`_lost_lease_expired`, `_lease_expired`)
-#:   overwrites an ack recorded meanwhile: the worker was told `completed`, the attempt is
-#:   recorded `visibility_timeout`, and the job runs again.
-KNOWN_ENGINE_BUGS = frozenset({"same attempt twice", "acked then lapsed"})
+#:   job is leased again at the same attempt. Let through only for a job whose push had to
+#:   be sent again (its outbox replay is the second delivery).
+#: - "answered then lapsed": a lost lease's expiry overwrites an ack recorded meanwhile, or
+#:   its orphaned copy is leased over a recorded nack: the worker was told 200, the attempt
+#:   is recorded `visibility_timeout`, and the job runs again. Let through only for an ack or
+#:   nack answered after a restart (an earlier try refused or unanswered).
+KNOWN_ENGINE_BUGS = frozenset({"same attempt twice", "answered then lapsed"})
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,10 @@ class Attempt:
     retryable: bool = True
     answers: list[str] = field(default_factory=list)  # "200 retryable", "409 completed", NO_ANSWER…
 
+    def after_restart(self) -> bool:
+        """Answered only after a try the daemon refused or left unanswered."""
+        return bool({REFUSED, NO_ANSWER} & set(self.answers[:-1]))
+
     def outcomes(self) -> set[str]:
         """What the job's history may hold for this attempt: "completed" or an error code.
 
@@ -83,7 +89,7 @@ class Attempt:
         if self.sent is None or mine is None:
             return {LAPSED}
         if self.answers and self.answers[-1].startswith("200"):
-            if mine == "completed" and "acked then lapsed" in KNOWN_ENGINE_BUGS:
+            if self.after_restart() and "answered then lapsed" in KNOWN_ENGINE_BUGS:
                 return {mine, LAPSED}
             return {mine}
         if NO_ANSWER in self.answers:
@@ -166,9 +172,9 @@ class Ledger:
                 for e in (self.jobs.get(job_id) or {}).get("errors") or []
             }
             for k, a in attempts.items():
-                acked = a.sent == "ack" and a.answers and a.answers[-1].startswith("200")
-                if acked and (k, LAPSED) in codes:
-                    seen["acked then lapsed"] += 1
+                answered = a.sent and a.answers and a.answers[-1].startswith("200")
+                if answered and (k, LAPSED) in codes:
+                    seen["answered then lapsed"] += 1
         return +seen
 
     def miscounted(self) -> dict[str, str]:
@@ -193,7 +199,8 @@ class Ledger:
         history = f"attempt {last}, errors {codes}, workers saw " + str(
             {k: (a.sent, a.code, a.answers) for k, a in seen.items()}
         )
-        twice = self.run.twice.get(job["id"]) and "same attempt twice" not in KNOWN_ENGINE_BUGS
+        known = "same attempt twice" in KNOWN_ENGINE_BUGS and self.run.push_attempts[job["id"]] > 1
+        twice = self.run.twice.get(job["id"]) and not known
         if twice or any(k > last for k in seen) or set(codes) - set(range(1, last + 1)):
             return f"attempts handed out twice or beyond the job's: {history}"
         if job["state"] == "cancelled":
