@@ -32,9 +32,9 @@ DEFAULT_MAX_ATTEMPTS = 3
 #: and `line` counts it ("known bugs seen"); remove the name with the engine fix, and the
 #: crash tests fail without it.
 #: - "same attempt twice": `_renew` (and `_lease`) overwrite a lease made meanwhile, so the
-#:   job is leased again at the same attempt. Two deliveries of one copy come from an outbox
-#:   replay and from a due timer fired twice across the restart, so this one is let through
-#:   for any job (and with it a lost lease not counted at all, which looks the same).
+#:   job is leased again at the same attempt. Seen also for jobs whose push went through at
+#:   once (scheduled, retried), so it is let through for any job (and with it a lost lease
+#:   not counted at all, which looks the same).
 #: - "answered then lapsed": a lost lease's expiry overwrites an ack recorded meanwhile, or
 #:   its orphaned copy is leased over a recorded nack: the worker was told 200, the attempt
 #:   is recorded `visibility_timeout`, and the job runs again. Let through only for an ack or
