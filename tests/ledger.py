@@ -26,20 +26,12 @@ REFUSED = "refused"
 UNAVAILABLE = "503"
 LAPSED = "visibility_timeout"  # the error code of a lease that ran out or was cut by a crash
 DEFAULT_MAX_ATTEMPTS = 3
-#: Engine bugs found by this ledger, fix pending (docs/reliability.md, "Found, not fixed
-#: yet"): moves that write a job back checking its copy number only, where a lease or an ack
-#: keeps the copy number. While a bug is named here, `check` lets its one signature through
-#: and `line` counts it ("known bugs seen"); remove the name with the engine fix, and the
-#: crash tests fail without it.
-#: - "same attempt twice": `_renew` (and `_lease`) overwrite a lease made meanwhile, so the
-#:   job is leased again at the same attempt. Seen also for jobs whose push went through at
-#:   once (scheduled, retried), so it is let through for any job (and with it a lost lease
-#:   not counted at all, which looks the same).
-#: - "answered then lapsed": a lost lease's expiry overwrites an ack recorded meanwhile, or
-#:   its orphaned copy is leased over a recorded nack: the worker was told 200, the attempt
-#:   is recorded `visibility_timeout`, and the job runs again. Let through only for an ack or
-#:   nack answered after a restart (an earlier try refused or unanswered).
-KNOWN_ENGINE_BUGS = frozenset({"same attempt twice", "answered then lapsed"})
+#: Engine bugs this ledger found whose fix is pending: while a name is here, `check` lets its
+#: one signature through and `line` counts it ("known bugs seen"). Empty: the two it found
+#: ("same attempt twice", "answered then lapsed": writes that compared the copy number only,
+#: where a lease or an ack keeps it) are fixed (docs/reliability.md, "Found by the crash
+#: ledger"), and the SIGKILL tests fail if either comes back.
+KNOWN_ENGINE_BUGS: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
