@@ -22,6 +22,7 @@ from ojs_amqp.settings import Settings
 from ojs_amqp.store.sqlite import SqliteJobStore
 from tests.conftest import SESSION_PREFIX
 from tests.daemon import Daemon, shared_daemon
+from tests.integration.admin_stores import STORES, daemons_on
 
 NY = ZoneInfo("America/New_York")
 
@@ -82,3 +83,12 @@ def module_daemon(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     tmp = tmp_path_factory.mktemp("module-daemon")
     with shared_daemon(tmp, f"{SESSION_PREFIX}-m{uuid.uuid4().hex[:8]}") as daemon:
         yield daemon
+
+
+@pytest.fixture(params=STORES)
+def make_store_daemon(
+    request: pytest.FixtureRequest, broker: str, tmp_path: Path
+) -> Iterator[Callable[..., Daemon]]:
+    """`make_daemon`, once on each store."""
+    with daemons_on(request.param, tmp_path) as factory:
+        yield factory

@@ -7,27 +7,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
+from collections.abc import Callable
 
 from ojs_amqp.core.times import format_ms
 from ojs_amqp.store.admin_queries import JobQuery, SqliteAdminQueries
 from tests.daemon import Daemon
 from tests.integration.admin_client import call, complete, fail, fetch, ok, push
-from tests.integration.admin_stores import STORES, daemons_on
 
 JOBS = "/ojs/v1/admin/jobs"
-
-
-@pytest.fixture(params=STORES)
-def make_store_daemon(
-    request: pytest.FixtureRequest, broker: str, tmp_path: Path
-) -> Iterator[Callable[..., Daemon]]:
-    """`make_daemon`, once on each store."""
-    with daemons_on(request.param, tmp_path) as factory:
-        yield factory
 
 
 def test_jobs_are_filtered_by_queue_state_type_and_time_and_paged_both_ways(

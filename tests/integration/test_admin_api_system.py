@@ -5,26 +5,14 @@ files of --admin-ui-dir."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from tests.daemon import Daemon
 from tests.integration.admin_client import call, complete, fail, fetch, ok, push
-from tests.integration.admin_stores import STORES, daemons_on
 
 ADMIN = "/ojs/v1/admin"
 WRITE, READ, PRODUCER = "a" * 24, "r" * 24, "p" * 24
-
-
-@pytest.fixture(params=STORES)
-def make_store_daemon(
-    request: pytest.FixtureRequest, broker: str, tmp_path: Path
-) -> Iterator[Callable[..., Daemon]]:
-    """`make_daemon`, once on each store."""
-    with daemons_on(request.param, tmp_path) as factory:
-        yield factory
 
 
 def test_backpressure_set_at_run_time_bounds_pushes_and_survives_a_restart(

@@ -36,3 +36,13 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield s
     finally:
         await s.close()
+
+
+@pytest.fixture
+async def pg(postgres_store_url: str) -> AsyncIterator[PostgresJobStore]:
+    store = PostgresJobStore(postgres_store_url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()

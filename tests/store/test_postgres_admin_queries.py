@@ -6,11 +6,9 @@ when it migrates, and a NUL escape in a document neither fails a write nor a sea
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import asyncpg
-import pytest
 
 from ojs_amqp.core.job import Job, JobState
 from ojs_amqp.store.admin_queries import JobQuery
@@ -23,16 +21,6 @@ def _job(n: int, **changes: object) -> Job:
     job = Job(id=f"019a0000-0000-7000-8000-{n:012d}", type=f"t{n % 10}.job", queue=f"q{n % 7}",
               args=[n], state=JobState.AVAILABLE, created_at_ms=1_000 + n)  # fmt: skip
     return replace(job, **changes)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def pg(postgres_store_url: str) -> AsyncIterator[PostgresJobStore]:
-    store = PostgresJobStore(postgres_store_url)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 #: 20 000 rows over 7 queues, 5 states, 100 types, a tenth of them dead letters: enough that

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from urllib.parse import urlsplit
 
@@ -24,16 +24,6 @@ def _job(n: int = 1, **changes: object) -> Job:
     job = Job(id=f"019a0000-0000-7000-8000-{n:012d}", type="t.x", queue="q", args=[n],
               state=JobState.AVAILABLE, created_at_ms=1_000 + n)  # fmt: skip
     return replace(job, **changes)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def pg(postgres_store_url: str) -> AsyncIterator[PostgresJobStore]:
-    store = PostgresJobStore(postgres_store_url)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def _on_port(url: str, port: int) -> str:
