@@ -4,7 +4,6 @@ again after each reconnect. A queue that exists with other arguments is never re
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import aio_pika
 import aiormq
 
-from ojs_amqp.amqp.failures import DECLARE_RACE_RETRY_DELAYS_S, is_declare_race
+from ojs_amqp.amqp.failures import through_declare_races
 from ojs_amqp.amqp.topology import QueueSpec
 from ojs_amqp.errors import TopologyMismatch
 
@@ -67,16 +66,14 @@ class Declarations:
         """Declare a durable queue and bind it (unless `exchange` is the default exchange);
         remembered, so reconnects redeclare it. A declare that raced another connection's
         (`is_declare_race`) is tried again after a short wait."""
-        for delay in (*DECLARE_RACE_RETRY_DELAYS_S, None):
-            try:
-                await self._declare_queue_once(name, arguments, exchange, routing_key)
-                return
-            except aiormq.exceptions.ChannelNotFoundEntity as exc:
-                if delay is None or not is_declare_race(exc):
-                    raise
-                log.info("the declare of queue %s met another declare of it; again in %.2fs",
-                         name, delay)  # fmt: skip
-            await asyncio.sleep(delay)
+
+        async def note(delay: float) -> None:
+            log.info("the declare of queue %s met another declare of it; again in %.2fs",
+                     name, delay)  # fmt: skip
+
+        await through_declare_races(
+            lambda: self._declare_queue_once(name, arguments, exchange, routing_key), note
+        )
 
     async def _declare_queue_once(
         self, name: str, arguments: dict[str, Any], exchange: str, routing_key: str

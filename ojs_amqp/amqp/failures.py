@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import aiormq
 
@@ -32,9 +33,27 @@ DECLARE_RACE_RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.4, 0.8)
 
 def is_declare_race(exc: BaseException) -> bool:
     """RabbitMQ 4.0 answers a declare that meets another connection's declare of the same new
-    classic queue with NOT_FOUND "home node ... is down or inaccessible" while the queue's
+    queue with NOT_FOUND "home node ... is down or inaccessible" while the queue's
     process starts (seen when the daemon, reading an SDK's hello, and the SDK declare a
     queue's trio at once). A later try finds the queue up; any other NOT_FOUND is final."""
     return isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity) and (
         "down or inaccessible" in str(exc)
     )
+
+
+async def through_declare_races(
+    declare: Callable[[], Awaitable[object]],
+    on_race: Callable[[float], Awaitable[None]],
+) -> None:
+    """`await declare()`; one that met `is_declare_race` is tried again after each of
+    DECLARE_RACE_RETRY_DELAYS_S, `on_race(delay)` first (the error closed the channel: the
+    caller opens another, or logs). The daemon's declares and the SDK's share this."""
+    for delay in (*DECLARE_RACE_RETRY_DELAYS_S, None):
+        try:
+            await declare()
+            return
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            if delay is None or not is_declare_race(exc):
+                raise
+        await on_race(delay)
+        await asyncio.sleep(delay)

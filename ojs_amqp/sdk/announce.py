@@ -13,17 +13,16 @@ idempotent re-declarations, never a 406.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Iterable
 
 import aiormq
-from aiormq.abc import AbstractConnection
+from aiormq.abc import AbstractChannel, AbstractConnection
 
 from ojs_amqp.amqp import protocol
-from ojs_amqp.amqp.failures import DECLARE_RACE_RETRY_DELAYS_S, PUBLISH_ERRORS, is_declare_race
+from ojs_amqp.amqp.failures import PUBLISH_ERRORS, through_declare_races
 from ojs_amqp.amqp.pipe import Pipe
-from ojs_amqp.amqp.topology import Topology
+from ojs_amqp.amqp.topology import QueueSpec, Topology
 from ojs_amqp.core.envelope import validate_queue
 from ojs_amqp.errors import BackendUnavailable, TopologyMismatch
 from ojs_amqp.sdk import control
@@ -54,22 +53,23 @@ async def declare_queues(
 ) -> None:
     """Declare ojs.queue.{q}, ojs.queue.dlx.{q} and ojs.queue.control.{q} with their bindings,
     exactly as the daemon does. A channel of its own: a 406 closes the channel."""
-    channel = None
-    try:
+    channel: AbstractChannel | None = None
+
+    async def reopen(_delay: float) -> None:  # the error closed the channel
+        nonlocal channel
         channel = await connection.channel(publisher_confirms=False)
+
+    try:
+        await reopen(0.0)
         for q in queues:
             for spec in topology.queues_of(q):  # the daemon's own list, job queue last
-                for delay in (*DECLARE_RACE_RETRY_DELAYS_S, None):
-                    try:
-                        await channel.queue_declare(
-                            spec.name, durable=True, arguments=spec.arguments
-                        )
-                        break
-                    except aiormq.exceptions.ChannelNotFoundEntity as exc:
-                        if delay is None or not is_declare_race(exc):
-                            raise
-                    await asyncio.sleep(delay)  # the error closed the channel: a new one
-                    channel = await connection.channel(publisher_confirms=False)
+
+                async def declare(spec: QueueSpec = spec) -> None:
+                    assert channel is not None
+                    await channel.queue_declare(spec.name, durable=True, arguments=spec.arguments)
+
+                await through_declare_races(declare, reopen)
+                assert channel is not None
                 if spec.exchange:
                     await channel.queue_bind(spec.name, spec.exchange, routing_key=spec.routing_key)
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
